@@ -1,0 +1,22 @@
+# The two commands of README.md. Both create .venv with the pinned stack on first use.
+PY := .venv/bin/python
+DATA ?= data/synthetic_ctr
+
+.PHONY: setup run test test-all bench clean
+
+setup:
+	@bash scripts/setup.sh
+
+# Main job on the built-in default: generate the synthetic Criteo-like set and print its summary.
+run: setup
+	$(PY) -m jobs.cli synth ctr --out $(DATA)
+
+# Default test run (unit + integration, < 10 minutes on 2 cores); slow and gpu tests are opt-in.
+test: setup
+	$(PY) -m pytest -q
+
+test-all: setup
+	$(PY) -m pytest -q -m "not gpu"
+
+clean:
+	rm -rf .venv data runs .pytest_cache .hypothesis

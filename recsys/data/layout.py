@@ -1,0 +1,103 @@
+"""The on-disk layout of an ingested data set (what ``recsys ingest`` and ``recsys synth`` write).
+
+::
+
+    DIR/
+      manifest.json              source, row counts, split, resolved feature spec, vocab sizes, ...
+      features.yaml              the resolved feature spec (real cardinalities), loadable by load_spec
+      train/part-00000.parquet   label float32, dense float32, sparse int64 (single-valued) or
+      validation/part-....       list<int64> (multi-valued), timestamp int64 when the spec has one
+      test/part-....
+      vocab/<feature>.parquet    index int64, raw_id int64 (null for the OOV row 0), count int64,
+                                 token string (when the source had string values)
+
+Ids of a vocabulary feature lie in ``[0, cardinality)``; 0 is the out-of-vocabulary index.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+
+from recsys.features.spec import DatasetSpec, SparseFeature, spec_from_dict
+
+SPLITS: tuple[str, ...] = ("train", "validation", "test")
+OOV_INDEX = 0
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+
+
+def arrow_type(feature) -> pa.DataType:
+    if isinstance(feature, SparseFeature):
+        return pa.list_(pa.int64()) if feature.multi_valued else pa.int64()
+    return pa.float32()
+
+
+def arrow_schema(spec: DatasetSpec) -> pa.Schema:
+    """The parquet schema of a data set's split files, columns in spec order (+ timestamp last)."""
+    fields = [pa.field(f.name, arrow_type(f), nullable=False) for f in spec.features]
+    if spec.timestamp is not None:
+        fields.append(pa.field(spec.timestamp, pa.int64(), nullable=False))
+    return pa.schema(fields)
+
+
+VOCAB_SCHEMA = pa.schema(
+    [
+        pa.field("index", pa.int64(), nullable=False),
+        pa.field("raw_id", pa.int64()),
+        pa.field("count", pa.int64(), nullable=False),
+        pa.field("token", pa.string()),
+    ]
+)
+
+
+def split_dir(root: str | Path, split: str) -> Path:
+    if split not in SPLITS:
+        raise ValueError(f"split {split!r} is not one of {SPLITS}")
+    return Path(root) / split
+
+
+def split_files(root: str | Path, split: str) -> list[Path]:
+    """The parquet part files of one split, in order."""
+    return sorted(split_dir(root, split).glob("part-*.parquet"))
+
+
+def vocab_path(root: str | Path, feature: str) -> Path:
+    return Path(root) / "vocab" / f"{feature}.parquet"
+
+
+def write_json_atomic(path: str | Path, obj: Any) -> None:
+    """Write JSON so that readers see either the old file or the complete new one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            json.dump(obj, fh, indent=2, sort_keys=False)
+            fh.write("\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def read_manifest(root: str | Path) -> dict[str, Any]:
+    path = Path(root) / MANIFEST
+    if not path.exists():
+        raise FileNotFoundError(
+            f"{path} not found: {root} is not a data set written by `recsys ingest` or `recsys synth`"
+        )
+    with path.open(encoding="utf-8") as fh:
+        return json.load(fh)
+
+
+def dataset_spec(root: str | Path) -> DatasetSpec:
+    """The resolved feature spec of an ingested data set (real cardinalities)."""
+    return spec_from_dict(read_manifest(root)["feature_spec"], f"{Path(root) / MANIFEST}:feature_spec")

@@ -1,0 +1,111 @@
+"""Per-feature vocabularies: training frequency counts -> dense ids ``[0, N)`` ordered by frequency.
+
+Index 0 is reserved for out-of-vocabulary ids (unseen in training, rarer than ``min_count`` or
+beyond the cardinality cap); indices ``1..V`` are the kept ids by descending count (ties by raw
+id, so the result is deterministic). Every raw id maps to an index in range: nothing is dropped.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from recsys.data.layout import OOV_INDEX
+
+
+class FrequencyCounter:
+    """Streaming count of int64 ids, memory ~ number of distinct ids (compacted as it grows)."""
+
+    def __init__(self, compact_every: int = 1 << 24):
+        self._ids: list[np.ndarray] = []
+        self._counts: list[np.ndarray] = []
+        self._pending = 0
+        self._compact_every = compact_every
+        self.total = 0
+
+    def add(self, ids: np.ndarray) -> None:
+        if ids.size == 0:
+            return
+        u, c = np.unique(ids, return_counts=True)
+        self._ids.append(u)
+        self._counts.append(c.astype(np.int64))
+        self._pending += u.size
+        self.total += int(ids.size)
+        if self._pending > self._compact_every:
+            self._compact()
+
+    def _compact(self) -> None:
+        if len(self._ids) <= 1:
+            return
+        ids = np.concatenate(self._ids)
+        counts = np.concatenate(self._counts)
+        u, inverse = np.unique(ids, return_inverse=True)
+        self._ids = [u]
+        self._counts = [np.bincount(inverse, weights=counts, minlength=u.size).astype(np.int64)]
+        self._pending = u.size
+
+    def result(self) -> tuple[np.ndarray, np.ndarray]:
+        """Sorted distinct ids and their counts."""
+        if not self._ids:
+            return np.empty(0, np.int64), np.empty(0, np.int64)
+        self._compact()
+        return self._ids[0], self._counts[0]
+
+
+@dataclass(frozen=True)
+class Vocab:
+    """Raw id -> index map of one feature.
+
+    Attributes:
+        raw_ids: kept raw ids in index order (``raw_ids[i]`` has index ``i + 1``).
+        counts: their training counts.
+        oov_count: training occurrences that map to the OOV index.
+        distinct_seen: distinct raw ids seen in training.
+    """
+
+    raw_ids: np.ndarray
+    counts: np.ndarray
+    oov_count: int
+    distinct_seen: int
+
+    @property
+    def size(self) -> int:
+        """Number of indices, OOV included: ids lie in ``[0, size)``."""
+        return int(self.raw_ids.size) + 1
+
+    @classmethod
+    def build(cls, ids: np.ndarray, counts: np.ndarray, *, max_size: int, min_count: int) -> "Vocab":
+        """Keep ids with ``count >= min_count``, the ``max_size - 1`` most frequent of them."""
+        keep = counts >= min_count
+        kept_ids, kept_counts = ids[keep], counts[keep]
+        order = np.lexsort((kept_ids, -kept_counts))[: max_size - 1]
+        raw_ids, raw_counts = kept_ids[order], kept_counts[order]
+        return cls(
+            raw_ids=raw_ids.astype(np.int64),
+            counts=raw_counts.astype(np.int64),
+            oov_count=int(counts.sum() - raw_counts.sum()),
+            distinct_seen=int(ids.size),
+        )
+
+    def lookup(self) -> "VocabLookup":
+        return VocabLookup(self)
+
+
+class VocabLookup:
+    """Vectorized raw id -> index (searchsorted over the sorted kept ids)."""
+
+    def __init__(self, vocab: Vocab):
+        order = np.argsort(vocab.raw_ids, kind="stable")
+        self._keys = vocab.raw_ids[order]
+        self._values = (order + 1).astype(np.int64)
+
+    def __call__(self, raw: np.ndarray) -> tuple[np.ndarray, int]:
+        """Map raw ids to indices; returns (indices, number mapped to OOV)."""
+        if self._keys.size == 0:
+            return np.full(raw.shape, OOV_INDEX, np.int64), int(raw.size)
+        pos = np.searchsorted(self._keys, raw)
+        pos = np.minimum(pos, self._keys.size - 1)
+        found = self._keys[pos] == raw
+        out = np.where(found, self._values[pos], OOV_INDEX).astype(np.int64)
+        return out, int(raw.size - np.count_nonzero(found))

@@ -1,0 +1,299 @@
+"""Writes a data set in the ingest layout (:mod:`recsys.data.layout`) from streamed raw chunks.
+
+Every source (Criteo TSV, MovieLens, generic parquet, the synthetic generator) yields chunks of
+raw columns with the split each row belongs to; :class:`DatasetWriter` does the rest, in two
+passes so inputs larger than memory stream through:
+
+1. ``add(split, chunk)``: normalize types (dense transform, list truncation), count training ids,
+   stage the chunk as parquet under ``DIR/.staging``;
+2. ``finish(...)``: build vocabularies from the training counts, map every staged chunk's raw ids
+   to vocabulary indices (OOV -> 0), write ``DIR/<split>/part-*.parquet``, ``DIR/vocab/*.parquet``,
+   ``features.yaml`` and, last, ``manifest.json`` (atomically: a data set without a manifest is
+   an unfinished one).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import yaml
+
+from recsys.data import layout
+from recsys.data.vocab import FrequencyCounter, Vocab
+from recsys.features.spec import DatasetSpec, DenseFeature, LabelFeature, SparseFeature
+
+
+def _list_parts(arr: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    """(values, lengths) of a list<int64> array with no nulls, whatever its slicing."""
+    lengths = pc.list_value_length(arr).to_numpy(zero_copy_only=False).astype(np.int64)
+    values = pc.list_flatten(arr).to_numpy(zero_copy_only=False).astype(np.int64, copy=False)
+    return values, lengths
+
+
+def _list_array(values: np.ndarray, lengths: np.ndarray) -> pa.Array:
+    offsets = np.zeros(lengths.size + 1, np.int32 if values.size < 2**31 else np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    cls = pa.ListArray if offsets.dtype == np.int32 else pa.LargeListArray
+    arr = cls.from_arrays(pa.array(offsets), pa.array(values, pa.int64()))
+    return arr.cast(pa.list_(pa.int64())) if cls is pa.LargeListArray else arr
+
+
+def truncate_lists(values: np.ndarray, lengths: np.ndarray, max_length: int) -> tuple[np.ndarray, np.ndarray, int]:
+    """Keep the first ``max_length`` values of each list; returns (values, lengths, number cut)."""
+    if lengths.size == 0 or lengths.max(initial=0) <= max_length:
+        return values, lengths, 0
+    starts = np.repeat(np.cumsum(lengths) - lengths, lengths)
+    pos = np.arange(values.size) - starts
+    keep = pos < max_length
+    return values[keep], np.minimum(lengths, max_length), int(values.size - np.count_nonzero(keep))
+
+
+class DatasetWriter:
+    """Streams raw chunks of one data set into the ingest layout.
+
+    Args:
+        out_dir: output folder; must be empty, missing, or hold an earlier data set (replaced).
+        spec: the feature spec of the input (cardinalities are caps).
+        rows_per_file: rows per output parquet part.
+
+    Chunk columns: every spec feature (sparse: int64 raw ids, or lists of them for multi-valued
+    features, null lists = empty; dense: float, NaN = missing; label: float, no nulls) plus the
+    spec's timestamp column. Missing or extra columns raise ``ValueError`` naming them.
+    """
+
+    def __init__(self, out_dir: str | Path, spec: DatasetSpec, *, rows_per_file: int = 1_000_000):
+        self.out = Path(out_dir)
+        self.spec = spec
+        self.rows_per_file = rows_per_file
+        self._prepare_out_dir()
+        self._staging = self.out / ".staging"
+        self._staging.mkdir(parents=True)
+        self._staged: dict[str, list[Path]] = {s: [] for s in layout.SPLITS}
+        self._rows = {s: 0 for s in layout.SPLITS}
+        self._truncated = {f.name: 0 for f in spec.sparse if f.multi_valued}
+        self._counters = {f.name: FrequencyCounter() for f in spec.sparse if f.has_vocab}
+        self._schema = layout.arrow_schema(spec)
+        self._columns = list(self._schema.names)
+
+    def _prepare_out_dir(self) -> None:
+        if self.out.exists():
+            if not self.out.is_dir():
+                raise ValueError(f"--out {self.out}: exists and is not a folder")
+            entries = {p.name for p in self.out.iterdir()}
+            ours = {layout.MANIFEST, "features.yaml", "vocab", ".staging", *layout.SPLITS}
+            if entries and not (entries <= ours):
+                raise ValueError(
+                    f"--out {self.out}: folder holds other files ({sorted(entries - ours)[:5]}); "
+                    "give an empty or new folder, or one written by recsys before"
+                )
+            for name in entries:
+                p = self.out / name
+                shutil.rmtree(p) if p.is_dir() else p.unlink()
+        self.out.mkdir(parents=True, exist_ok=True)
+
+    # -- pass 1 ---------------------------------------------------------------------------------
+    def add(self, split: str, chunk: pa.Table | pd.DataFrame) -> None:
+        """Normalize, count (training split) and stage one chunk of rows."""
+        if split not in layout.SPLITS:
+            raise ValueError(f"split {split!r} is not one of {layout.SPLITS}")
+        table = chunk if isinstance(chunk, pa.Table) else pa.Table.from_pandas(chunk, preserve_index=False)
+        if table.num_rows == 0:
+            return
+        missing = [c for c in self._columns if c not in table.column_names]
+        extra = [c for c in table.column_names if c not in self._columns]
+        if missing or extra:
+            raise ValueError(
+                f"columns do not match feature spec {self.spec.name!r}: missing {missing}, unexpected {extra}"
+            )
+        arrays = []
+        for f in self.spec.features:
+            arrays.append(self._normalize(f, table.column(f.name).combine_chunks(), split))
+        if self.spec.timestamp is not None:
+            ts = table.column(self.spec.timestamp).combine_chunks()
+            if ts.null_count:
+                raise ValueError(f"column {self.spec.timestamp!r} (timestamp) has {ts.null_count} null values")
+            arrays.append(ts.cast(pa.int64()))
+        out = pa.Table.from_arrays(arrays, schema=self._schema)
+        path = self._staging / f"{split}-{len(self._staged[split]):06d}.parquet"
+        pq.write_table(out, path, compression="snappy")
+        self._staged[split].append(path)
+        self._rows[split] += out.num_rows
+
+    def _normalize(self, f, arr: pa.Array, split: str) -> pa.Array:
+        if isinstance(f, LabelFeature):
+            if arr.null_count:
+                raise ValueError(f"column {f.name!r} (label) has {arr.null_count} null values")
+            return arr.cast(pa.float32())
+        if isinstance(f, DenseFeature):
+            x = arr.cast(pa.float64()).to_numpy(zero_copy_only=False)
+            x = np.where(np.isnan(x), 0.0, x)
+            if f.transform == "log1p":
+                x = np.log1p(np.maximum(x, 0.0))
+            return pa.array(x.astype(np.float32))
+        assert isinstance(f, SparseFeature)
+        if f.multi_valued:
+            if not pa.types.is_list(arr.type) and not pa.types.is_large_list(arr.type):
+                raise ValueError(f"column {f.name!r} is multi-valued (max_length {f.max_length}) and needs lists; got {arr.type}")
+            arr = arr.fill_null(pa.scalar([], arr.type)) if arr.null_count else arr
+            values, lengths = _list_parts(arr)
+            values, lengths, cut = truncate_lists(values, lengths, f.max_length)
+            self._truncated[f.name] += cut
+            if split == "train" and f.name in self._counters:
+                self._counters[f.name].add(values)
+            return _list_array(values, lengths)
+        if not pa.types.is_integer(arr.type):
+            raise ValueError(f"column {f.name!r} (sparse ids) must be integers; got {arr.type}")
+        if arr.null_count:
+            raise ValueError(
+                f"column {f.name!r} (sparse ids) has {arr.null_count} null values; "
+                "a source must map missing values to an id"
+            )
+        ids = arr.cast(pa.int64()).to_numpy(zero_copy_only=False)
+        if split == "train" and f.name in self._counters:
+            self._counters[f.name].add(ids)
+        return pa.array(ids, pa.int64())
+
+    # -- pass 2 ---------------------------------------------------------------------------------
+    def finish(
+        self,
+        *,
+        source: dict[str, Any],
+        split: dict[str, Any],
+        extra: dict[str, Any] | None = None,
+        tokens: dict[str, dict[int, str]] | None = None,
+    ) -> dict[str, Any]:
+        """Build vocabularies, write the final splits, vocab files and the manifest.
+
+        Args:
+            source: what was read (kind, paths, format); recorded in the manifest.
+            split: how rows were split (method, fractions / boundaries); recorded in the manifest.
+            extra: more manifest entries (skipped rows, oracle metrics, generator settings ...).
+            tokens: per feature, raw id -> original string, kept in the vocab files.
+
+        Returns:
+            The manifest (also written to ``DIR/manifest.json``).
+        """
+        vocabs: dict[str, Vocab] = {}
+        for f in self.spec.sparse:
+            if f.has_vocab:
+                ids, counts = self._counters[f.name].result()
+                vocabs[f.name] = Vocab.build(ids, counts, max_size=int(f.cardinality), min_count=f.min_count)
+        lookups = {name: v.lookup() for name, v in vocabs.items()}
+        oov = {name: {s: 0 for s in layout.SPLITS} for name in vocabs}
+        values = {name: {s: 0 for s in layout.SPLITS} for name in vocabs}
+
+        files: dict[str, list[str]] = {}
+        for s in layout.SPLITS:
+            d = layout.split_dir(self.out, s)
+            d.mkdir(parents=True, exist_ok=True)
+            writer: pq.ParquetWriter | None = None
+            part, in_part, written = 0, 0, []
+
+            def open_part() -> pq.ParquetWriter:
+                path = d / f"part-{part:05d}.parquet"
+                written.append(str(path.relative_to(self.out)))
+                return pq.ParquetWriter(path, self._schema, compression="snappy")
+
+            for staged in self._staged[s]:
+                table = pq.read_table(staged)
+                cols = []
+                for f, col in zip(self.spec.features, table.columns):
+                    if isinstance(f, SparseFeature) and f.name in lookups:
+                        col = col.combine_chunks()
+                        if f.multi_valued:
+                            vals, lens = _list_parts(col)
+                            mapped, n_oov = lookups[f.name](vals)
+                            col = _list_array(mapped, lens)
+                        else:
+                            mapped, n_oov = lookups[f.name](col.to_numpy(zero_copy_only=False))
+                            col = pa.array(mapped, pa.int64())
+                            vals = mapped
+                        oov[f.name][s] += n_oov
+                        values[f.name][s] += int(vals.size)
+                    cols.append(col)
+                if self.spec.timestamp is not None:
+                    cols.append(table.column(self.spec.timestamp))
+                table = pa.Table.from_arrays(cols, schema=self._schema)
+                start = 0
+                while start < table.num_rows:
+                    if writer is None:
+                        writer = open_part()
+                    take = min(self.rows_per_file - in_part, table.num_rows - start)
+                    writer.write_table(table.slice(start, take))
+                    start += take
+                    in_part += take
+                    if in_part >= self.rows_per_file:
+                        writer.close()
+                        writer, part, in_part = None, part + 1, 0
+                staged.unlink()
+            if writer is not None:
+                writer.close()
+            if not written:  # an empty split still has a readable file with the schema
+                path = d / "part-00000.parquet"
+                pq.write_table(self._schema.empty_table(), path)
+                written.append(str(path.relative_to(self.out)))
+            files[s] = written
+        shutil.rmtree(self._staging)
+
+        vocab_info: dict[str, Any] = {}
+        for name, v in vocabs.items():
+            self._write_vocab(name, v, (tokens or {}).get(name))
+            f = self.spec.feature(name)
+            vocab_info[name] = {
+                "size": v.size,
+                "cap": int(f.cardinality),
+                "min_count": f.min_count,
+                "oov_index": layout.OOV_INDEX,
+                "distinct_in_train": v.distinct_seen,
+                "train_oov_count": v.oov_count,
+                "oov_values": oov[name],
+                "values": values[name],
+                "file": str(layout.vocab_path(self.out, name).relative_to(self.out)),
+            }
+
+        resolved = self.spec.with_cardinalities({n: v.size for n, v in vocabs.items()})
+        (self.out / "features.yaml").write_text(
+            f"# Resolved feature spec of {self.out} (real cardinalities); written by recsys.\n"
+            + yaml.safe_dump(resolved.to_dict(), sort_keys=False),
+            encoding="utf-8",
+        )
+        manifest: dict[str, Any] = {
+            "format_version": layout.FORMAT_VERSION,
+            "dataset": self.spec.name,
+            "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "source": source,
+            "rows": {**self._rows, "total": sum(self._rows.values())},
+            "split": split,
+            "truncated_values": self._truncated,
+            "vocab": vocab_info,
+            "files": files,
+            **(extra or {}),
+            "feature_spec": resolved.to_dict(),
+            "input_feature_spec": self.spec.to_dict(),
+        }
+        layout.write_json_atomic(self.out / layout.MANIFEST, manifest)
+        return manifest
+
+    def _write_vocab(self, name: str, vocab: Vocab, tokens: dict[int, str] | None) -> None:
+        raw = np.concatenate([[0], vocab.raw_ids])
+        token_col = [None] + ([tokens.get(int(r)) for r in vocab.raw_ids] if tokens else [None] * vocab.raw_ids.size)
+        table = pa.Table.from_arrays(
+            [
+                pa.array(np.arange(vocab.size, dtype=np.int64)),
+                pa.array(raw, pa.int64(), mask=np.arange(vocab.size) == 0),
+                pa.array(np.concatenate([[vocab.oov_count], vocab.counts]).astype(np.int64)),
+                pa.array(token_col, pa.string()),
+            ],
+            schema=layout.VOCAB_SCHEMA,
+        )
+        path = layout.vocab_path(self.out, name)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        pq.write_table(table, path)

@@ -1,0 +1,289 @@
+"""Feature specs: the schema of a data set's columns, loaded from ``features/*.yaml``.
+
+A spec lists every column a data set holds after ingest: sparse id features (single- or
+multi-valued), dense float features and the label. It is the contract between ingest (which
+writes parquet and vocabularies to it), batching (which builds KeyedJaggedTensors from it) and
+the embedding collections (which build tables from it).
+
+Ids of a sparse feature with an integer ``cardinality`` lie in ``[0, cardinality)`` once ingested:
+index 0 is the reserved out-of-vocabulary (OOV) row, indices ``1..V`` are vocabulary ids ordered by
+descending training frequency. On ingest input, ``cardinality`` is the *cap*: the vocabulary keeps
+at most ``cardinality - 1`` ids; the manifest's resolved spec holds the real ``V + 1``.
+``cardinality: raw`` keeps the raw int64 ids (no vocabulary); only hashing methods can embed them.
+
+Example::
+
+    name: criteo
+    features:
+      - {name: label, kind: label}
+      - {name: I1, kind: dense, transform: log1p}
+      - {name: C1, kind: sparse, cardinality: 10000000, embedding_dim: 16}
+      - {name: genres, kind: sparse, cardinality: 20, max_length: 6, pooling: mean, tower: item}
+
+Loading validates everything at once and raises :class:`SpecError` listing each problem with
+its dotted path (``features[C1].embedding_dim``), the value received and what is allowed.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from recsys.features.compression import CompressionSpec, FullCompression
+
+_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
+
+
+class SpecError(ValueError):
+    """A feature spec failed validation; ``errors`` holds one line per problem."""
+
+    def __init__(self, source: str, errors: list[str]):
+        self.source = source
+        self.errors = errors
+        lines = "\n".join(f"  - {e}" for e in errors)
+        super().__init__(f"invalid feature spec {source}: {len(errors)} error(s)\n{lines}")
+
+
+class _Spec(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SparseFeature(_Spec):
+    """A categorical id feature, embedded by one or more TorchRec tables.
+
+    Args:
+        name: column name (an identifier).
+        cardinality: ids lie in ``[0, cardinality)`` (0 = OOV); on ingest input, the vocabulary cap.
+            ``"raw"``: keep raw int64 ids, to be hashed by the compression method.
+        max_length: 1 for single-valued; > 1 for multi-valued bags (longer lists are truncated at
+            ingest and counted in the manifest).
+        pooling: how a bag's vectors are pooled: ``sum`` or ``mean``.
+        tower: ``user``, ``item`` or ``context`` (two-tower models use user and item features).
+        embedding_dim: output dimension of the feature's embedding (a multiple of 4 for FBGEMM).
+        min_count: ids seen fewer times than this in the training split map to OOV.
+        compression: how the ids become table rows (see :mod:`recsys.features.compression`).
+    """
+
+    kind: Literal["sparse"]
+    name: str = Field(pattern=_NAME_PATTERN)
+    cardinality: Union[Annotated[int, Field(ge=2)], Literal["raw"]]
+    max_length: Annotated[int, Field(ge=1)] = 1
+    pooling: Literal["sum", "mean"] = "sum"
+    tower: Literal["user", "item", "context"] = "context"
+    embedding_dim: Annotated[int, Field(ge=4, le=4096)] = 16
+    min_count: Annotated[int, Field(ge=1)] = 1
+    compression: CompressionSpec = FullCompression()
+
+    @field_validator("embedding_dim")
+    @classmethod
+    def _dim_multiple_of_4(cls, v: int) -> int:
+        if v % 4:
+            raise ValueError(f"got {v}; FBGEMM's fused kernels need a multiple of 4 (e.g. {v + 4 - v % 4})")
+        return v
+
+    @model_validator(mode="after")
+    def _raw_needs_hashing(self) -> "SparseFeature":
+        if self.cardinality == "raw" and self.compression.kind == "full":
+            raise ValueError(
+                "cardinality 'raw' (unbounded ids) cannot use compression kind 'full', which needs "
+                "a vocabulary: give an integer cardinality or a hashing compression"
+            )
+        return self
+
+    @property
+    def multi_valued(self) -> bool:
+        return self.max_length > 1
+
+    @property
+    def has_vocab(self) -> bool:
+        return self.cardinality != "raw"
+
+
+class DenseFeature(_Spec):
+    """A float feature. ``transform: log1p`` applies ``log(1 + max(x, 0))`` at ingest; missing -> 0."""
+
+    kind: Literal["dense"]
+    name: str = Field(pattern=_NAME_PATTERN)
+    transform: Literal["identity", "log1p"] = "identity"
+
+
+class LabelFeature(_Spec):
+    """The training target: a click (0/1) or a rating, stored as float32."""
+
+    kind: Literal["label"]
+    name: str = Field(pattern=_NAME_PATTERN)
+
+
+Feature = Annotated[Union[SparseFeature, DenseFeature, LabelFeature], Field(discriminator="kind")]
+
+
+class DatasetSpec(_Spec):
+    """All columns of one data set.
+
+    Args:
+        name: data set name.
+        description: free text.
+        timestamp: name of an int64 column of event times (seconds), used for time-based splits.
+        features: the columns, in the order they are stored.
+    """
+
+    name: str = Field(pattern=_NAME_PATTERN)
+    description: str = ""
+    timestamp: str | None = Field(default=None, pattern=_NAME_PATTERN)
+    features: list[Feature] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _check_columns(self) -> "DatasetSpec":
+        seen: set[str] = set()
+        dupes = []
+        for f in self.features:
+            if f.name in seen:
+                dupes.append(f.name)
+            seen.add(f.name)
+        problems = []
+        if dupes:
+            problems.append(f"duplicate feature names {sorted(set(dupes))}; each column needs one entry")
+        labels = [f.name for f in self.features if f.kind == "label"]
+        if len(labels) > 1:
+            problems.append(f"{len(labels)} label features {labels}; at most one is allowed")
+        if self.timestamp is not None and self.timestamp in seen:
+            problems.append(f"timestamp column {self.timestamp!r} is also listed as a feature; list it only as timestamp")
+        if not self.sparse:
+            problems.append("no sparse feature; a data set needs at least one")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    # Views by kind, in declaration order.
+    @property
+    def sparse(self) -> list[SparseFeature]:
+        return [f for f in self.features if isinstance(f, SparseFeature)]
+
+    @property
+    def dense(self) -> list[DenseFeature]:
+        return [f for f in self.features if isinstance(f, DenseFeature)]
+
+    @property
+    def label(self) -> LabelFeature | None:
+        return next((f for f in self.features if isinstance(f, LabelFeature)), None)
+
+    def feature(self, name: str) -> SparseFeature | DenseFeature | LabelFeature:
+        for f in self.features:
+            if f.name == name:
+                return f
+        raise KeyError(f"no feature {name!r} in spec {self.name!r}; known: {[f.name for f in self.features]}")
+
+    def with_cardinalities(self, cardinalities: dict[str, int]) -> "DatasetSpec":
+        """A copy whose sparse features have the given (resolved) cardinalities."""
+        features = [
+            f.model_copy(update={"cardinality": cardinalities[f.name]})
+            if isinstance(f, SparseFeature) and f.name in cardinalities
+            else f
+            for f in self.features
+        ]
+        return self.model_copy(update={"features": features})
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+
+def _format_loc(loc: tuple, raw: Any) -> str:
+    """('features', 3, 'sparse', 'cardinality') -> 'features[C1].cardinality'."""
+    parts: list[str] = []
+    i = 0
+    node = raw
+    while i < len(loc):
+        key = loc[i]
+        if key == "features" and i + 1 < len(loc) and isinstance(loc[i + 1], int):
+            idx = loc[i + 1]
+            name = None
+            if isinstance(node, dict) and isinstance(node.get("features"), list) and idx < len(node["features"]):
+                item = node["features"][idx]
+                if isinstance(item, dict) and isinstance(item.get("name"), str):
+                    name = item["name"]
+            parts.append(f"features[{name if name is not None else idx}]")
+            i += 2
+            # Skip the union tag pydantic inserts (sparse / dense / label).
+            if i < len(loc) and loc[i] in ("sparse", "dense", "label"):
+                i += 1
+            node = None
+            continue
+        if isinstance(key, int):
+            parts.append(f"[{key}]")
+        elif key in ("int", "literal['raw']") or str(key).startswith(("function-", "constrained-")):
+            pass  # pydantic's names for union arms and wrapped validators, not user keys
+        else:
+            parts.append(("." if parts else "") + str(key))
+        i += 1
+    return "".join(parts) or "<spec>"
+
+
+def _format_errors(exc: ValidationError, raw: Any) -> list[str]:
+    out: list[str] = []
+    seen: set[str] = set()
+    for err in exc.errors():
+        path = _format_loc(tuple(err["loc"]), raw)
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key; remove it or check its spelling"
+        elif err["type"] == "missing":
+            msg = "required key is missing"
+        elif err["type"] == "union_tag_invalid":
+            msg = f"got kind {err.get('input', {}).get('kind')!r}; allowed: 'sparse', 'dense', 'label'"
+        elif err["type"] == "union_tag_not_found":
+            msg = "missing 'kind'; allowed: 'sparse', 'dense', 'label'"
+        if err["type"] not in ("extra_forbidden", "missing", "union_tag_not_found") and "input" in err:
+            value = err["input"]
+            if not isinstance(value, (dict, list)) and "got" not in msg:
+                msg = f"got {value!r}: {msg}"
+        line = f"{path}: {msg}"
+        # A bad cardinality fails both union arms (int, 'raw'); report it once.
+        if path.endswith(".cardinality") and err["type"] not in ("extra_forbidden", "missing"):
+            line = f"{path}: got {err.get('input')!r}; allowed: an integer >= 2, or 'raw' for unbounded ids to be hashed"
+        if line not in seen:
+            seen.add(line)
+            out.append(line)
+    return out
+
+
+def spec_from_dict(raw: Any, source: str = "<dict>") -> DatasetSpec:
+    """Validate a parsed spec; raises :class:`SpecError` with every problem at once."""
+    if not isinstance(raw, dict):
+        raise SpecError(source, [f"<spec>: got {type(raw).__name__}; expected a mapping with 'name' and 'features'"])
+    try:
+        return DatasetSpec.model_validate(raw)
+    except ValidationError as exc:
+        raise SpecError(source, _format_errors(exc, raw)) from None
+
+
+def load_spec(path: str | Path) -> DatasetSpec:
+    """Load and validate a feature spec YAML file.
+
+    Raises:
+        SpecError: the file is missing, not YAML, or fails validation (all problems listed).
+    """
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise SpecError(str(path), [f"cannot read file: {exc.strerror}"]) from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise SpecError(str(path), [f"not valid YAML: {exc}"]) from None
+    return spec_from_dict(raw, str(path))
+
+
+FEATURES_DIR = Path(__file__).resolve().parents[2] / "features"
+
+
+def builtin_spec(name: str) -> DatasetSpec:
+    """Load ``features/<name>.yaml`` shipped with the project."""
+    path = FEATURES_DIR / f"{name}.yaml"
+    if not path.exists():
+        known = sorted(p.stem for p in FEATURES_DIR.glob("*.yaml"))
+        raise ValueError(f"no built-in feature spec {name!r}; known: {known}")
+    return load_spec(path)
