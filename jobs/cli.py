@@ -26,7 +26,7 @@ USAGE = "usage: recsys <command> [args]\n\ncommands:\n" + "\n".join(
 
 def one_line(exc: BaseException) -> str:
     """An exception's message on one line (multi-error messages joined with '; ')."""
-    parts = [p.strip().lstrip("- ").strip() for p in str(exc).splitlines() if p.strip()]
+    parts = [p.strip().removeprefix("- ") for p in str(exc).splitlines() if p.strip()]
     return "; ".join(parts) or type(exc).__name__
 
 
