@@ -379,39 +379,39 @@ def generate_ctr(
         log(f"  planted model calibrated on {settings.pilot_rows:,} pilot rows ({time.perf_counter() - t0:.1f} s); "
             f"generating {rows:,} rows in chunks of {settings.chunk_rows:,}")
     ranges = split_rows(rows)
-    writer = DatasetWriter(out_dir, spec)
-    positives = {s: 0.0 for s in ranges}
-    kept: dict[str, tuple[list[np.ndarray], list[np.ndarray]]] = {"validation": ([], []), "test": ([], [])}
-    for start, table, p in gen.chunks(rows):
-        stop = start + table.num_rows
-        labels = table.column(spec.label.name).to_numpy()  # (n,)
-        for split, (lo, hi) in ranges.items():
-            a, b = max(lo, start), min(hi, stop)
-            if a >= b:
-                continue
-            writer.add(split, table.slice(a - start, b - a))
-            positives[split] += float(labels[a - start : b - start].sum())
-            if split in kept:
-                kept[split][0].append(labels[a - start : b - start])
-                kept[split][1].append(p[a - start : b - start])
-        if log:
-            log(f"  generated rows {stop:,} / {rows:,} ({time.perf_counter() - t0:.1f} s)")
-    oracle = {s: _oracle(s, np.concatenate(y), np.concatenate(q)) for s, (y, q) in kept.items()}
-    return writer.finish(
-        source={"kind": "synthetic", "generator": "ctr", "seed": int(seed), "rows": rows},
-        split={
-            "method": "row_order",
-            "fractions": {"train": 0.8, "validation": 0.1, "test": 0.1},
-            "rows": {s: [lo, hi] for s, (lo, hi) in ranges.items()},
-        },
-        extra={
-            "label_rate": {s: positives[s] / max(hi - lo, 1) for s, (lo, hi) in ranges.items()},
-            "oracle": oracle["test"],
-            "oracle_validation": oracle["validation"],
-            "generator": gen.describe(),
-            "generation_seconds": round(time.perf_counter() - t0, 2),
-        },
-    )
+    with DatasetWriter(out_dir, spec) as writer:
+        positives = {s: 0.0 for s in ranges}
+        kept: dict[str, tuple[list[np.ndarray], list[np.ndarray]]] = {"validation": ([], []), "test": ([], [])}
+        for start, table, p in gen.chunks(rows):
+            stop = start + table.num_rows
+            labels = table.column(spec.label.name).to_numpy()  # (n,)
+            for split, (lo, hi) in ranges.items():
+                a, b = max(lo, start), min(hi, stop)
+                if a >= b:
+                    continue
+                writer.add(split, table.slice(a - start, b - a))
+                positives[split] += float(labels[a - start : b - start].sum())
+                if split in kept:
+                    kept[split][0].append(labels[a - start : b - start])
+                    kept[split][1].append(p[a - start : b - start])
+            if log:
+                log(f"  generated rows {stop:,} / {rows:,} ({time.perf_counter() - t0:.1f} s)")
+        oracle = {s: _oracle(s, np.concatenate(y), np.concatenate(q)) for s, (y, q) in kept.items()}
+        return writer.finish(
+            source={"kind": "synthetic", "generator": "ctr", "seed": int(seed), "rows": rows},
+            split={
+                "method": "row_order",
+                "fractions": {"train": 0.8, "validation": 0.1, "test": 0.1},
+                "rows": {s: [lo, hi] for s, (lo, hi) in ranges.items()},
+            },
+            extra={
+                "label_rate": {s: positives[s] / max(hi - lo, 1) for s, (lo, hi) in ranges.items()},
+                "oracle": oracle["test"],
+                "oracle_validation": oracle["validation"],
+                "generator": gen.describe(),
+                "generation_seconds": round(time.perf_counter() - t0, 2),
+            },
+        )
 
 
 def ctr_true_probabilities(

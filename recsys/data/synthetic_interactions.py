@@ -208,56 +208,56 @@ def generate_interactions(
         log(f"  sampled {rows:,} interactions ({time.perf_counter() - t0:.1f} s)")
 
     ranges = split_rows(rows)  # time order = row order
-    writer = DatasetWriter(out_dir, spec)
-    for start in range(0, rows, settings.chunk_rows):
-        stop = min(start + settings.chunk_rows, rows)
-        u, i = user[start:stop], item[start:stop]
-        table = pa.table({
-            "label": pa.array(np.ones(stop - start, np.float32)),
-            "user_id": pa.array(u, pa.int64()),
-            "user_segment": pa.array(model.user_segment[u], pa.int64()),
-            "item_id": pa.array(i, pa.int64()),
-            "item_category": pa.array(model.item_category[i], pa.int64()),
-            "item_tags": model.item_tags(i),
-            "timestamp": pa.array(timestamp[start:stop], pa.int64()),
-        })
-        for split, (lo, hi) in ranges.items():
-            a, b = max(lo, start), min(hi, stop)
-            if a < b:
-                writer.add(split, table.slice(a - start, b - a))
+    with DatasetWriter(out_dir, spec) as writer:
+        for start in range(0, rows, settings.chunk_rows):
+            stop = min(start + settings.chunk_rows, rows)
+            u, i = user[start:stop], item[start:stop]
+            table = pa.table({
+                "label": pa.array(np.ones(stop - start, np.float32)),
+                "user_id": pa.array(u, pa.int64()),
+                "user_segment": pa.array(model.user_segment[u], pa.int64()),
+                "item_id": pa.array(i, pa.int64()),
+                "item_category": pa.array(model.item_category[i], pa.int64()),
+                "item_tags": model.item_tags(i),
+                "timestamp": pa.array(timestamp[start:stop], pa.int64()),
+            })
+            for split, (lo, hi) in ranges.items():
+                a, b = max(lo, start), min(hi, stop)
+                if a < b:
+                    writer.add(split, table.slice(a - start, b - a))
 
-    popular = np.argsort(-model.log_popularity, kind="stable")[: top.shape[1]]  # (K,)
-    oracle = {}
-    for split in ("validation", "test"):
-        lo, hi = ranges[split]
-        oracle[split] = {
-            "split": split,
-            "rows": hi - lo,
-            "recall": _recalls(top[user[lo:hi]], item[lo:hi]),
-            "popularity_recall": _recalls(np.broadcast_to(popular, (hi - lo, popular.size)), item[lo:hi]),
-            "ranking": "all items by true log popularity + <u, v> / tau; seen items not excluded",
-        }
-    return writer.finish(
-        source={"kind": "synthetic", "generator": "interactions", "seed": int(seed), "rows": rows},
-        split={
-            "method": "time",
-            "fractions": {"train": 0.8, "validation": 0.1, "test": 0.1},
-            "rows": {s: [lo, hi] for s, (lo, hi) in ranges.items()},
-            "timestamps": {s: [int(timestamp[lo]), int(timestamp[hi - 1])] for s, (lo, hi) in ranges.items()},
-        },
-        extra={
-            "oracle": oracle["test"],
-            "oracle_validation": oracle["validation"],
-            "generator": {
-                "kind": "interactions",
-                "seed": int(seed),
-                "users": users,
-                "items": items,
-                "segments": card["user_segment"] - 1,
-                "categories": card["item_category"] - 1,
-                "tags": card["item_tags"] - 1,
-                "settings": dataclasses.asdict(settings),
+        popular = np.argsort(-model.log_popularity, kind="stable")[: top.shape[1]]  # (K,)
+        oracle = {}
+        for split in ("validation", "test"):
+            lo, hi = ranges[split]
+            oracle[split] = {
+                "split": split,
+                "rows": hi - lo,
+                "recall": _recalls(top[user[lo:hi]], item[lo:hi]),
+                "popularity_recall": _recalls(np.broadcast_to(popular, (hi - lo, popular.size)), item[lo:hi]),
+                "ranking": "all items by true log popularity + <u, v> / tau; seen items not excluded",
+            }
+        return writer.finish(
+            source={"kind": "synthetic", "generator": "interactions", "seed": int(seed), "rows": rows},
+            split={
+                "method": "time",
+                "fractions": {"train": 0.8, "validation": 0.1, "test": 0.1},
+                "rows": {s: [lo, hi] for s, (lo, hi) in ranges.items()},
+                "timestamps": {s: [int(timestamp[lo]), int(timestamp[hi - 1])] for s, (lo, hi) in ranges.items()},
             },
-            "generation_seconds": round(time.perf_counter() - t0, 2),
-        },
-    )
+            extra={
+                "oracle": oracle["test"],
+                "oracle_validation": oracle["validation"],
+                "generator": {
+                    "kind": "interactions",
+                    "seed": int(seed),
+                    "users": users,
+                    "items": items,
+                    "segments": card["user_segment"] - 1,
+                    "categories": card["item_category"] - 1,
+                    "tags": card["item_tags"] - 1,
+                    "settings": dataclasses.asdict(settings),
+                },
+                "generation_seconds": round(time.perf_counter() - t0, 2),
+            },
+        )

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -60,7 +61,9 @@ class DatasetWriter:
     """Streams raw chunks of one data set into the ingest layout.
 
     Args:
-        out_dir: output folder; must be empty, missing, or hold an earlier data set (replaced).
+        out_dir: output folder; must be empty, missing, or hold an earlier data set, which is
+            replaced only when :meth:`finish` succeeds. Use as a context manager (or call
+            :meth:`abort`) so a failed run removes its partial build.
         spec: the feature spec of the input (cardinalities are caps).
         rows_per_file: rows per output parquet part.
 
@@ -73,9 +76,13 @@ class DatasetWriter:
         self.out = Path(out_dir)
         self.spec = spec
         self.rows_per_file = rows_per_file
-        self._prepare_out_dir()
-        self._staging = self.out / ".staging"
-        self._staging.mkdir(parents=True)
+        self._check_out_dir()
+        # Everything is built in a hidden sibling folder and swapped in by finish(), so a failed
+        # run (bad input, crash) leaves an earlier data set in --out untouched.
+        self.out.parent.mkdir(parents=True, exist_ok=True)
+        self._build = Path(tempfile.mkdtemp(prefix=f".{self.out.name}.building-", dir=self.out.parent))
+        self._staging = self._build / ".staging"
+        self._staging.mkdir()
         self._staged: dict[str, list[Path]] = {s: [] for s in layout.SPLITS}
         self._rows = {s: 0 for s in layout.SPLITS}
         self._truncated = {f.name: 0 for f in spec.sparse if f.multi_valued}
@@ -83,21 +90,38 @@ class DatasetWriter:
         self._schema = layout.arrow_schema(spec)
         self._columns = list(self._schema.names)
 
-    def _prepare_out_dir(self) -> None:
+    def _check_out_dir(self) -> None:
+        if not self.out.exists():
+            return
+        if not self.out.is_dir():
+            raise ValueError(f"--out {self.out}: exists and is not a folder")
+        entries = {p.name for p in self.out.iterdir()}
+        ours = {layout.MANIFEST, "features.yaml", "vocab", ".staging", *layout.SPLITS}
+        if entries and not (entries <= ours):
+            raise ValueError(
+                f"--out {self.out}: folder holds other files ({sorted(entries - ours)[:5]}); "
+                "give an empty or new folder, or one written by recsys before"
+            )
+
+    def __enter__(self) -> "DatasetWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is not None:
+            self.abort()
+
+    def abort(self) -> None:
+        """Drop everything built so far; --out keeps what it held before."""
+        shutil.rmtree(self._build, ignore_errors=True)
+
+    def _swap_in(self) -> None:
+        old = None
         if self.out.exists():
-            if not self.out.is_dir():
-                raise ValueError(f"--out {self.out}: exists and is not a folder")
-            entries = {p.name for p in self.out.iterdir()}
-            ours = {layout.MANIFEST, "features.yaml", "vocab", ".staging", *layout.SPLITS}
-            if entries and not (entries <= ours):
-                raise ValueError(
-                    f"--out {self.out}: folder holds other files ({sorted(entries - ours)[:5]}); "
-                    "give an empty or new folder, or one written by recsys before"
-                )
-            for name in entries:
-                p = self.out / name
-                shutil.rmtree(p) if p.is_dir() else p.unlink()
-        self.out.mkdir(parents=True, exist_ok=True)
+            old = self.out.parent / f".{self.out.name}.old-{self._build.name.rsplit('-', 1)[-1]}"
+            self.out.rename(old)
+        self._build.rename(self.out)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
 
     # -- pass 1 ---------------------------------------------------------------------------------
     def add(self, split: str, chunk: pa.Table | pd.DataFrame) -> None:
@@ -192,14 +216,14 @@ class DatasetWriter:
 
         files: dict[str, list[str]] = {}
         for s in layout.SPLITS:
-            d = layout.split_dir(self.out, s)
+            d = layout.split_dir(self._build, s)
             d.mkdir(parents=True, exist_ok=True)
             writer: pq.ParquetWriter | None = None
             part, in_part, written = 0, 0, []
 
             def open_part() -> pq.ParquetWriter:
                 path = d / f"part-{part:05d}.parquet"
-                written.append(str(path.relative_to(self.out)))
+                written.append(str(path.relative_to(self._build)))
                 return pq.ParquetWriter(path, self._schema, compression="snappy")
 
             for staged in self._staged[s]:
@@ -239,7 +263,7 @@ class DatasetWriter:
             if not written:  # an empty split still has a readable file with the schema
                 path = d / "part-00000.parquet"
                 pq.write_table(self._schema.empty_table(), path)
-                written.append(str(path.relative_to(self.out)))
+                written.append(str(path.relative_to(self._build)))
             files[s] = written
         shutil.rmtree(self._staging)
 
@@ -256,11 +280,11 @@ class DatasetWriter:
                 "train_oov_count": v.oov_count,
                 "oov_values": oov[name],
                 "values": values[name],
-                "file": str(layout.vocab_path(self.out, name).relative_to(self.out)),
+                "file": str(layout.vocab_path(self._build, name).relative_to(self._build)),
             }
 
         resolved = self.spec.with_cardinalities({n: v.size for n, v in vocabs.items()})
-        (self.out / "features.yaml").write_text(
+        (self._build / "features.yaml").write_text(
             f"# Resolved feature spec of {self.out} (real cardinalities); written by recsys.\n"
             + yaml.safe_dump(resolved.to_dict(), sort_keys=False),
             encoding="utf-8",
@@ -279,7 +303,8 @@ class DatasetWriter:
             "feature_spec": resolved.to_dict(),
             "input_feature_spec": self.spec.to_dict(),
         }
-        layout.write_json_atomic(self.out / layout.MANIFEST, manifest)
+        layout.write_json_atomic(self._build / layout.MANIFEST, manifest)
+        self._swap_in()
         return manifest
 
     def _write_vocab(self, name: str, vocab: Vocab, tokens: dict[int, str] | None) -> None:
@@ -294,6 +319,6 @@ class DatasetWriter:
             ],
             schema=layout.VOCAB_SCHEMA,
         )
-        path = layout.vocab_path(self.out, name)
+        path = layout.vocab_path(self._build, name)
         path.parent.mkdir(parents=True, exist_ok=True)
         pq.write_table(table, path)
