@@ -1,6 +1,16 @@
 """Feature specs (schema + validation) and compression specs."""
 
-from recsys.features.compression import CompressionSpec, FullCompression
+from recsys.features.compression import (
+    COMPRESSION_KINDS,
+    CompressionSpec,
+    FeatureGroup,
+    FullCompression,
+    HashedCompression,
+    MixedDimCompression,
+    MultiHashCompression,
+    QRCompression,
+    UnifiedCompression,
+)
 from recsys.features.spec import (
     DatasetSpec,
     DenseFeature,
@@ -13,7 +23,14 @@ from recsys.features.spec import (
 )
 
 __all__ = [
+    "COMPRESSION_KINDS",
     "CompressionSpec",
+    "FeatureGroup",
+    "HashedCompression",
+    "MixedDimCompression",
+    "MultiHashCompression",
+    "QRCompression",
+    "UnifiedCompression",
     "DatasetSpec",
     "DenseFeature",
     "FullCompression",

@@ -1,19 +1,30 @@
 """Compression specs: how a sparse feature's ids become rows of physical TorchRec tables.
 
-A tagged union on ``kind``; each kind has its own typed, frozen schema. The families beyond
-``full`` (hashed, multi_hash, qr, mixed_dim, unified) are defined by the compression issue and
-compiled into plans by :mod:`recsys.embeddings`.
+A tagged union on ``kind``; each kind has its own typed, frozen schema. They are compiled into
+plans (index transform -> physical TorchRec tables -> combiner) by :mod:`recsys.embeddings`.
 
 Example (YAML, inside a sparse feature)::
 
     compression: {kind: full}
+    compression: {kind: hashed, num_buckets: 1000000}
+    compression: {kind: multi_hash, num_buckets: 500000, num_hashes: 2, combiner: sum, importance_weights: true}
+    compression: {kind: qr, num_collisions: 64, operation: mult}
+    compression: {kind: qr, radices: [256, 256], operation: concat}     # 3 partitions (mixed radix)
+    compression: {kind: mixed_dim, num_blocks: 4, alpha: 0.5}
+    compression: {kind: unified, group: shared}   # the group is declared in the spec's `groups:`
+
+Checks that need the feature (cardinality, embedding_dim) live in
+:class:`recsys.features.spec.SparseFeature`; checks across features (unified groups) in
+:class:`recsys.features.spec.DatasetSpec`.
 """
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal, Union
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
 
 
 class _Spec(BaseModel):
@@ -26,6 +37,155 @@ class FullCompression(_Spec):
     kind: Literal["full"] = "full"
 
 
-CompressionSpec = FullCompression
+class HashedCompression(_Spec):
+    """Hashing trick: row ``h_f(x) mod num_buckets`` of one ``num_buckets x embedding_dim`` table.
 
-COMPRESSION_KINDS: tuple[str, ...] = ("full",)
+    Args:
+        num_buckets: rows of the table (>= 1).
+    """
+
+    kind: Literal["hashed"]
+    num_buckets: Annotated[int, Field(ge=1)]
+
+
+class MultiHashCompression(_Spec):
+    """``num_hashes`` independent hashes into ONE shared ``num_buckets``-row table.
+
+    Args:
+        num_buckets: rows of the shared table.
+        num_hashes: k >= 2 probes per id.
+        combiner: ``sum`` (each probe has the feature's dim) or ``concat`` (the feature's dim is
+            split into k parts, each a multiple of 4).
+        importance_weights: learn k weights per id (hash embeddings, Svenstrup et al. 2017), read
+            from a second hashed table of ``num_weight_buckets`` rows; the probe vectors are
+            weighted per id, before bag pooling.
+        num_weight_buckets: rows of the importance-weight table; default ``num_buckets``.
+    """
+
+    kind: Literal["multi_hash"]
+    num_buckets: Annotated[int, Field(ge=1)]
+    num_hashes: Annotated[int, Field(ge=2, le=8)] = 2
+    combiner: Literal["sum", "concat"] = "sum"
+    importance_weights: bool = False
+    num_weight_buckets: Annotated[int, Field(ge=1)] | None = None
+
+    @model_validator(mode="after")
+    def _weight_buckets_need_weights(self) -> "MultiHashCompression":
+        if self.num_weight_buckets is not None and not self.importance_weights:
+            raise ValueError("num_weight_buckets is set but importance_weights is false; set importance_weights: true or remove num_weight_buckets")
+        return self
+
+
+class QRCompression(_Spec):
+    """Compositional embeddings from complementary partitions (Shi et al. 2020).
+
+    Two partitions: ``x mod m`` (``m`` rows) and ``x // m`` (``ceil(N / m)`` rows) with
+    ``m = num_collisions``. k partitions: mixed-radix digits of ``x`` with the given ``radices``
+    for the low digits; the top digit gets ``ceil(N / prod(radices))`` rows. Every id below the
+    cardinality gets a unique tuple of rows.
+
+    Args:
+        num_collisions: ``m`` of the 2-partition (ids sharing a quotient row); or
+        radices: explicit low-digit radices ``[r_0, ..., r_{k-2}]`` (k partitions).
+        operation: ``mult`` (element-wise product, per value then pooled), ``add`` or ``concat``.
+    """
+
+    kind: Literal["qr"]
+    num_collisions: Annotated[int, Field(ge=2)] | None = None
+    radices: tuple[Annotated[int, Field(ge=2)], ...] | None = None
+    operation: Literal["mult", "add", "concat"] = "mult"
+
+    @model_validator(mode="after")
+    def _one_partitioning(self) -> "QRCompression":
+        if (self.num_collisions is None) == (self.radices is None):
+            raise ValueError("give exactly one of num_collisions (2 partitions) or radices (k partitions)")
+        if self.radices is not None and len(self.radices) < 1:
+            raise ValueError("radices needs at least one radix")
+        return self
+
+    @property
+    def low_radices(self) -> tuple[int, ...]:
+        return (self.num_collisions,) if self.num_collisions is not None else tuple(self.radices)
+
+
+class MixedDimCompression(_Spec):
+    """Mixed-dimension embeddings (Ginart et al. 2021) over frequency-ordered ids.
+
+    Ids ``0..N-1`` (0 = OOV, then by descending frequency) are split into ``num_blocks`` blocks;
+    block i gets dim ``d_i = round4(base_dim * (p_i / p_0) ** alpha)`` where ``p_i`` is the mean
+    popularity of an id in block i (hot blocks keep large dims), and a projection ``d_i -> D``.
+
+    Args:
+        num_blocks: number of frequency blocks (>= 2).
+        alpha: temperature of the power law, in ``(0, 1]``; 0 would be uniform dims.
+        base_dim: dim of the hottest block; default the feature's ``embedding_dim``.
+        block_boundaries: explicit increasing start indices of blocks 1.. (``num_blocks - 1``
+            values in ``(0, cardinality)``); default geometric ``N ** (i / num_blocks)``.
+    """
+
+    kind: Literal["mixed_dim"]
+    num_blocks: Annotated[int, Field(ge=2, le=16)] = 4
+    alpha: Annotated[float, Field(gt=0.0, le=1.0)] = 0.5
+    base_dim: Annotated[int, Field(ge=4)] | None = None
+    block_boundaries: tuple[Annotated[int, Field(ge=1)], ...] | None = None
+
+    @field_validator("base_dim")
+    @classmethod
+    def _dim_multiple_of_4(cls, v: int | None) -> int | None:
+        if v is not None and v % 4:
+            raise ValueError(f"got {v}; FBGEMM's fused kernels need a multiple of 4 (e.g. {v + 4 - v % 4})")
+        return v
+
+    @model_validator(mode="after")
+    def _boundaries(self) -> "MixedDimCompression":
+        b = self.block_boundaries
+        if b is not None:
+            if len(b) != self.num_blocks - 1:
+                raise ValueError(f"block_boundaries has {len(b)} values; num_blocks {self.num_blocks} needs {self.num_blocks - 1}")
+            if any(x >= y for x, y in zip(b, b[1:])):
+                raise ValueError(f"block_boundaries {list(b)} must be strictly increasing")
+        return self
+
+
+class UnifiedCompression(_Spec):
+    """Feature multiplexing (Coleman et al. 2023): the feature shares the table(s) of a group.
+
+    Args:
+        group: name of a group declared in the data set spec's ``groups:`` list.
+    """
+
+    kind: Literal["unified"]
+    group: str = Field(pattern=_NAME_PATTERN)
+
+
+class FeatureGroup(_Spec):
+    """A multiplexed group: ``num_tables`` shared ``num_buckets x (embedding_dim / num_chunks)`` tables.
+
+    Each feature of the group hashes its ids ``num_chunks`` times with its own seeds (one per
+    chunk) and concatenates the lookups; chunk c reads table ``c mod num_tables``.
+
+    Args:
+        name: the group name features refer to with ``{kind: unified, group: NAME}``.
+        num_buckets: rows of each shared table.
+        num_chunks: lookups per feature; the feature's dim is split into equal chunks (multiples of 4).
+        num_tables: shared tables, chunks assigned round-robin (<= num_chunks).
+    """
+
+    name: str = Field(pattern=_NAME_PATTERN)
+    num_buckets: Annotated[int, Field(ge=1)]
+    num_chunks: Annotated[int, Field(ge=1, le=16)] = 1
+    num_tables: Annotated[int, Field(ge=1)] = 1
+
+    @model_validator(mode="after")
+    def _tables_le_chunks(self) -> "FeatureGroup":
+        if self.num_tables > self.num_chunks:
+            raise ValueError(f"num_tables {self.num_tables} > num_chunks {self.num_chunks}; a table needs at least one chunk")
+        return self
+
+
+CompressionSpec = Annotated[
+    Union[FullCompression, HashedCompression, MultiHashCompression, QRCompression, MixedDimCompression, UnifiedCompression],
+    Field(discriminator="kind"),
+]
+
+COMPRESSION_KINDS: tuple[str, ...] = ("full", "hashed", "multi_hash", "qr", "mixed_dim", "unified")

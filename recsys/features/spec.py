@@ -32,7 +32,7 @@ from typing import Annotated, Any, Literal, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from recsys.features.compression import CompressionSpec, FullCompression
+from recsys.features.compression import COMPRESSION_KINDS, CompressionSpec, FeatureGroup, FullCompression
 
 _NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
 
@@ -91,6 +91,9 @@ class SparseFeature(_Spec):
                 "cardinality 'raw' (unbounded ids) cannot use compression kind 'full', which needs "
                 "a vocabulary: give an integer cardinality or a hashing compression"
             )
+        problems = _compression_problems(self)
+        if problems:
+            raise ValueError("; ".join(problems))
         return self
 
     @property
@@ -100,6 +103,57 @@ class SparseFeature(_Spec):
     @property
     def has_vocab(self) -> bool:
         return self.cardinality != "raw"
+
+
+def _compression_problems(f: "SparseFeature") -> list[str]:
+    """Checks of a feature's compression that need its cardinality or dim (messages name the field)."""
+    c = f.compression
+    n = f.cardinality
+    out: list[str] = []
+    if n == "raw" and c.kind in ("qr", "mixed_dim"):
+        out.append(
+            f"compression.kind: {c.kind!r} needs dense vocabulary ids but cardinality is 'raw'; "
+            "give an integer cardinality or use hashed / multi_hash / unified"
+        )
+        return out
+    if c.kind in ("hashed", "multi_hash") and n != "raw" and c.num_buckets >= n:
+        out.append(
+            f"compression.num_buckets: got {c.num_buckets} >= cardinality {n}, which saves nothing; "
+            f"use fewer buckets (< {n}) or kind 'full'"
+        )
+    if c.kind == "multi_hash" and c.combiner == "concat":
+        d, k = f.embedding_dim, c.num_hashes
+        if d % k or (d // k) % 4:
+            out.append(
+                f"compression.combiner: 'concat' reads {k} probes of one shared table, so embedding_dim {d} "
+                f"must split into {k} equal parts of a multiple of 4; use combiner 'sum' or another num_hashes"
+            )
+    if c.kind == "qr":
+        product = 1
+        for r in c.low_radices:
+            product *= r
+        field = "num_collisions" if c.num_collisions is not None else "radices"
+        if product >= n:
+            shown = c.num_collisions if c.num_collisions is not None else list(c.radices)
+            out.append(
+                f"compression.{field}: got {shown} (product {product}) >= cardinality {n}: the collisions "
+                f"are larger than the vocabulary, so the top partition has one row; use a product < {n}"
+            )
+        k = len(c.low_radices) + 1
+        if c.operation == "concat" and f.embedding_dim < 4 * k:
+            out.append(
+                f"compression.operation: 'concat' splits embedding_dim {f.embedding_dim} into {k} parts of "
+                f"at least 4; use 'mult' / 'add' or embedding_dim >= {4 * k}"
+            )
+    if c.kind == "mixed_dim":
+        if c.num_blocks >= n:
+            out.append(f"compression.num_blocks: got {c.num_blocks} >= cardinality {n}; use fewer blocks")
+        if c.block_boundaries is not None and c.block_boundaries[-1] >= n:
+            out.append(
+                f"compression.block_boundaries: last boundary {c.block_boundaries[-1]} >= cardinality {n}; "
+                "boundaries are start indices inside [1, cardinality)"
+            )
+    return out
 
 
 class DenseFeature(_Spec):
@@ -128,12 +182,15 @@ class DatasetSpec(_Spec):
         description: free text.
         timestamp: name of an int64 column of event times (seconds), used for time-based splits.
         features: the columns, in the order they are stored.
+        groups: multiplexed feature groups (``unified`` compression): each declares the shared
+            tables; a feature joins with ``compression: {kind: unified, group: NAME}``.
     """
 
     name: str = Field(pattern=_NAME_PATTERN)
     description: str = ""
     timestamp: str | None = Field(default=None, pattern=_NAME_PATTERN)
     features: list[Feature] = Field(min_length=1)
+    groups: list[FeatureGroup] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _check_columns(self) -> "DatasetSpec":
@@ -153,9 +210,54 @@ class DatasetSpec(_Spec):
             problems.append(f"timestamp column {self.timestamp!r} is also listed as a feature; list it only as timestamp")
         if not self.sparse:
             problems.append("no sparse feature; a data set needs at least one")
+        problems.extend(self._group_problems())
         if problems:
-            raise ValueError("; ".join(problems))
+            # One problem per line; lines that start with a dotted path keep it (see _format_errors).
+            raise ValueError("\n".join(problems))
         return self
+
+    def _group_problems(self) -> list[str]:
+        """Unified groups: every reference resolves, and a group's features agree on the dim."""
+        problems: list[str] = []
+        groups: dict[str, FeatureGroup] = {}
+        for g in self.groups:
+            if g.name in groups:
+                problems.append(f"groups[{g.name}]: duplicate group name; each group needs one entry")
+            groups[g.name] = g
+        members: dict[str, list[SparseFeature]] = {name: [] for name in groups}
+        for f in self.sparse:
+            if f.compression.kind != "unified":
+                continue
+            if f.compression.group not in groups:
+                problems.append(
+                    f"features[{f.name}].compression.group: got {f.compression.group!r}, which is not declared; "
+                    f"declared groups: {sorted(groups)} (add it to the spec's `groups:` list)"
+                )
+                continue
+            members[f.compression.group].append(f)
+        for name, fs in members.items():
+            g = groups[name]
+            if not fs:
+                problems.append(
+                    f"groups[{name}]: no feature uses this group; remove it or give features "
+                    f"`compression: {{kind: unified, group: {name}}}`"
+                )
+                continue
+            first = fs[0]
+            conflicting = [f for f in fs if f.embedding_dim != first.embedding_dim]
+            for f in conflicting:
+                problems.append(
+                    f"features[{f.name}].embedding_dim: got {f.embedding_dim} but unified group {name!r} shares "
+                    f"its table(s) at dim {first.embedding_dim} (feature {first.name}); give every feature "
+                    "of a group the same embedding_dim, or move it to another group"
+                )
+            dim = first.embedding_dim
+            if not conflicting and (dim % g.num_chunks or (dim // g.num_chunks) % 4):
+                problems.append(
+                    f"groups[{name}].num_chunks: got {g.num_chunks}; embedding_dim {dim} of features "
+                    f"{[f.name for f in fs]} must split into {g.num_chunks} chunks of a multiple of 4"
+                )
+        return problems
 
     # Views by kind, in declaration order.
     @property
@@ -211,6 +313,16 @@ def _format_loc(loc: tuple, raw: Any) -> str:
                 i += 1
             node = None
             continue
+        if key in COMPRESSION_KINDS and parts and parts[-1] == ".compression":
+            i += 1  # the tag pydantic inserts for the compression union
+            continue
+        if key == "groups" and i + 1 < len(loc) and isinstance(loc[i + 1], int) and isinstance(raw, dict):
+            idx = loc[i + 1]
+            items = raw.get("groups") if isinstance(raw.get("groups"), list) else []
+            name = items[idx].get("name") if idx < len(items) and isinstance(items[idx], dict) else None
+            parts.append(f"{'.' if parts else ''}groups[{name if isinstance(name, str) else idx}]")
+            i += 2
+            continue
         if isinstance(key, int):
             parts.append(f"[{key}]")
         elif key in ("int", "literal['raw']") or str(key).startswith(("function-", "constrained-")):
@@ -227,14 +339,27 @@ def _format_errors(exc: ValidationError, raw: Any) -> list[str]:
     for err in exc.errors():
         path = _format_loc(tuple(err["loc"]), raw)
         msg = err["msg"].removeprefix("Value error, ")
+        if path == "<spec>" and err["type"] == "value_error":
+            # Cross-feature checks report one problem per line, each with its own dotted path.
+            for text in msg.split("\n"):
+                line = text if text.startswith(("features[", "groups[")) else f"<spec>: {text}"
+                if line not in seen:
+                    seen.add(line)
+                    out.append(line)
+            continue
+        allowed_kinds = (
+            ", ".join(repr(k) for k in COMPRESSION_KINDS)
+            if path.endswith(".compression")
+            else "'sparse', 'dense', 'label'"
+        )
         if err["type"] == "extra_forbidden":
             msg = "unknown key; remove it or check its spelling"
         elif err["type"] == "missing":
             msg = "required key is missing"
         elif err["type"] == "union_tag_invalid":
-            msg = f"got kind {err.get('input', {}).get('kind')!r}; allowed: 'sparse', 'dense', 'label'"
+            msg = f"got kind {err.get('input', {}).get('kind')!r}; allowed: {allowed_kinds}"
         elif err["type"] == "union_tag_not_found":
-            msg = "missing 'kind'; allowed: 'sparse', 'dense', 'label'"
+            msg = f"missing 'kind'; allowed: {allowed_kinds}"
         if err["type"] not in ("extra_forbidden", "missing", "union_tag_not_found") and "input" in err:
             value = err["input"]
             if not isinstance(value, (dict, list)) and "got" not in msg:

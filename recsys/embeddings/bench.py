@@ -1,0 +1,241 @@
+"""Lookup throughput of every compression method at several memory budgets.
+
+    python -m recsys.embeddings.bench lookup --out lookup.json
+    python -m recsys.embeddings.bench lookup --scale 1.0 --batch 4096 --steps 20 --methods hashed,qr
+    recsys bench lookup ...            (once wired into jobs/bench.py)
+
+Schema: the 26 categorical Criteo (Kaggle) fields at their real cardinalities (from
+``features/synthetic.yaml``), single-valued, dim 16, times ``--scale`` (default 1/8, so full tables
+fit next to other work on a small machine). Ids are Zipf-like (log-uniform) per field.
+
+For each method and budget (1, 1/4, 1/16, 1/64 of the full-table bytes) the budget solver picks
+the hyperparameters, then forward + backward (+ SGD update) is timed on three paths in the SAME
+process:
+
+- ``fused``: the compressed collection inside a single-process ``DistributedModelParallel``
+  (gloo, world size 1): the physical tables run through FBGEMM's fused table-batched kernel with
+  the optimizer fused into backward, as in training;
+- ``fused_full``: full tables through the same DMP path (the baseline, re-measured before each method);
+- ``naive``: :class:`NaiveEmbeddingBagCollection` of the same method (one ``nn.EmbeddingBag`` per
+  table, sparse gradients, ``torch.optim.SGD``).
+
+Lookups/s counts logical lookups (batch x features) per second. Prints a table; ``--out`` writes
+one JSON record per method and budget.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import sys
+import time
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.distributed as dist
+from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
+
+from recsys.embeddings.budget import solve_budget
+from recsys.embeddings.builder import build_embedding_collection
+from recsys.embeddings.naive import NaiveEmbeddingBagCollection
+from recsys.features.spec import DatasetSpec, builtin_spec, spec_from_dict
+
+METHODS = ["hashed", "multi_hash", "qr", "mixed_dim", "unified"]
+BUDGETS = [1, 4, 16, 64]
+TARGETS = {"hashed": 0.9, "multi_hash": 0.9, "unified": 0.9, "qr": 0.7, "mixed_dim": 0.7}
+
+
+@dataclass
+class Record:
+    method: str
+    budget: str
+    target_ratio: float
+    achieved_ratio: float
+    bytes: int
+    lookups_per_s: float
+    fused_full_lookups_per_s: float
+    naive_lookups_per_s: float
+    vs_fused_full: float
+    vs_naive: float
+    target_vs_fused_full: float
+    notes: list[str]
+
+
+def criteo_spec(scale: float) -> DatasetSpec:
+    """The 26 Criteo categorical fields with Kaggle cardinalities x scale (at least 4)."""
+    base = builtin_spec("synthetic")
+    features = [
+        {"name": f.name, "kind": "sparse", "cardinality": max(4, int(f.cardinality * scale)), "embedding_dim": 16}
+        for f in base.sparse
+        if f.name.startswith("C")
+    ]
+    return spec_from_dict({"name": "criteo_lookup", "features": features})
+
+
+def make_batches(spec: DatasetSpec, batch: int, count: int, seed: int = 0) -> list[KeyedJaggedTensor]:
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    names = [f.name for f in spec.sparse]
+    for _ in range(count):
+        values = []
+        for f in spec.sparse:
+            u = torch.rand(batch, generator=g, dtype=torch.float64)
+            values.append((torch.pow(float(f.cardinality), u) - 1).long().clamp(0, f.cardinality - 1))
+        lengths = torch.ones(batch * len(names), dtype=torch.int64)
+        out.append(KeyedJaggedTensor(keys=names, values=torch.cat(values), lengths=lengths))
+    return out
+
+
+def _init_dist() -> None:
+    if dist.is_initialized():
+        return
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+    os.environ.setdefault("MASTER_PORT", str(port))
+    dist.init_process_group("gloo", rank=0, world_size=1)
+
+
+def fused_model(spec: DatasetSpec, lr: float = 0.01):
+    """The collection on the meta device, sharded (world size 1) into FBGEMM's fused kernel."""
+    from torchrec.distributed.embedding import EmbeddingCollectionSharder
+    from torchrec.distributed.embeddingbag import EmbeddingBagCollectionSharder
+    from torchrec.distributed.model_parallel import DistributedModelParallel
+    from torchrec.distributed.planner import EmbeddingShardingPlanner, ParameterConstraints, Topology
+    from torchrec.distributed.types import ShardingEnv
+
+    from fbgemm_gpu.split_table_batched_embeddings_ops_training import OptimType
+
+    fused_params = {"learning_rate": lr, "optimizer": OptimType.EXACT_SGD}
+    sharders = [EmbeddingBagCollectionSharder(fused_params=fused_params), EmbeddingCollectionSharder(fused_params=fused_params)]
+    module = build_embedding_collection(spec, device="meta")
+    pg = dist.GroupMember.WORLD
+    # Every table table-wise in the fused kernel (the planner would make small tables data-parallel).
+    constraints = {
+        t.name: ParameterConstraints(sharding_types=["table_wise"], compute_kernels=["fused"]) for t in module.plan().tables
+    }
+    planner = EmbeddingShardingPlanner(topology=Topology(world_size=1, compute_device="cpu"), constraints=constraints)
+    plan = planner.plan(module, sharders)
+    model = DistributedModelParallel(module, env=ShardingEnv.from_process_group(pg), device=torch.device("cpu"), plan=plan, sharders=sharders)
+    dense = [p for n, p in model.named_parameters() if "projections" in n]
+    optimizer = torch.optim.SGD(dense, lr=lr) if dense else None
+    return model, optimizer
+
+
+def time_steps(model, optimizer, batches: list[KeyedJaggedTensor], steps: int, warmup: int = 3) -> float:
+    """Seconds per forward + backward (+ optimizer step)."""
+
+    def step(kjt):
+        out = model(kjt).values()
+        out.sum().backward()
+        if optimizer is not None:
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+
+    for i in range(warmup):
+        step(batches[i % len(batches)])
+    start = time.perf_counter()
+    for i in range(steps):
+        step(batches[i % len(batches)])
+    return (time.perf_counter() - start) / steps
+
+
+def naive_model(spec: DatasetSpec, lr: float = 0.01):
+    collection = build_embedding_collection(spec)
+    naive = NaiveEmbeddingBagCollection(collection, sparse=True)
+    del collection
+    return naive, torch.optim.SGD(naive.parameters(), lr=lr)
+
+
+def run_lookup(args: argparse.Namespace) -> list[Record]:
+    torch.manual_seed(0)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    _init_dist()
+    spec = criteo_spec(args.scale)
+    batches = make_batches(spec, args.batch, 4)
+    lookups = args.batch * len(spec.sparse)
+    print(f"schema: {len(spec.sparse)} fields, {sum(f.cardinality for f in spec.sparse):,} rows x 16 (scale {args.scale}); "
+          f"batch {args.batch}; {lookups:,} lookups per step; {torch.get_num_threads()} threads", flush=True)
+
+    def measure_full() -> float:
+        model, opt = fused_model(spec)
+        value = lookups / time_steps(model, opt, batches, args.steps)
+        print(f"fused full tables: {value:,.0f} lookups/s", flush=True)
+        return value
+
+    records = []
+    for method in args.methods:
+        # Re-measured next to each method: on a shared machine throughput drifts during a run.
+        fused_full = measure_full()
+        for budget in args.budgets:
+            solution = solve_budget(spec, method, target_ratio=1 / budget)
+            model, opt = fused_model(solution.spec)
+            fused = lookups / time_steps(model, opt, batches, args.steps)
+            del model, opt
+            model, opt = naive_model(solution.spec)
+            naive = lookups / time_steps(model, opt, batches, max(2, args.steps // 2))
+            del model, opt
+            rec = Record(
+                method=method,
+                budget=f"1/{budget}" if budget > 1 else "1",
+                target_ratio=1 / budget,
+                achieved_ratio=round(solution.achieved_ratio, 5),
+                bytes=solution.achieved_bytes,
+                lookups_per_s=round(fused),
+                fused_full_lookups_per_s=round(fused_full),
+                naive_lookups_per_s=round(naive),
+                vs_fused_full=round(fused / fused_full, 3),
+                vs_naive=round(fused / naive, 2),
+                target_vs_fused_full=TARGETS[method],
+                notes=[n for n in solution.notes if "kept full" not in n],
+            )
+            records.append(rec)
+            print(f"  {method:<10} {rec.budget:>5}  ratio {rec.achieved_ratio:.4f}  {fused:>12,.0f}/s  "
+                  f"x{rec.vs_fused_full:.2f} of full  x{rec.vs_naive:.1f} of naive", flush=True)
+    return records
+
+
+def format_table(records: list[Record]) -> str:
+    head = f"{'method':<10} {'budget':>6} {'ratio':>7} {'bytes':>14} {'lookups/s':>12} {'fused full':>12} {'naive':>12} {'vs full':>8} {'target':>7} {'vs naive':>8}"
+    lines = [head, "-" * len(head)]
+    for r in records:
+        lines.append(
+            f"{r.method:<10} {r.budget:>6} {r.achieved_ratio:>7.4f} {r.bytes:>14,} {r.lookups_per_s:>12,.0f} "
+            f"{r.fused_full_lookups_per_s:>12,.0f} {r.naive_lookups_per_s:>12,.0f} {r.vs_fused_full:>8.2f} "
+            f"{r.target_vs_fused_full:>7.1f} {r.vs_naive:>8.1f}"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="recsys bench", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("lookup", help="lookups/s of each compression method at several budgets")
+    p.add_argument("--batch", type=int, default=4096)
+    p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--scale", type=float, default=0.125, help="cardinality scale of the Criteo schema (1.0 = Kaggle)")
+    p.add_argument("--methods", type=lambda s: s.split(","), default=METHODS)
+    p.add_argument("--budgets", type=lambda s: [int(x) for x in s.split(",")], default=BUDGETS, help="1/N of full bytes")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    p.add_argument("--out", type=str, default=None, help="write JSON records here")
+    args = parser.parse_args(argv)
+    unknown = [m for m in args.methods if m not in METHODS]
+    if unknown:
+        parser.error(f"unknown methods {unknown}; allowed {METHODS}")
+    records = run_lookup(args)
+    print(format_table(records))
+    if args.out:
+        with open(args.out, "w", encoding="utf-8") as fh:
+            json.dump([asdict(r) for r in records], fh, indent=2)
+        print(f"wrote {len(records)} records to {args.out}")
+    if dist.is_initialized():
+        dist.destroy_process_group()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,192 @@
+"""``CompressedEmbeddingBagCollection``: a drop-in ``EmbeddingBagCollection`` for compressed features.
+
+``forward(KeyedJaggedTensor) -> KeyedTensor`` with one key per LOGICAL feature at its declared
+dim, whatever the method. Inside, every method is compiled to (1) an index transform into
+physical features, (2) ordinary TorchRec tables: all pooled ones in ONE
+``torchrec.EmbeddingBagCollection`` (``self.embedding_bags``) plus, only where per-value vectors
+are needed before pooling, ``torchrec.EmbeddingCollection``s (``self.embeddings``, one per dim
+because an EC needs a single dim), and (3) a combiner. ``DistributedModelParallel`` finds and
+shards those inner collections; dense parameters (projections) are data-parallel.
+
+Example::
+
+    #        i = 0     i = 1    i = 2   <-- batch index
+    # "C1"   [5]       [7]      []
+    # "M1"   [0, 1]    None     [2, 9, 4]
+    kjt = KeyedJaggedTensor.from_lengths_sync(
+        keys=["C1", "M1"], values=torch.tensor([5, 7, 0, 1, 2, 9, 4]), lengths=torch.tensor([1, 1, 0, 2, 0, 3])
+    )
+    kt = collection(kjt)   # KeyedTensor, kt.values(): (B, sum(D_f)) = (3, 16 + 16)
+    kt["C1"]               # (3, 16); empty bags give zero vectors
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+from torchrec import EmbeddingBagCollection, EmbeddingBagConfig, EmbeddingCollection, EmbeddingConfig, PoolingType
+from torchrec.sparse.jagged_tensor import KeyedJaggedTensor, KeyedTensor
+
+from recsys.embeddings.methods.base import FeatureMethod
+from recsys.embeddings.plan import EmbeddingPlan, FeaturePlan, TableSpec
+
+_BAGS = "bags"
+
+
+class CompressedEmbeddingBagCollection(nn.Module):
+    """Compressed embeddings for many sparse features, with TorchRec's EBC contract.
+
+    Args:
+        methods (Sequence[FeatureMethod]): one compiled method per logical feature, in output order.
+        shared_tables (Sequence[TableSpec]): tables owned by groups (unified), read by several features.
+        pooling (dict[str, str] | None): ``sum`` (default) or ``mean`` per feature; mean divides the
+            sum by the logical bag length (empty bags stay zero).
+        full_rows (dict[str, int] | None): each feature's cardinality, for the plan's full-table ratio.
+        notes (Sequence[str]): extra lines for the plan (solver decisions, assumptions).
+        device (torch.device | str | None): ``meta`` builds without memory; then ``to_empty`` and
+            :meth:`reset_parameters`.
+    """
+
+    def __init__(
+        self,
+        methods: Sequence[FeatureMethod],
+        shared_tables: Sequence[TableSpec] = (),
+        pooling: dict[str, str] | None = None,
+        full_rows: dict[str, int] | None = None,
+        notes: Sequence[str] = (),
+        device: torch.device | str | None = None,
+    ):
+        super().__init__()
+        if not methods:
+            raise ValueError("CompressedEmbeddingBagCollection needs at least one feature")
+        self.methods = nn.ModuleDict({m.feature: m for m in methods})
+        self._feature_names = [m.feature for m in methods]
+        self._dims = [m.output_dim for m in methods]
+        pooling = pooling or {}
+        self._mean = [pooling.get(m.feature, "sum") == "mean" for m in methods]
+        self._full_rows = dict(full_rows or {})
+        self._notes = list(notes)
+        self._tables = [t for m in methods for t in m.tables()] + list(shared_tables)
+
+        self._destination: dict[str, str] = {}
+        bag_configs: list[EmbeddingBagConfig] = []
+        per_value: dict[int, list[EmbeddingConfig]] = {}
+        for t in self._tables:
+            common = dict(
+                name=t.name,
+                num_embeddings=t.num_embeddings,
+                embedding_dim=t.embedding_dim,
+                feature_names=list(t.feature_names),
+                weight_init_min=t.init_min,
+                weight_init_max=t.init_max,
+            )
+            if t.per_value:
+                per_value.setdefault(t.embedding_dim, []).append(EmbeddingConfig(**common))
+                dest = f"dim{t.embedding_dim}"
+            else:
+                bag_configs.append(EmbeddingBagConfig(pooling=PoolingType.SUM, **common))
+                dest = _BAGS
+            for key in t.feature_names:
+                self._destination[key] = dest
+        # Physical pooling is always SUM: exact for split bags; mean is applied with logical lengths.
+        self.embedding_bags = EmbeddingBagCollection(tables=bag_configs, device=device) if bag_configs else None
+        self.embeddings = nn.ModuleDict(
+            {f"dim{d}": EmbeddingCollection(tables=cfgs, device=device) for d, cfgs in per_value.items()}
+        )
+
+    def forward(self, features: KeyedJaggedTensor) -> KeyedTensor:
+        """Args:
+            features (KeyedJaggedTensor): logical ids, keys including every feature of the collection.
+
+        Returns:
+            KeyedTensor: keys = the logical features, values ``(B, sum(D_f))``.
+        """
+        batch = features.stride()
+        jts = features.to_dict()
+        routed: dict[str, tuple[list[str], list[torch.Tensor], list[torch.Tensor]]] = {}
+        lengths_of: list[torch.Tensor] = []
+        for name in self._feature_names:
+            jt = jts[name]
+            lengths = jt.lengths()
+            lengths_of.append(lengths)
+            for keys, values, phys_lengths in self.methods[name].transform(jt.values(), lengths):
+                k, v, n = routed.setdefault(self._destination[keys[0]], ([], [], []))
+                k.extend(keys)
+                v.append(values)
+                n.append(phys_lengths)
+
+        pooled: dict[str, torch.Tensor] = {}
+        per_value = {}
+        for dest, (keys, values, lengths) in routed.items():
+            kjt = KeyedJaggedTensor(keys=keys, values=torch.cat(values), lengths=torch.cat(lengths), stride=batch)
+            if dest == _BAGS:
+                pooled = self.embedding_bags(kjt).to_dict()
+            else:
+                per_value.update(self.embeddings[dest](kjt))
+
+        outputs = []
+        for name, lengths, mean in zip(self._feature_names, lengths_of, self._mean):
+            out = self.methods[name].combine(pooled, per_value, lengths)  # (B, D_f), sum-pooled
+            if mean:
+                out = out / lengths.clamp(min=1).unsqueeze(1).to(out.dtype)
+            outputs.append(out)
+        return KeyedTensor(keys=list(self._feature_names), length_per_key=list(self._dims), values=torch.cat(outputs, dim=1))
+
+    def reset_parameters(self) -> None:
+        """Re-initialise every table (with its plan's init bounds) and projection.
+
+        Done here rather than by the inner collections' ``reset_parameters``, which skip
+        everything when they were built on the meta device (they remember that device).
+        """
+        bounds = {t.name: (t.init_min, t.init_max) for t in self._tables}
+        with torch.no_grad():
+            for name, weight in self.table_weights().items():
+                if not weight.is_meta:
+                    weight.uniform_(*bounds[name])
+        for m in self.methods.values():
+            m.reset_parameters()
+
+    @property
+    def feature_names(self) -> list[str]:
+        return list(self._feature_names)
+
+    def embedding_dims(self) -> list[int]:
+        return list(self._dims)
+
+    def table_weights(self) -> dict[str, torch.Tensor]:
+        """Physical table name -> weight tensor (unsharded collections)."""
+        out: dict[str, torch.Tensor] = {}
+        if self.embedding_bags is not None:
+            out.update({n: m.weight for n, m in self.embedding_bags.embedding_bags.items()})
+        for ec in self.embeddings.values():
+            out.update({n: m.weight for n, m in ec.embeddings.items()})
+        return out
+
+    def plan(self) -> EmbeddingPlan:
+        """Physical tables, per-feature transform / combiner and exact bytes."""
+        features = []
+        projections = []
+        notes = list(self._notes)
+        for name, mean in zip(self._feature_names, self._mean):
+            m = self.methods[name]
+            transform, combiner = m.describe()
+            tables = tuple(t.name for t in self._tables if any(k.startswith(f"{name}__") for k in t.feature_names))
+            rows = self._full_rows.get(name)
+            features.append(
+                FeaturePlan(
+                    feature=name,
+                    kind=m.kind,
+                    output_dim=m.output_dim,
+                    pooling="mean" if mean else "sum",
+                    transform=transform,
+                    combiner=combiner,
+                    tables=tables,
+                    full_bytes=rows * m.output_dim * 4 if rows else None,
+                )
+            )
+            if hasattr(m, "projection_specs"):
+                projections.extend(m.projection_specs())
+            notes.extend(m.extra_notes())
+        return EmbeddingPlan(features=tuple(features), tables=tuple(self._tables), projections=tuple(projections), notes=tuple(notes))

@@ -1,0 +1,1 @@
+"""One module per compression family; each compiles a feature into tables, transform, combiner."""

@@ -1,0 +1,39 @@
+"""``full``: one ``cardinality x D`` table, ids used as rows (the baseline)."""
+
+from __future__ import annotations
+
+import torch
+
+from recsys.embeddings.methods.base import Chunk, FeatureMethod, uniform_bound
+from recsys.embeddings.plan import TableSpec
+
+
+class FullMethod(FeatureMethod):
+    """Identity transform into one table.
+
+    Args:
+        feature (str): logical feature name.
+        output_dim (int): embedding dim D.
+        num_embeddings (int): the cardinality N.
+        multi_valued (bool): bags may hold several values.
+    """
+
+    kind = "full"
+
+    def __init__(self, feature: str, output_dim: int, num_embeddings: int, multi_valued: bool = False):
+        super().__init__(feature, output_dim, multi_valued)
+        self.num_embeddings = num_embeddings
+        self.key = f"{feature}__full"
+
+    def tables(self) -> list[TableSpec]:
+        a = uniform_bound(self.num_embeddings)
+        return [TableSpec(f"{self.feature}__full", self.num_embeddings, self.output_dim, (self.key,), False, -a, a)]
+
+    def transform(self, values: torch.Tensor, lengths: torch.Tensor) -> list[Chunk]:
+        return [([self.key], values, lengths)]
+
+    def combine(self, pooled, per_value, lengths):
+        return pooled[self.key]
+
+    def describe(self) -> tuple[str, str]:
+        return "x", "identity"

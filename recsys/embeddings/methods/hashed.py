@@ -1,0 +1,42 @@
+"""``hashed``: the hashing trick, row ``h_f(x) mod B`` of one ``B x D`` table."""
+
+from __future__ import annotations
+
+import torch
+
+from recsys.embeddings.hashing import hash_ids, stable_seed
+from recsys.embeddings.methods.base import Chunk, FeatureMethod, uniform_bound
+from recsys.embeddings.plan import TableSpec
+
+
+class HashedMethod(FeatureMethod):
+    """Args:
+    feature (str): logical feature name (also seeds the hash).
+    output_dim (int): embedding dim D.
+    num_buckets (int): rows B.
+    multi_valued (bool): bags may hold several values.
+    """
+
+    kind = "hashed"
+
+    def __init__(self, feature: str, output_dim: int, num_buckets: int, multi_valued: bool = False):
+        super().__init__(feature, output_dim, multi_valued)
+        self.num_buckets = num_buckets
+        self.seed = stable_seed(feature, 0)
+        self.key = f"{feature}__hashed"
+
+    def index_map(self, ids: torch.Tensor) -> torch.Tensor:
+        return hash_ids(ids, self.seed, self.num_buckets)
+
+    def tables(self) -> list[TableSpec]:
+        a = uniform_bound(self.num_buckets)
+        return [TableSpec(f"{self.feature}__hashed", self.num_buckets, self.output_dim, (self.key,), False, -a, a)]
+
+    def transform(self, values: torch.Tensor, lengths: torch.Tensor) -> list[Chunk]:
+        return [([self.key], self.index_map(values), lengths)]
+
+    def combine(self, pooled, per_value, lengths):
+        return pooled[self.key]
+
+    def describe(self) -> tuple[str, str]:
+        return f"splitmix64(x, seed) mod {self.num_buckets}", "identity"

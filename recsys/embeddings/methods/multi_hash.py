@@ -1,0 +1,126 @@
+"""``multi_hash``: k hashes into one shared ``B``-row table, combined by sum or concat.
+
+With ``importance_weights`` this is the hash embedding of Svenstrup et al. (2017): a second hashed
+table of ``num_weight_buckets`` rows holds k learned weights per id, and the id's vector is
+``sum_i w_i(x) E[h_i(x)]`` (or the concat of the weighted probes). The weighting is a product of
+two lookups, so it is applied per value, then pooled: through the ``EmbeddingBagCollection`` for
+single-valued features (a bag of one is its value) and through an ``EmbeddingCollection`` for
+multi-valued bags. The weight table is ``round_up(k, 4)`` wide (FBGEMM); the padding columns are
+unused and counted in the plan.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from recsys.embeddings.hashing import hash_ids, stable_seed
+from recsys.embeddings.methods.base import Chunk, FeatureMethod, pool_sum, uniform_bound
+from recsys.embeddings.plan import TableSpec
+
+# Importance weights start at 1 +- this (ones-centred): the probes start equally weighted.
+WEIGHT_INIT_SPREAD = 0.5
+
+
+class MultiHashMethod(FeatureMethod):
+    """Args:
+    feature (str): logical feature name (seeds the k hashes).
+    output_dim (int): embedding dim D.
+    num_buckets (int): rows B of the shared table.
+    num_hashes (int): k probes.
+    combiner (str): ``sum`` (table dim D) or ``concat`` (table dim D / k).
+    importance_weights (bool): learn per-id probe weights.
+    num_weight_buckets (int | None): rows of the weight table (default B).
+    multi_valued (bool): bags may hold several values.
+    """
+
+    kind = "multi_hash"
+
+    def __init__(
+        self,
+        feature: str,
+        output_dim: int,
+        num_buckets: int,
+        num_hashes: int = 2,
+        combiner: str = "sum",
+        importance_weights: bool = False,
+        num_weight_buckets: int | None = None,
+        multi_valued: bool = False,
+    ):
+        super().__init__(feature, output_dim, multi_valued)
+        if combiner == "concat" and (output_dim % num_hashes or (output_dim // num_hashes) % 4):
+            raise ValueError(
+                f"feature {feature}: combiner 'concat' needs embedding_dim {output_dim} to split into "
+                f"{num_hashes} equal parts of a multiple of 4"
+            )
+        self.num_buckets = num_buckets
+        self.num_hashes = num_hashes
+        self.combiner = combiner
+        self.importance_weights = importance_weights
+        self.num_weight_buckets = num_weight_buckets or num_buckets
+        self.probe_dim = output_dim if combiner == "sum" else output_dim // num_hashes
+        self.weight_dim = 4 * math.ceil(num_hashes / 4)
+        self.seeds = [stable_seed(feature, i) for i in range(num_hashes)]
+        self.weight_seed = stable_seed(feature, 1000)
+        self.keys = [f"{feature}__mh{i}" for i in range(num_hashes)]
+        self.weight_key = f"{feature}__mhw"
+        self.per_value = importance_weights and multi_valued
+
+    def index_maps(self, ids: torch.Tensor) -> list[torch.Tensor]:
+        return [hash_ids(ids, s, self.num_buckets) for s in self.seeds]
+
+    def tables(self) -> list[TableSpec]:
+        # Sum of k probes (each weighted by ~1) has the variance of one U(-a, a) row.
+        a = uniform_bound(self.num_buckets)
+        if self.combiner == "sum":
+            a /= math.sqrt(self.num_hashes * (1 + WEIGHT_INIT_SPREAD**2 / 3 if self.importance_weights else 1))
+        out = [TableSpec(f"{self.feature}__mh", self.num_buckets, self.probe_dim, tuple(self.keys), self.per_value, -a, a)]
+        if self.importance_weights:
+            out.append(
+                TableSpec(
+                    f"{self.feature}__mhw",
+                    self.num_weight_buckets,
+                    self.weight_dim,
+                    (self.weight_key,),
+                    self.per_value,
+                    1 - WEIGHT_INIT_SPREAD,
+                    1 + WEIGHT_INIT_SPREAD,
+                )
+            )
+        return out
+
+    def transform(self, values: torch.Tensor, lengths: torch.Tensor) -> list[Chunk]:
+        k = self.num_hashes
+        chunks: list[Chunk] = [(self.keys, torch.cat(self.index_maps(values)), lengths.repeat(k))]
+        if self.importance_weights:
+            chunks.append(([self.weight_key], hash_ids(values, self.weight_seed, self.num_weight_buckets), lengths))
+        return chunks
+
+    def _mix(self, probes: list[torch.Tensor], weights: torch.Tensor | None) -> torch.Tensor:
+        if weights is not None:
+            probes = [p * weights[:, i : i + 1] for i, p in enumerate(probes)]
+        if self.combiner == "sum":
+            out = probes[0]
+            for p in probes[1:]:
+                out = out + p
+            return out
+        return torch.cat(probes, dim=1)
+
+    def combine(self, pooled, per_value, lengths):
+        if self.per_value:
+            probes = [per_value[k].values() for k in self.keys]  # each (N, d)
+            weights = per_value[self.weight_key].values()  # (N, weight_dim)
+            return pool_sum(self._mix(probes, weights), lengths)
+        probes = [pooled[k] for k in self.keys]  # each (B, d)
+        # Single-valued: the pooled weight row IS the id's weight row (or zeros for an empty bag).
+        weights = pooled[self.weight_key] if self.importance_weights else None
+        return self._mix(probes, weights)
+
+    def describe(self) -> tuple[str, str]:
+        t = f"{self.num_hashes} x splitmix64(x, seed_i) mod {self.num_buckets}"
+        c = self.combiner
+        if self.importance_weights:
+            t += f"; weights: splitmix64 mod {self.num_weight_buckets}"
+            c = f"weighted {c}" + (" per value, then pooled" if self.per_value else "")
+        return t, c

@@ -1,0 +1,128 @@
+"""``qr``: compositional embeddings from complementary partitions (Shi et al. 2020).
+
+Id ``x`` is written in mixed radix ``(r_0, ..., r_{k-2}, top)``: digit j is
+``(x // (r_0 ... r_{j-1})) mod r_j`` with integer ``floor`` division (exact for every int64, unlike
+float division above 2^24); the 2-partition case ``[x mod m, x // m]`` is ``radices = [m]``. The top
+digit has ``ceil(N / prod(r))`` rows; every id below the cardinality N gets a unique digit tuple.
+
+Operations: ``mult`` (element-wise product of the k vectors), ``add`` and ``concat``. ``add`` and
+``concat`` are linear, so they are applied to bag-pooled outputs. ``mult`` is not: each VALUE's
+product is taken first and then pooled; for single-valued features the bag of one is that value
+(EmbeddingBagCollection path), multi-valued bags go through an ``EmbeddingCollection``.
+
+Init (so the combined vector has the scale of a full table's torchrec init ``U(-a, a)``,
+``a = sqrt(1 / N)``): ``mult`` uses one zero-mean factor ``U(-a0, a0)`` (partition 0) and
+ones-centred factors ``U(1 - s, 1 + s)``, ``s = 0.5``, for the others, with
+``a0 = a / sqrt((1 + s^2 / 3) ^ (k - 1))`` so the product has exactly the variance ``a^2 / 3``;
+``add`` uses ``U(-a / sqrt(k), a / sqrt(k))`` per partition; ``concat`` ``U(-a, a)``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from recsys.embeddings.methods.base import Chunk, FeatureMethod, pool_sum, split_dim, uniform_bound
+from recsys.embeddings.plan import TableSpec
+
+ONES_INIT_SPREAD = 0.5
+
+
+def qr_num_rows(cardinality: int, radices: tuple[int, ...] | list[int]) -> list[int]:
+    """Rows of each partition table: the radices, then ``ceil(N / prod(radices))``."""
+    return [*radices, -(-cardinality // math.prod(radices))]
+
+
+def qr_digits(ids: torch.Tensor, radices: list[int]) -> list[torch.Tensor]:
+    """Mixed-radix digits of int64 ids; ``radices`` includes the top digit's radix.
+
+    Every digit lies in ``[0, radices[j])`` for any int64 id; ids in ``[0, prod(radices))``
+    map to unique tuples.
+    """
+    digits = []
+    rest = ids
+    for r in radices[:-1]:
+        digits.append(torch.remainder(rest, r))
+        rest = torch.div(rest, r, rounding_mode="floor")
+    digits.append(torch.remainder(rest, radices[-1]))
+    return digits
+
+
+class QRMethod(FeatureMethod):
+    """Args:
+    feature (str): logical feature name.
+    output_dim (int): embedding dim D.
+    cardinality (int): N; ids lie in ``[0, N)``.
+    radices (list[int]): low-digit radices (``[num_collisions]`` for quotient-remainder).
+    operation (str): ``mult``, ``add`` or ``concat``.
+    multi_valued (bool): bags may hold several values.
+    """
+
+    kind = "qr"
+
+    def __init__(
+        self,
+        feature: str,
+        output_dim: int,
+        cardinality: int,
+        radices: list[int],
+        operation: str = "mult",
+        multi_valued: bool = False,
+    ):
+        super().__init__(feature, output_dim, multi_valued)
+        if operation not in ("mult", "add", "concat"):
+            raise ValueError(f"feature {feature}: operation {operation!r}; allowed 'mult', 'add', 'concat'")
+        self.cardinality = cardinality
+        self.rows = qr_num_rows(cardinality, list(radices))
+        self.operation = operation
+        k = len(self.rows)
+        self.dims = split_dim(output_dim, k) if operation == "concat" else [output_dim] * k
+        self.keys = [f"{feature}__qr{j}" for j in range(k)]
+        self.per_value = operation == "mult" and multi_valued
+
+    def index_maps(self, ids: torch.Tensor) -> list[torch.Tensor]:
+        return qr_digits(ids, self.rows)
+
+    def _init_bounds(self) -> list[tuple[float, float]]:
+        a = uniform_bound(self.cardinality)
+        k = len(self.rows)
+        if self.operation == "mult":
+            s = ONES_INIT_SPREAD
+            a0 = a / math.sqrt((1 + s * s / 3) ** (k - 1))
+            return [(-a0, a0)] + [(1 - s, 1 + s)] * (k - 1)
+        if self.operation == "add":
+            return [(-a / math.sqrt(k), a / math.sqrt(k))] * k
+        return [(-a, a)] * k
+
+    def tables(self) -> list[TableSpec]:
+        return [
+            TableSpec(f"{self.feature}__qr{j}", rows, dim, (key,), self.per_value, lo, hi)
+            for j, (rows, dim, key, (lo, hi)) in enumerate(zip(self.rows, self.dims, self.keys, self._init_bounds()))
+        ]
+
+    def transform(self, values: torch.Tensor, lengths: torch.Tensor) -> list[Chunk]:
+        k = len(self.rows)
+        return [(self.keys, torch.cat(self.index_maps(values)), lengths.repeat(k))]
+
+    def _op(self, parts: list[torch.Tensor]) -> torch.Tensor:
+        if self.operation == "concat":
+            return torch.cat(parts, dim=1)
+        out = parts[0]
+        for p in parts[1:]:
+            out = out * p if self.operation == "mult" else out + p
+        return out
+
+    def combine(self, pooled, per_value, lengths):
+        if self.per_value:
+            return pool_sum(self._op([per_value[k].values() for k in self.keys]), lengths)
+        return self._op([pooled[k] for k in self.keys])
+
+    def describe(self) -> tuple[str, str]:
+        if len(self.rows) == 2:
+            m = self.rows[0]
+            t = f"x mod {m}, x // {m}"
+        else:
+            t = "mixed-radix digits " + "x".join(str(r) for r in self.rows)
+        c = self.operation + (" per value, then pooled" if self.per_value else "")
+        return t, c
