@@ -211,30 +211,40 @@ def format_table(records: list[Record]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="recsys bench", description=__doc__.split("\n\n")[0])
-    sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("lookup", help="lookups/s of each compression method at several budgets")
-    p.add_argument("--batch", type=int, default=4096)
-    p.add_argument("--steps", type=int, default=10)
-    p.add_argument("--scale", type=float, default=0.125, help="cardinality scale of the Criteo schema (1.0 = Kaggle)")
-    p.add_argument("--methods", type=lambda s: s.split(","), default=METHODS)
-    p.add_argument("--budgets", type=lambda s: [int(x) for x in s.split(",")], default=BUDGETS, help="1/N of full bytes")
+def add_lookup_arguments(p: argparse.ArgumentParser) -> None:
+    """The arguments of ``recsys bench lookup``."""
+    p.add_argument("--batch", type=int, default=4096, help="rows per batch (default: 4096)")
+    p.add_argument("--steps", type=int, default=10, help="timed steps per measurement (default: 10)")
+    p.add_argument("--scale", type=float, default=0.125, help="cardinality scale of the Criteo schema (1.0 = Kaggle; default 0.125)")
+    p.add_argument("--methods", type=lambda s: s.split(","), default=METHODS, help=f"comma-separated, from {','.join(METHODS)}")
+    p.add_argument("--budgets", type=lambda s: [int(x) for x in s.split(",")], default=BUDGETS, help="1/N of full bytes (default: 1,4,16,64)")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--out", type=str, default=None, help="write JSON records here")
-    args = parser.parse_args(argv)
+
+
+def bench_lookup(args: argparse.Namespace) -> int:
+    """Run ``recsys bench lookup`` with parsed arguments; prints the table, writes JSON."""
     unknown = [m for m in args.methods if m not in METHODS]
     if unknown:
-        parser.error(f"unknown methods {unknown}; allowed {METHODS}")
-    records = run_lookup(args)
+        raise ValueError(f"--methods: unknown methods {unknown}; allowed {METHODS}")
+    try:
+        records = run_lookup(args)
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
     print(format_table(records))
     if args.out:
         with open(args.out, "w", encoding="utf-8") as fh:
             json.dump([asdict(r) for r in records], fh, indent=2)
         print(f"wrote {len(records)} records to {args.out}")
-    if dist.is_initialized():
-        dist.destroy_process_group()
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="recsys bench", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    add_lookup_arguments(sub.add_parser("lookup", help="lookups/s of each compression method at several budgets"))
+    return bench_lookup(parser.parse_args(argv))
 
 
 if __name__ == "__main__":

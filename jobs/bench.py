@@ -1,0 +1,221 @@
+"""Benchmarks that print figures (a table, and JSON with ``--out``).
+
+    recsys bench loader [--data DIR] [--rows 500000] [--batch-size 4096] [--out FILE.json]
+    recsys bench lookup [--methods hashed,qr] [--budgets 1,4,16,64] [--scale 0.125] [--out FILE.json]
+
+``loader``: rows/s and batches/s of reading a split (a) with pyarrow only, (b) through
+:class:`~recsys.data.loader.ParquetBatchReader` + collate, (c) through Ray Data + collate, in
+Ray's threads and in the caller's, with Ray's V2 and V1 parquet readers (each timed over one
+epoch after a warm-up epoch); plus collate alone on tables already in memory. Without
+``--data`` it first writes a Criteo-schema data set (``features/criteo.yaml``, Zipf ids) to a
+temporary folder. Figures depend on the machine and its load: compare rows of one run.
+
+``lookup``: see :mod:`recsys.embeddings.bench`.
+
+Each subcommand is one ``bench_<name>(args) -> int`` function registered in :func:`build_parser`;
+all print through :func:`print_table`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from recsys.data import layout
+from recsys.data.batch import batch_columns, collate
+from recsys.data.loader import ParquetBatchReader, iter_batches, ray_dataset
+from recsys.data.writer import DatasetWriter
+from recsys.embeddings.bench import add_lookup_arguments, bench_lookup
+from recsys.features.spec import DatasetSpec, builtin_spec
+
+
+def print_table(rows: Sequence[dict[str, Any]], columns: Sequence[str], title: str = "") -> None:
+    """Print dicts as an aligned text table; floats get thousands separators, no decimals >= 100."""
+
+    def fmt(v: Any) -> str:
+        if isinstance(v, float):
+            return f"{v:,.0f}" if abs(v) >= 100 else f"{v:.3g}"
+        return f"{v:,}" if isinstance(v, int) else str(v)
+
+    cells = [[fmt(r.get(c, "")) for c in columns] for r in rows]
+    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
+    if title:
+        print(title)
+    print("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(columns, widths))))
+    print("  ".join("-" * w for w in widths))
+    for row in cells:
+        print("  ".join(v.ljust(w) if i == 0 else v.rjust(w) for i, (v, w) in enumerate(zip(row, widths))))
+
+
+def _write_json(path: str | None, payload: dict[str, Any]) -> None:
+    if path:
+        layout.write_json_atomic(path, payload)
+        print(f"wrote {path}")
+
+
+# -- loader -----------------------------------------------------------------------------------
+
+
+def write_criteo_like(out: Path, rows: int, *, seed: int = 0, rows_per_file: int = 100_000) -> DatasetSpec:
+    """Write ``rows`` training rows in the Criteo schema: Zipf(1.2) ids, counter-like dense, 3% clicks.
+
+    Returns:
+        The resolved spec of the written data set.
+    """
+    spec = builtin_spec("criteo")
+    rng = np.random.default_rng(seed)
+    # Per-field id spaces spread like Criteo's (3 .. 10^7 distinct values).
+    spaces = np.geomspace(4, 10_000_000, len(spec.sparse)).astype(np.int64)
+    rng.shuffle(spaces)
+    writer = DatasetWriter(out, spec, rows_per_file=rows_per_file)
+    chunk = 250_000
+    for start in range(0, rows, chunk):
+        n = min(chunk, rows - start)
+        cols: dict[str, pa.Array] = {"label": pa.array((rng.random(n) < 0.03).astype(np.float32))}
+        for f in spec.dense:
+            cols[f.name] = pa.array(rng.exponential(20.0, n).astype(np.float32))
+        for f, space in zip(spec.sparse, spaces):
+            cols[f.name] = pa.array(rng.zipf(1.2, n) % space)
+        writer.add("train", pa.table(cols))
+    writer.finish(source={"kind": "bench", "generator": "zipf(1.2)"}, split={"method": "all train"}, extra={"seed": seed})
+    return layout.dataset_spec(out)
+
+
+def _timed(name: str, batches: Iterable[Any], count: Callable[[Any], int]) -> dict[str, Any]:
+    start = time.perf_counter()
+    num_rows = num_batches = 0
+    for item in batches:
+        num_rows += count(item)
+        num_batches += 1
+    seconds = time.perf_counter() - start
+    return {
+        "path": name,
+        "rows": num_rows,
+        "batches": num_batches,
+        "seconds": round(seconds, 3),
+        "rows_per_s": num_rows / seconds if seconds else float("inf"),
+        "batches_per_s": num_batches / seconds if seconds else float("inf"),
+    }
+
+
+def _pyarrow_only(files: list[Path], columns: list[str], batch_size: int) -> Iterable[pa.RecordBatch]:
+    for path in files:
+        yield from pq.ParquetFile(path).iter_batches(batch_size=batch_size, columns=columns)
+
+
+def bench_loader(args: argparse.Namespace) -> int:
+    with tempfile.TemporaryDirectory(prefix="recsys-bench-") as tmp:
+        if args.data:
+            root = Path(args.data)
+            spec = layout.dataset_spec(root)
+        else:
+            root = Path(tmp) / "criteo_like"
+            print(f"writing {args.rows:,} Criteo-schema rows (13 dense, 26 sparse, Zipf ids) to {root} ...")
+            t0 = time.perf_counter()
+            spec = write_criteo_like(root, args.rows, seed=args.seed)
+            print(f"  written in {time.perf_counter() - t0:.1f} s")
+        files = layout.split_files(root, args.split)
+        num_rows = sum(pq.ParquetFile(p).metadata.num_rows for p in files)
+        bs = args.batch_size
+        print(
+            f"data {root} split {args.split}: {num_rows:,} rows in {len(files)} files, "
+            f"{len(spec.dense)} dense + {len(spec.sparse)} sparse features; batch size {bs:,}; "
+            f"{os.cpu_count()} CPUs"
+        )
+        results = [
+            _timed("pyarrow read only", _pyarrow_only(files, batch_columns(spec), bs), lambda rb: rb.num_rows),
+            _timed("ParquetBatchReader + collate", ParquetBatchReader(root, args.split, spec, bs), lambda b: b.batch_size),
+        ]
+        tables = []
+        for table in ParquetBatchReader(root, args.split, spec, bs).iter_tables():
+            tables.append(table)
+            if len(tables) == 50:
+                break
+        results.append(_timed("collate only (tables in memory)", (collate(t, spec) for t in tables), lambda b: b.batch_size))
+        del tables
+        if not args.no_ray:
+            results += _bench_ray_paths(root, args.split, spec, bs, args.prefetch_batches)
+    print()
+    print_table(results, ["path", "rows", "batches", "seconds", "rows_per_s", "batches_per_s"], title="loader throughput")
+    _write_json(
+        args.out,
+        {
+            "bench": "loader",
+            "data": str(args.data) if args.data else f"generated criteo schema, {args.rows} rows, seed {args.seed}",
+            "split": args.split,
+            "batch_size": bs,
+            "cpu_count": os.cpu_count(),
+            "machine": platform.platform(),
+            "results": results,
+        },
+    )
+    return 0
+
+
+def _bench_ray_paths(root: Path, split: str, spec: DatasetSpec, bs: int, prefetch: int) -> list[dict[str, Any]]:
+    import ray
+
+    started = not ray.is_initialized()
+    if started:
+        ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False, configure_logging=False)
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    try:
+        results = []
+        for datasource_v2, collate_in_ray in ((True, True), (True, False), (False, True), (False, False)):
+            ds = ray_dataset(root, split, spec, datasource_v2=datasource_v2)
+            kwargs = dict(batch_size=bs, prefetch_batches=prefetch, collate_in_ray=collate_in_ray)
+            for _ in iter_batches(ds, spec, **kwargs):  # warm-up epoch: worker processes, imports, page cache
+                pass
+            # The timed pass is a whole epoch, Ray's per-epoch start (listing, read tasks) included.
+            name = f"Ray Data {'V2' if datasource_v2 else 'V1'} + collate in {'Ray threads' if collate_in_ray else 'caller'}"
+            results.append(_timed(name, iter_batches(ds, spec, **kwargs), lambda b: b.batch_size))
+        return results
+    finally:
+        if started:
+            ray.shutdown()
+
+
+# -- command line -----------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="recsys bench", description="Benchmarks that print figures.")
+    sub = parser.add_subparsers(dest="bench", required=True, metavar="{loader,lookup}")
+
+    loader = sub.add_parser("loader", help="rows/s of pyarrow, ParquetBatchReader and Ray Data + collate")
+    loader.add_argument("--data", help="an ingested data set; default: write a Criteo-schema one to a temp folder")
+    loader.add_argument("--split", default="train", choices=layout.SPLITS, help="split to read (default: train)")
+    loader.add_argument("--rows", type=_positive, default=500_000, help="rows to generate without --data (default: 500000)")
+    loader.add_argument("--batch-size", type=_positive, default=4096, help="rows per batch (default: 4096)")
+    loader.add_argument("--prefetch-batches", type=int, default=2, help="Ray Data prefetch (default: 2)")
+    loader.add_argument("--seed", type=int, default=0, help="seed of the generated data (default: 0)")
+    loader.add_argument("--no-ray", action="store_true", help="skip the Ray Data paths")
+    loader.add_argument("--out", help="also write the figures to this JSON file")
+    loader.set_defaults(run=bench_loader)
+
+    lookup = sub.add_parser("lookup", help="forward+backward lookups/s of each compression method at 1x..1/64 memory")
+    add_lookup_arguments(lookup)
+    lookup.set_defaults(run=bench_lookup)
+    return parser
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1; got {value}")
+    return value
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.run(args))
