@@ -190,7 +190,7 @@ def _bench_ray_paths(root: Path, split: str, spec: DatasetSpec, bs: int, prefetc
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="recsys bench", description="Benchmarks that print figures.")
-    sub = parser.add_subparsers(dest="bench", required=True, metavar="{loader,lookup}")
+    sub = parser.add_subparsers(dest="bench", required=True, metavar="{loader,lookup,train}")
 
     loader = sub.add_parser("loader", help="rows/s of pyarrow, ParquetBatchReader and Ray Data + collate")
     loader.add_argument("--data", help="an ingested data set; default: write a Criteo-schema one to a temp folder")
@@ -206,6 +206,12 @@ def build_parser() -> argparse.ArgumentParser:
     lookup = sub.add_parser("lookup", help="forward+backward lookups/s of each compression method at 1x..1/64 memory")
     add_lookup_arguments(lookup)
     lookup.set_defaults(run=bench_lookup)
+
+    from recsys.train.bench import add_train_arguments, bench_train
+
+    train = sub.add_parser("train", help="samples/s of the training step loop vs plain TorchRec DLRM")
+    add_train_arguments(train)
+    train.set_defaults(run=bench_train)
     return parser
 
 

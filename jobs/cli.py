@@ -2,6 +2,7 @@
 
     recsys synth ctr --out data/synthetic_ctr
     recsys ingest criteo train.txt --out data/criteo
+    recsys train configs/ctr_synthetic_full.yaml train.epochs=2
     recsys bench loader --data data/synthetic_ctr
 
 Each subcommand lives in ``jobs/<name>.py`` with ``main(argv) -> int``; this module only
@@ -16,7 +17,8 @@ import sys
 COMMANDS: dict[str, str] = {
     "ingest": "convert Criteo TSV / MovieLens / parquet into the recsys data layout",
     "synth": "generate the built-in synthetic data sets (ctr, interactions)",
-    "bench": "benchmarks that print figures (loader, ...)",
+    "train": "train a CTR model (DLRM / DCN-v2) with compressed embeddings on Ray Train",
+    "bench": "benchmarks that print figures (loader, lookup, train)",
 }
 
 USAGE = "usage: recsys <command> [args]\n\ncommands:\n" + "\n".join(

@@ -38,13 +38,18 @@ _NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
 
 
 class SpecError(ValueError):
-    """A feature spec failed validation; ``errors`` holds one line per problem."""
+    """A feature spec failed validation; ``errors`` holds one line per problem.
+
+    Subclasses (e.g. the training config's ``ConfigError``) only change ``what`` was invalid.
+    """
+
+    what = "feature spec"
 
     def __init__(self, source: str, errors: list[str]):
         self.source = source
         self.errors = errors
         lines = "\n".join(f"  - {e}" for e in errors)
-        super().__init__(f"invalid feature spec {source}: {len(errors)} error(s)\n{lines}")
+        super().__init__(f"invalid {self.what} {source}: {len(errors)} error(s)\n{lines}")
 
 
 class _Spec(BaseModel):

@@ -1,0 +1,405 @@
+"""Training configs: YAML + ``key=value`` overrides -> a frozen, validated :class:`TrainConfig`.
+
+    recsys train configs/ctr_synthetic_full.yaml ray.num_workers=2 train.epochs=1 run_dir=runs/a
+
+A config file starts with a comment giving the command that runs it, then six sections::
+
+    data:       {path: data/synthetic_ctr, batch_size: 4096}
+    model:      {arch: dlrm, dense_layers: [64, 16], over_layers: [256, 128, 1]}
+    embeddings: {budget: {method: hashed, ratio: 0.0625}, compression: {C3: {kind: qr, num_collisions: 64}}}
+    optimizer:  {embedding: {kind: rowwise_adagrad, lr: 0.05}, dense: {kind: adam, lr: 0.001}}
+    train:      {epochs: 2, log_every: 50, checkpoint_every: 0}
+    sharding:   {sharding_types: [data_parallel, table_wise], tables: {C3__full: {sharding_types: [column_wise]}}}
+    ray:        {num_workers: 1, max_failures: 0}
+
+plus top-level ``run_dir`` and ``resume``. Every problem (YAML, override syntax, unknown keys
+with the allowed ones, bad values) is reported at once in one :class:`ConfigError`, each line
+with its dotted path. Defaults live here only.
+
+The data set's feature spec (from its manifest) is resolved against the ``embeddings`` section
+by :func:`resolve_spec`: first ``budget`` (the budget solver picks one method's hyperparameters
+for every feature at a memory ratio), then per-feature ``compression`` overrides, so one data
+set serves every compression family's config.
+"""
+
+from __future__ import annotations
+
+import types
+import typing
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+import numpy as np
+import pyarrow.parquet as pq
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from recsys.features.compression import COMPRESSION_KINDS, CompressionSpec, FeatureGroup
+from recsys.features.spec import DatasetSpec, SparseFeature, SpecError
+from recsys.models.ctr import DCNConfig, DLRMConfig, ModelConfig
+from recsys.train.sharding import SHARDING_TYPES
+
+__all__ = ["ConfigError", "TrainConfig", "load_config", "config_from_dict", "parse_overrides", "resolve_spec", "load_counts"]
+
+
+class ConfigError(SpecError):
+    """A training config failed validation; ``errors`` holds one line per problem."""
+
+    what = "training config"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DataConfig(_Section):
+    """Args:
+        path: data set folder written by ``recsys ingest`` / ``recsys synth``.
+        spec: a feature spec YAML to read the data with; default: the data set's manifest spec.
+        batch_size: GLOBAL training batch; each of N workers takes ``batch_size / N`` rows.
+        eval_batch_size: global evaluation batch.
+        check_ranges: scan every split once before training for ids outside ``[0, cardinality)``.
+        shuffle_files: read training files in a random order each epoch.
+        shuffle_buffer_rows: rows of Ray Data's local shuffle buffer per worker (0: none).
+    """
+
+    path: str
+    spec: str | None = None
+    batch_size: Annotated[int, Field(ge=1)] = 4096
+    eval_batch_size: Annotated[int, Field(ge=1)] = 16384
+    check_ranges: bool = True
+    shuffle_files: bool = True
+    shuffle_buffer_rows: Annotated[int, Field(ge=0)] = 0
+
+
+class BudgetConfig(_Section):
+    """Solve one method's hyperparameters for every feature so the tables take ``ratio`` of full."""
+
+    method: Literal["full", "hashed", "multi_hash", "qr", "mixed_dim", "unified"]
+    ratio: Annotated[float, Field(gt=0.0, le=1.0)]
+    options: dict[str, Any] = Field(default_factory=dict)
+    keep_full_below: Annotated[int, Field(ge=0)] = 0
+    """Features with fewer ids stay full; the others are sized so the WHOLE plan takes ``ratio``
+    (small tables cost little memory but carry much of the signal)."""
+
+
+class EmbeddingsConfig(_Section):
+    """Args:
+        budget: solve a method at a memory ratio for all vocabulary features (applied first).
+        compression: per-feature compression overrides, e.g. ``{C3: {kind: hashed, num_buckets: 100000}}``.
+        groups: extra unified groups (``{name, num_buckets, num_chunks, num_tables}``) for overrides.
+    """
+
+    budget: BudgetConfig | None = None
+    compression: dict[str, CompressionSpec] = Field(default_factory=dict)
+    groups: list[FeatureGroup] = Field(default_factory=list)
+
+
+class EmbeddingOptimizerConfig(_Section):
+    """The fused table optimizer (FBGEMM updates rows inside the backward)."""
+
+    kind: Literal["rowwise_adagrad", "adagrad", "adam", "sgd"] = "rowwise_adagrad"
+    lr: Annotated[float, Field(gt=0.0)] = 0.05
+    eps: Annotated[float, Field(gt=0.0)] = 1e-8
+    weight_decay: Annotated[float, Field(ge=0.0)] = 0.0
+
+
+class DenseOptimizerConfig(_Section):
+    """The torch optimizer of the dense (data-parallel) parameters."""
+
+    kind: Literal["adam", "adagrad", "sgd"] = "adam"
+    lr: Annotated[float, Field(gt=0.0)] = 1e-3
+    eps: Annotated[float, Field(gt=0.0)] = 1e-8
+    weight_decay: Annotated[float, Field(ge=0.0)] = 0.0
+
+
+class OptimizerConfig(_Section):
+    embedding: EmbeddingOptimizerConfig = EmbeddingOptimizerConfig()
+    dense: DenseOptimizerConfig = DenseOptimizerConfig()
+
+
+class LoopConfig(_Section):
+    """Args:
+        epochs: passes over the training split.
+        max_steps: stop after this many steps (global count) even mid-epoch.
+        log_every: a log line every N steps.
+        eval_every: validation AUC / logloss every N steps; 0: at the end of each epoch.
+        checkpoint_every: a checkpoint every N steps (0: only at the end).
+        num_checkpoints: checkpoints kept (oldest deleted by Ray).
+        seed: model init and shuffling seed.
+        fail_at_step: TESTS ONLY: the rank-1 (or only) worker exits once at this step, to exercise
+            ``ray.max_failures`` (a marker file in the run directory makes it fail only once).
+    """
+
+    epochs: Annotated[int, Field(ge=1)] = 1
+    max_steps: Annotated[int, Field(ge=1)] | None = None
+    log_every: Annotated[int, Field(ge=1)] = 50
+    eval_every: Annotated[int, Field(ge=0)] = 0
+    checkpoint_every: Annotated[int, Field(ge=0)] = 0
+    num_checkpoints: Annotated[int, Field(ge=1)] = 2
+    seed: int = 0
+    fail_at_step: Annotated[int, Field(ge=1)] | None = None
+
+
+class TableConstraint(_Section):
+    sharding_types: list[Literal[SHARDING_TYPES]] | None = None  # type: ignore[valid-type]
+    compute_kernels: list[Literal["fused", "dense"]] | None = None
+
+
+class ShardingConfig(_Section):
+    """Constraints for TorchRec's planner.
+
+    Args:
+        sharding_types: allowed for every table (CPU: data_parallel, table_wise, column_wise,
+            table_column_wise; row-wise kinds need CUDA).
+        tables: per physical table (names as in the plan, e.g. ``C3__full``) overrides.
+    """
+
+    sharding_types: list[Literal[SHARDING_TYPES]] = ["data_parallel", "table_wise", "column_wise", "table_column_wise"]  # type: ignore[valid-type]
+    tables: dict[str, TableConstraint] = Field(default_factory=dict)
+
+
+class RayConfig(_Section):
+    """Args:
+        num_workers: Ray Train workers (= torch.distributed world size).
+        use_gpu: one GPU per worker, nccl; default CPU with gloo.
+        cpus_per_worker: CPUs reserved per worker.
+        max_failures: restarts of the worker group from the last checkpoint.
+        address: Ray cluster address; default the ``RAY_ADDRESS`` environment variable, else local.
+    """
+
+    num_workers: Annotated[int, Field(ge=1)] = 1
+    use_gpu: bool = False
+    cpus_per_worker: Annotated[float, Field(gt=0)] = 1.0
+    max_failures: Annotated[int, Field(ge=0)] = 0
+    address: str | None = None
+
+
+class TrainConfig(_Section):
+    """The whole training config; see the module docstring."""
+
+    data: DataConfig
+    model: ModelConfig = DLRMConfig()
+    embeddings: EmbeddingsConfig = EmbeddingsConfig()
+    optimizer: OptimizerConfig = OptimizerConfig()
+    train: LoopConfig = LoopConfig()
+    sharding: ShardingConfig = ShardingConfig()
+    ray: RayConfig = RayConfig()
+    run_dir: str | None = None
+    resume: bool = False
+
+
+# -- loading ----------------------------------------------------------------------------------
+
+
+def parse_overrides(overrides: list[str]) -> tuple[list[tuple[list[str], Any]], list[str]]:
+    """``["a.b=1", "c=[1, 2]"]`` -> ``[(["a", "b"], 1), (["c"], [1, 2])]`` and syntax errors."""
+    parsed, errors = [], []
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        path = key.strip().split(".")
+        if not sep or not key.strip() or any(not p for p in path):
+            errors.append(f"override {item!r}: expected key=value with a dotted key, e.g. train.epochs=2")
+            continue
+        try:
+            value = yaml.safe_load(text) if text.strip() else None
+        except yaml.YAMLError as exc:
+            errors.append(f"override {item!r}: value is not YAML: {str(exc).splitlines()[0]}")
+            continue
+        parsed.append((path, value))
+    return parsed, errors
+
+
+def _set_path(raw: dict, path: list[str], value: Any, errors: list[str]) -> None:
+    node = raw
+    for i, key in enumerate(path[:-1]):
+        child = node.get(key)
+        if child is None:
+            child = node[key] = {}
+        if not isinstance(child, dict):
+            errors.append(f"override {'.'.join(path)}: {'.'.join(path[: i + 1])} is {child!r}, not a section")
+            return
+        node = child
+    node[path[-1]] = value
+
+
+def _model_at(loc: tuple, raw: Any) -> type[BaseModel] | None:
+    """The schema class at a (pydantic) location, to list a section's allowed keys."""
+    cls: Any = TrainConfig
+    node = raw
+    for key in loc:
+        if not (isinstance(cls, type) and issubclass(cls, BaseModel)) or key not in cls.model_fields:
+            return None
+        ann = cls.model_fields[key].annotation
+        node = node.get(key) if isinstance(node, dict) else None
+        cls = _unwrap(ann, node)
+    return cls if isinstance(cls, type) and issubclass(cls, BaseModel) else None
+
+
+def _unwrap(ann: Any, node: Any) -> Any:
+    if ann is ModelConfig or ann == ModelConfig:
+        return DCNConfig if isinstance(node, dict) and node.get("arch") == "dcn" else DLRMConfig
+    origin = typing.get_origin(ann)
+    if origin is Annotated:
+        return _unwrap(typing.get_args(ann)[0], node)
+    if origin in (Union, types.UnionType):
+        models = [a for a in typing.get_args(ann) if isinstance(a, type) and issubclass(a, BaseModel)]
+        if len(models) == 1:
+            return models[0]
+        if DLRMConfig in models:
+            return _unwrap(ModelConfig, node)
+    return ann
+
+
+def _format_errors(exc: ValidationError, raw: Any) -> list[str]:
+    out = []
+    for err in exc.errors():
+        loc = [k for k in err["loc"] if k not in ("dlrm", "dcn", *COMPRESSION_KINDS) and not str(k).startswith(("function-", "constrained-"))]
+        path = ".".join(str(k) for k in loc) or "<config>"
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            section = _model_at(tuple(loc[:-1]), raw)
+            allowed = f"; allowed keys: {sorted(section.model_fields)}" if section else ""
+            msg = f"unknown key{allowed}"
+        elif err["type"] == "missing":
+            msg = "required key is missing"
+        elif "input" in err and not isinstance(err["input"], (dict, list)):
+            msg = f"got {err['input']!r}: {msg}"
+        line = f"{path}: {msg}"
+        if line not in out:
+            out.append(line)
+    return out
+
+
+def config_from_dict(raw: Any, overrides: list[str] | None = None, source: str = "<dict>") -> TrainConfig:
+    """Validate a parsed config after applying ``key=value`` overrides; all errors at once."""
+    if not isinstance(raw, dict):
+        raise ConfigError(source, [f"<config>: got {type(raw).__name__}; expected a mapping of sections"])
+    raw = yaml.safe_load(yaml.safe_dump(raw))  # a deep copy: never change the caller's dict
+    parsed, errors = parse_overrides(list(overrides or []))
+    for path, value in parsed:
+        _set_path(raw, path, value, errors)
+    try:
+        config = TrainConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(source, errors + _format_errors(exc, raw)) from None
+    if errors:
+        raise ConfigError(source, errors)
+    return config
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> TrainConfig:
+    """Load a YAML training config and apply overrides.
+
+    Raises:
+        ConfigError: unreadable file, bad YAML, bad overrides, unknown keys or bad values.
+    """
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(str(path), [f"cannot read file: {exc.strerror}"]) from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(str(path), [f"not valid YAML: {exc}"]) from None
+    return config_from_dict(raw if raw is not None else {}, overrides, source=str(path))
+
+
+# -- the spec the model is built from ---------------------------------------------------------
+
+
+def load_counts(root: str | Path, features: list[SparseFeature]) -> dict[str, np.ndarray]:
+    """Index-aligned vocab counts (``vocab/<feature>.parquet``) of the given vocabulary features."""
+    counts = {}
+    for f in features:
+        path = Path(root) / "vocab" / f"{f.name}.parquet"
+        if f.has_vocab and path.exists():
+            table = pq.read_table(path, columns=["index", "count"])
+            out = np.zeros(int(f.cardinality), dtype=np.int64)
+            idx = table.column("index").to_numpy()
+            keep = idx < out.size
+            out[idx[keep]] = table.column("count").to_numpy()[keep]
+            counts[f.name] = out
+    return counts
+
+
+def resolve_spec(config: TrainConfig, data_spec: DatasetSpec, counts: dict[str, np.ndarray] | None = None) -> tuple[DatasetSpec, list[str]]:
+    """Apply the ``embeddings`` section to a data set's spec.
+
+    Returns:
+        The spec the model is built from, and notes (the budget solver's).
+
+    Raises:
+        ConfigError: an override names a feature the data set does not have (the known sparse
+            features are listed), or the resulting spec is invalid (e.g. more buckets than ids).
+    """
+    emb = config.embeddings
+    sparse_names = [f.name for f in data_spec.sparse]
+    errors = [
+        f"embeddings.compression.{name}: no sparse feature {name!r} in data set {data_spec.name!r}; "
+        f"known sparse features: {sparse_names}"
+        for name in emb.compression
+        if name not in sparse_names
+    ]
+    if errors:
+        raise ConfigError("embeddings", errors)
+    spec, notes = data_spec, []
+    if emb.budget is not None:
+        spec, note = _solve(spec, emb.budget, counts)
+        notes.append(note)
+    if emb.compression or emb.groups:
+        raw = spec.to_dict()
+        for f in raw["features"]:
+            if f["name"] in emb.compression:
+                f["compression"] = emb.compression[f["name"]].model_dump(mode="json")
+        raw["groups"] = raw["groups"] + [g.model_dump(mode="json") for g in emb.groups]
+        try:
+            spec = DatasetSpec.model_validate(raw)
+        except ValidationError as exc:
+            from recsys.features.spec import _format_errors as spec_errors
+
+            lines = [_override_path(e, emb.compression) for e in spec_errors(exc, raw)]
+            raise ConfigError("embeddings", lines) from None
+    return spec, notes
+
+
+def _solve(spec: DatasetSpec, budget: BudgetConfig, counts: dict[str, np.ndarray] | None) -> tuple[DatasetSpec, str]:
+    """Run the budget solver, on the features with at least ``keep_full_below`` ids only."""
+    from recsys.embeddings.budget import solve_budget
+
+    small = [f for f in spec.sparse if f.has_vocab and int(f.cardinality) < budget.keep_full_below]
+    if not small:
+        solution = solve_budget(spec, budget.method, target_ratio=budget.ratio, counts=counts, options=dict(budget.options))
+        return solution.spec, solution.format()
+    small_names = {f.name for f in small}
+    full_bytes = sum(int(f.cardinality) * f.embedding_dim * 4 for f in spec.sparse if f.has_vocab)
+    small_bytes = sum(int(f.cardinality) * f.embedding_dim * 4 for f in small)
+    target = round(budget.ratio * full_bytes) - small_bytes
+    if target <= 0:
+        raise ConfigError(
+            "embeddings.budget",
+            [f"embeddings.budget.keep_full_below: the {len(small)} features below {budget.keep_full_below} ids alone take "
+             f"{small_bytes:,} B, more than ratio {budget.ratio} of {full_bytes:,} B; lower keep_full_below"],
+        )
+    large = spec.model_copy(update={"features": [f for f in spec.features if f.name not in small_names]})
+    solution = solve_budget(large, budget.method, target_bytes=target, counts=counts, options=dict(budget.options))
+    solved = {f.name: f for f in solution.spec.features}
+    features = [solved.get(f.name, f) for f in spec.features]
+    resolved = spec.model_copy(update={"features": features, "groups": list(spec.groups) + list(solution.spec.groups)})
+    resolved = DatasetSpec.model_validate(resolved.to_dict())
+    note = (
+        f"budget: {len(small)} features with < {budget.keep_full_below} ids kept full ({small_bytes:,} B); "
+        f"the others solved for the remaining {target:,} B\n{solution.format()}"
+    )
+    return resolved, note
+
+
+def _override_path(line: str, overrides: dict[str, Any]) -> str:
+    """``features[C3]: compression.num_buckets: ...`` -> ``embeddings.compression.C3.num_buckets: ...``."""
+    for name in overrides:
+        prefix = f"features[{name}]"
+        if line.startswith(prefix):
+            rest = line[len(prefix):].lstrip(".:").strip()
+            rest = rest.removeprefix("compression.").removeprefix("compression")
+            return f"embeddings.compression.{name}{'' if rest.startswith(('.', ':')) else '.'}{rest}"
+    return f"embeddings (applied to the data set's spec): {line}"
+
