@@ -10,17 +10,21 @@ fit next to other work on a small machine). Ids are Zipf-like (log-uniform) per 
 
 For each method and budget (1, 1/4, 1/16, 1/64 of the full-table bytes) the budget solver picks
 the hyperparameters, then forward + backward (+ SGD update) is timed on three paths in the SAME
-process:
+process, interleaved: ``--rounds`` rounds, each timing ``--steps`` steps of every path in turn
+(naive: half as many), after ``--warmup`` untimed steps per model:
 
 - ``fused``: the compressed collection inside a single-process ``DistributedModelParallel``
   (gloo, world size 1): the physical tables run through FBGEMM's fused table-batched kernel with
   the optimizer fused into backward, as in training;
-- ``fused_full``: full tables through the same DMP path (the baseline, re-measured before each method);
+- ``fused_full``: full tables through the same DMP path (the baseline; built once, timed in every
+  round next to each method);
 - ``naive``: :class:`NaiveEmbeddingBagCollection` of the same method (one ``nn.EmbeddingBag`` per
   table, sparse gradients, ``torch.optim.SGD``).
 
-Lookups/s counts logical lookups (batch x features) per second. Prints a table; ``--out`` writes
-one JSON record per method and budget.
+Lookups/s counts logical lookups (batch x features) per second, from the median time per step over
+the rounds; ``vs_fused_full`` and ``vs_naive`` are the medians of the per-round ratios, so drift of
+a shared machine during the run (another job's load coming and going) cancels out. Prints a table;
+``--out`` writes one JSON record per method and budget.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ import argparse
 import json
 import os
 import socket
+import statistics
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -125,22 +130,46 @@ def fused_model(spec: DatasetSpec, lr: float = 0.01):
     return model, optimizer
 
 
-def time_steps(model, optimizer, batches: list[KeyedJaggedTensor], steps: int, warmup: int = 3) -> float:
-    """Seconds per forward + backward (+ optimizer step)."""
+def make_step(model, optimizer):
+    """One forward + backward (+ dense optimizer step) of ``model`` on a batch."""
 
-    def step(kjt):
+    def step(kjt: KeyedJaggedTensor) -> None:
         out = model(kjt).values()
         out.sum().backward()
         if optimizer is not None:
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
 
-    for i in range(warmup):
+    return step
+
+
+def warm_up(step, batches: list[KeyedJaggedTensor], warmup: int) -> None:
+    """Untimed steps: first touch of the tables, allocator and thread-pool start-up."""
+    for i in range(max(warmup, len(batches))):
         step(batches[i % len(batches)])
-    start = time.perf_counter()
-    for i in range(steps):
-        step(batches[i % len(batches)])
-    return (time.perf_counter() - start) / steps
+
+
+def time_interleaved(
+    paths: dict[str, tuple[object, int]], batches: list[KeyedJaggedTensor], rounds: int
+) -> dict[str, list[float]]:
+    """Seconds per step of each path, per round, the paths taking turns.
+
+    ``paths`` maps a name to ``(step, steps_per_round)``. Every round times each path for its
+    steps back to back, in an order rotated each round, so slow drift of the machine (another job
+    starting, thermal state) hits all paths alike and ratios taken within one round are fair.
+    """
+    names = list(paths)
+    out: dict[str, list[float]] = {n: [] for n in names}
+    cursor = 0
+    for r in range(rounds):
+        for name in names[r % len(names) :] + names[: r % len(names)]:
+            step, steps = paths[name]
+            start = time.perf_counter()
+            for _ in range(steps):
+                step(batches[cursor % len(batches)])
+                cursor += 1
+            out[name].append((time.perf_counter() - start) / steps)
+    return out
 
 
 def naive_model(spec: DatasetSpec, lr: float = 0.01):
@@ -161,24 +190,32 @@ def run_lookup(args: argparse.Namespace) -> list[Record]:
     print(f"schema: {len(spec.sparse)} fields, {sum(f.cardinality for f in spec.sparse):,} rows x 16 (scale {args.scale}); "
           f"batch {args.batch}; {lookups:,} lookups per step; {torch.get_num_threads()} threads", flush=True)
 
-    def measure_full() -> float:
-        model, opt = fused_model(spec)
-        value = lookups / time_steps(model, opt, batches, args.steps)
-        print(f"fused full tables: {value:,.0f} lookups/s", flush=True)
-        return value
+    # Full tables are built once and timed again in every round next to each method: on a shared
+    # machine throughput drifts during a run, so only ratios measured side by side are fair.
+    full_step = make_step(*fused_model(spec))
+    warm_up(full_step, batches, 2 * args.warmup)
+    naive_steps = max(1, args.steps // 2)
 
     records = []
     for method in args.methods:
-        # Re-measured next to each method: on a shared machine throughput drifts during a run.
-        fused_full = measure_full()
         for budget in args.budgets:
             solution = solve_budget(spec, method, target_ratio=1 / budget)
-            model, opt = fused_model(solution.spec)
-            fused = lookups / time_steps(model, opt, batches, args.steps)
-            del model, opt
-            model, opt = naive_model(solution.spec)
-            naive = lookups / time_steps(model, opt, batches, max(2, args.steps // 2))
-            del model, opt
+            fused_step = make_step(*fused_model(solution.spec))
+            warm_up(fused_step, batches, args.warmup)
+            naive_step = make_step(*naive_model(solution.spec))
+            warm_up(naive_step, batches, max(1, args.warmup // 2))
+            t = time_interleaved(
+                {"full": (full_step, args.steps), "fused": (fused_step, args.steps), "naive": (naive_step, naive_steps)},
+                batches,
+                args.rounds,
+            )
+            del fused_step, naive_step
+            fused = lookups / statistics.median(t["fused"])
+            fused_full = lookups / statistics.median(t["full"])
+            naive = lookups / statistics.median(t["naive"])
+            # Ratios: median over rounds of the ratio within a round (robust to drift between rounds).
+            vs_full = statistics.median(f / m for f, m in zip(t["full"], t["fused"]))
+            vs_naive = statistics.median(n / m for n, m in zip(t["naive"], t["fused"]))
             rec = Record(
                 method=method,
                 budget=f"1/{budget}" if budget > 1 else "1",
@@ -188,8 +225,8 @@ def run_lookup(args: argparse.Namespace) -> list[Record]:
                 lookups_per_s=round(fused),
                 fused_full_lookups_per_s=round(fused_full),
                 naive_lookups_per_s=round(naive),
-                vs_fused_full=round(fused / fused_full, 3),
-                vs_naive=round(fused / naive, 2),
+                vs_fused_full=round(vs_full, 3),
+                vs_naive=round(vs_naive, 2),
                 target_vs_fused_full=TARGETS[method],
                 notes=[n for n in solution.notes if "kept full" not in n],
             )
@@ -214,11 +251,15 @@ def format_table(records: list[Record]) -> str:
 def add_lookup_arguments(p: argparse.ArgumentParser) -> None:
     """The arguments of ``recsys bench lookup``."""
     p.add_argument("--batch", type=int, default=4096, help="rows per batch (default: 4096)")
-    p.add_argument("--steps", type=int, default=10, help="timed steps per measurement (default: 10)")
+    p.add_argument("--steps", type=int, default=5, help="timed steps per path and round (naive: half; default: 5)")
+    p.add_argument("--rounds", type=int, default=9, help="timing rounds, paths interleaved; medians are reported (default: 9)")
+    p.add_argument("--warmup", type=int, default=6, help="untimed steps per model before timing (default: 6)")
     p.add_argument("--scale", type=float, default=0.125, help="cardinality scale of the Criteo schema (1.0 = Kaggle; default 0.125)")
     p.add_argument("--methods", type=lambda s: s.split(","), default=METHODS, help=f"comma-separated, from {','.join(METHODS)}")
     p.add_argument("--budgets", type=lambda s: [int(x) for x in s.split(",")], default=BUDGETS, help="1/N of full bytes (default: 1,4,16,64)")
-    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    # One thread by default: on a small shared machine a multi-threaded kernel waits for its
+    # slowest (preempted) thread, and timings swing by 10x; with one thread they stay within ~20%.
+    p.add_argument("--threads", type=int, default=1, help="torch threads (default: 1; 0: torch's default)")
     p.add_argument("--out", type=str, default=None, help="write JSON records here")
 
 

@@ -95,6 +95,101 @@ class CompressedEmbeddingBagCollection(nn.Module):
         self.embeddings = nn.ModuleDict(
             {f"dim{d}": EmbeddingCollection(tables=cfgs, device=device) for d, cfgs in per_value.items()}
         )
+        self._compile_combiner(bag_configs)
+
+    def _compile_combiner(self, bag_configs: list[EmbeddingBagConfig]) -> None:
+        """Precompute how the pooled ``(B, sum d)`` output of the bag collection becomes the output.
+
+        The pooled columns come in table order (each table's features in order). Consecutive
+        features whose method declares a :meth:`FeatureMethod.pooled_layout` of the same kind are
+        merged into one run, combined by one slice (or gather) and one reduction; a method without
+        layout keeps its own ``combine``, fed its keys' pieces of the same single split. When every
+        feature is a ``concat`` in pooled order, the pooled output IS the result (no copy). The
+        forward falls back to the per-feature path when the pooled keys come in another order.
+        """
+        self._bag_keys: list[str] = [k for c in bag_configs for k in c.feature_names]
+        offsets, width = {}, {}
+        start = 0
+        for c in bag_configs:
+            for k in c.feature_names:
+                offsets[k], width[k] = start, c.embedding_dim
+                start += c.embedding_dim
+        self._bag_slices = {k: (offsets[k], offsets[k] + width[k]) for k in self._bag_keys}
+        # runs: [op, k, d, n_features, columns]; op "custom" holds the feature index instead.
+        runs: list[list] = []
+        for i, name in enumerate(self._feature_names):
+            layout = self.methods[name].pooled_layout()
+            if layout is None or any(self._destination.get(k) != _BAGS for k in layout[1]):
+                runs.append(["custom", i, None, 1, None])
+                continue
+            op, keys = layout
+            cols = [c for k in keys for c in range(*self._bag_slices[k])]
+            if op == "concat":
+                k, d = 1, len(cols)
+            else:
+                k, d = len(keys), width[keys[0]]
+                if any(width[key] != d for key in keys):
+                    runs.append(["custom", i, None, 1, None])
+                    continue
+            last = runs[-1] if runs else None
+            if last is not None and last[0] == op and (op == "concat" or (last[1] == k and last[2] == d)):
+                last[3] += 1
+                last[4].extend(cols)
+            else:
+                runs.append([op, k, d, 1, cols])
+        # The pooled output is cut ONCE (one split, whose backward is one concat of the gradients;
+        # many overlapping slices would each zero-fill a full-size gradient) at the boundaries of
+        # the contiguous runs and of the keys read by custom combiners.
+        total = start
+        cuts = {0, total}
+        for op, k, d, n, cols in runs:
+            if op == "custom":
+                for key in self.methods[self._feature_names[k]].pooled_keys():
+                    if key in self._bag_slices:
+                        cuts.update(self._bag_slices[key])
+            elif cols == list(range(cols[0], cols[0] + len(cols))):
+                cuts.update((cols[0], cols[0] + len(cols)))
+        bounds = sorted(cuts)
+        self._split_sizes = [b - a for a, b in zip(bounds, bounds[1:])]
+        piece_at = {a: i for i, a in enumerate(bounds[:-1])}
+        self._custom_pieces = {
+            key: piece_at[a] for key, (a, b) in self._bag_slices.items() if a in piece_at and bounds[piece_at[a] + 1] == b
+        }
+        self._runs: list[tuple] = []
+        for op, k, d, n, cols in runs:
+            if op == "custom":
+                self._runs.append((op, k, None, None, None))
+            elif cols == list(range(cols[0], cols[0] + len(cols))):
+                self._runs.append((op, k, d, n, piece_at[cols[0]]))
+            else:
+                self._runs.append((op, k, d, n, list(cols)))  # a gather (e.g. chunks on several shared tables)
+
+    def _combine_pooled(self, pooled: torch.Tensor, per_value: dict, lengths_of: list[torch.Tensor]) -> torch.Tensor:
+        """The logical output from the pooled bag values laid out as ``self._bag_keys``."""
+        batch = pooled.shape[0]
+        pieces = [pooled] if len(self._split_sizes) <= 1 else list(torch.split(pooled, self._split_sizes, dim=1))
+        parts: list[torch.Tensor] = []
+        view: dict[str, torch.Tensor] | None = None
+        for op, k, d, n, cols in self._runs:
+            if op == "custom":
+                if view is None:
+                    view = {key: pieces[i] for key, i in self._custom_pieces.items()}
+                name = self._feature_names[k]
+                parts.append(self.methods[name].combine(view, per_value, lengths_of[k]))
+                continue
+            if isinstance(cols, int):
+                x = pieces[cols]
+            else:
+                x = pooled.index_select(1, torch.tensor(cols, dtype=torch.int64, device=pooled.device))
+            if op != "concat":
+                # unbind: one backward node (a stack) rather than k zero-filled select gradients.
+                probes = x.reshape(batch, n, k, d).unbind(2)
+                out = probes[0]
+                for p in probes[1:]:
+                    out = out * p if op == "prod" else out + p
+                x = out.reshape(batch, n * d)
+            parts.append(x)
+        return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
 
     def forward(self, features: KeyedJaggedTensor) -> KeyedTensor:
         """Args:
@@ -117,18 +212,33 @@ class CompressedEmbeddingBagCollection(nn.Module):
                 v.append(values)
                 n.append(phys_lengths)
 
-        pooled: dict[str, torch.Tensor] = {}
+        pooled_kt: KeyedTensor | None = None
         per_value = {}
         for dest, (keys, values, lengths) in routed.items():
-            kjt = KeyedJaggedTensor(keys=keys, values=torch.cat(values), lengths=torch.cat(lengths), stride=batch)
+            cat_values = values[0] if len(values) == 1 else torch.cat(values)
+            cat_lengths = lengths[0] if len(lengths) == 1 else torch.cat(lengths)
+            kjt = KeyedJaggedTensor(keys=keys, values=cat_values, lengths=cat_lengths, stride=batch)
             if dest == _BAGS:
-                pooled = self.embedding_bags(kjt).to_dict()
+                pooled_kt = self.embedding_bags(kjt)
             else:
                 per_value.update(self.embeddings[dest](kjt))
 
+        if pooled_kt is None or pooled_kt.keys() == self._bag_keys:
+            # Pooled columns in table order (as built): vectorised combiners, no per-feature split.
+            pooled = pooled_kt.values() if pooled_kt is not None else torch.zeros(batch, 0)
+            out = self._combine_pooled(pooled, per_value, lengths_of)
+            if any(self._mean):
+                scale = torch.stack(
+                    [n.clamp(min=1).to(out.dtype) if mean else torch.ones_like(n, dtype=out.dtype) for n, mean in zip(lengths_of, self._mean)],
+                    dim=1,
+                )  # (B, F)
+                out = out / torch.repeat_interleave(scale, torch.tensor(self._dims, device=scale.device), dim=1, output_size=out.shape[1])
+            return KeyedTensor(keys=list(self._feature_names), length_per_key=list(self._dims), values=out)
+
+        pooled_dict = pooled_kt.to_dict()
         outputs = []
         for name, lengths, mean in zip(self._feature_names, lengths_of, self._mean):
-            out = self.methods[name].combine(pooled, per_value, lengths)  # (B, D_f), sum-pooled
+            out = self.methods[name].combine(pooled_dict, per_value, lengths)  # (B, D_f), sum-pooled
             if mean:
                 out = out / lengths.clamp(min=1).unsqueeze(1).to(out.dtype)
             outputs.append(out)

@@ -8,7 +8,9 @@ tables) that says:
   each chunk ``(keys, values, lengths)`` holding ``len(keys)`` consecutive jagged features of the
   same batch (lengths ``(len(keys) * B,)``), all routed to the same inner collection;
 - :meth:`FeatureMethod.combine`: the physical outputs -> the feature's SUM-pooled ``(B, D)``
-  vector (the collection divides by the logical bag length for ``mean`` pooling).
+  vector (the collection divides by the logical bag length for ``mean`` pooling);
+- optionally :meth:`FeatureMethod.pooled_layout`: the same combiner declared as data (concat /
+  sum / product of pooled physical features), which the collection vectorises across features.
 """
 
 from __future__ import annotations
@@ -54,6 +56,20 @@ class FeatureMethod(nn.Module):
         lengths: torch.Tensor,
     ) -> torch.Tensor:
         raise NotImplementedError
+
+    def pooled_keys(self) -> list[str]:
+        """Physical features whose pooled outputs :meth:`combine` reads (per-value ones included)."""
+        return [k for t in self.tables() for k in t.feature_names]
+
+    def pooled_layout(self) -> tuple[str, list[str]] | None:
+        """``(op, keys)`` when the combiner is a plain function of pooled physical features, else None.
+
+        ``op`` is ``concat`` (the keys' pooled columns side by side), ``sum`` or ``prod`` (of the
+        keys' equally wide pooled outputs, left to right). The collection then combines many
+        features with a few vectorised tensor ops on the pooled output instead of calling
+        :meth:`combine` per feature; the result is the same as :meth:`combine`'s.
+        """
+        return None
 
     def describe(self) -> tuple[str, str]:
         """(transform, combiner) in words, for the plan."""

@@ -35,5 +35,8 @@ class FullMethod(FeatureMethod):
     def combine(self, pooled, per_value, lengths):
         return pooled[self.key]
 
+    def pooled_layout(self):
+        return "concat", [self.key]
+
     def describe(self) -> tuple[str, str]:
         return "x", "identity"

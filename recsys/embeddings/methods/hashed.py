@@ -38,5 +38,8 @@ class HashedMethod(FeatureMethod):
     def combine(self, pooled, per_value, lengths):
         return pooled[self.key]
 
+    def pooled_layout(self):
+        return "concat", [self.key]
+
     def describe(self) -> tuple[str, str]:
         return f"splitmix64(x, seed) mod {self.num_buckets}", "identity"

@@ -7,6 +7,10 @@ two lookups, so it is applied per value, then pooled: through the ``EmbeddingBag
 single-valued features (a bag of one is its value) and through an ``EmbeddingCollection`` for
 multi-valued bags. The weight table is ``round_up(k, 4)`` wide (FBGEMM); the padding columns are
 unused and counted in the plan.
+
+Unweighted ``sum`` is folded into the lookup: the k probes of every value go into ONE physical
+bag (``k`` times as long, probes interleaved), so the table's sum pooling adds them and the
+kernel returns one ``(B, D)`` output instead of k to be added afterwards.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ import math
 
 import torch
 
-from recsys.embeddings.hashing import hash_ids, stable_seed
+from recsys.embeddings.hashing import hash_ids, hash_ids_many, stable_seed
 from recsys.embeddings.methods.base import Chunk, FeatureMethod, pool_sum, uniform_bound
 from recsys.embeddings.plan import TableSpec
 
@@ -63,7 +67,9 @@ class MultiHashMethod(FeatureMethod):
         self.weight_dim = 4 * math.ceil(num_hashes / 4)
         self.seeds = [stable_seed(feature, i) for i in range(num_hashes)]
         self.weight_seed = stable_seed(feature, 1000)
-        self.keys = [f"{feature}__mh{i}" for i in range(num_hashes)]
+        # Unweighted sum: one physical feature whose bags hold the k probes of every value.
+        self.folded = combiner == "sum" and not importance_weights
+        self.keys = [f"{feature}__mhsum"] if self.folded else [f"{feature}__mh{i}" for i in range(num_hashes)]
         self.weight_key = f"{feature}__mhw"
         self.per_value = importance_weights and multi_valued
 
@@ -92,7 +98,10 @@ class MultiHashMethod(FeatureMethod):
 
     def transform(self, values: torch.Tensor, lengths: torch.Tensor) -> list[Chunk]:
         k = self.num_hashes
-        chunks: list[Chunk] = [(self.keys, torch.cat(self.index_maps(values)), lengths.repeat(k))]
+        if self.folded:
+            # (N, k) row-major: the k probes of each value side by side, so each bag stays contiguous.
+            return [(self.keys, hash_ids_many(values, self.seeds, self.num_buckets, interleave=True).reshape(-1), lengths * k)]
+        chunks: list[Chunk] = [(self.keys, hash_ids_many(values, self.seeds, self.num_buckets).reshape(-1), lengths.repeat(k))]
         if self.importance_weights:
             chunks.append(([self.weight_key], hash_ids(values, self.weight_seed, self.num_weight_buckets), lengths))
         return chunks
@@ -112,10 +121,17 @@ class MultiHashMethod(FeatureMethod):
             probes = [per_value[k].values() for k in self.keys]  # each (N, d)
             weights = per_value[self.weight_key].values()  # (N, weight_dim)
             return pool_sum(self._mix(probes, weights), lengths)
+        if self.folded:
+            return pooled[self.keys[0]]  # the table's sum pooling added the probes
         probes = [pooled[k] for k in self.keys]  # each (B, d)
         # Single-valued: the pooled weight row IS the id's weight row (or zeros for an empty bag).
         weights = pooled[self.weight_key] if self.importance_weights else None
         return self._mix(probes, weights)
+
+    def pooled_layout(self):
+        if self.importance_weights:
+            return None
+        return "concat", list(self.keys)  # folded sum: one key; concat: the probes side by side
 
     def describe(self) -> tuple[str, str]:
         t = f"{self.num_hashes} x splitmix64(x, seed_i) mod {self.num_buckets}"

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from recsys.embeddings.hashing import hash_ids, stable_seed
+from recsys.embeddings.hashing import hash_ids, hash_ids_many, stable_seed
 from recsys.embeddings.methods.base import Chunk, FeatureMethod, uniform_bound
 from recsys.embeddings.plan import TableSpec
 
@@ -69,11 +69,19 @@ class UnifiedMethod(FeatureMethod):
         return []  # the group's shared tables are built once, by the builder
 
     def transform(self, values: torch.Tensor, lengths: torch.Tensor) -> list[Chunk]:
-        return [(self.keys, torch.cat(self.index_maps(values)), lengths.repeat(self.num_chunks))]
+        # (num_chunks, N) in one pass, flattened chunk-major: the chunks' values one after the other.
+        rows = hash_ids_many(values, self.seeds, self.num_buckets).reshape(-1)
+        return [(self.keys, rows, lengths.repeat(self.num_chunks))]
 
     def combine(self, pooled, per_value, lengths):
         parts = [pooled[k] for k in self.keys]
         return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
+
+    def pooled_keys(self) -> list[str]:
+        return list(self.keys)
+
+    def pooled_layout(self):
+        return "concat", list(self.keys)
 
     def describe(self) -> tuple[str, str]:
         return (
