@@ -1,6 +1,6 @@
 """Generate the built-in synthetic data sets in the ingest layout, with their oracle metrics.
 
-    recsys synth ctr --out data/synthetic_ctr                 # `make run`: 1,000,000 rows
+    recsys synth ctr --out data/synthetic_ctr                 # `make run`: 8,000,000 rows
     recsys synth ctr --out DIR [--rows N] [--seed S] [--spec features/synthetic.yaml]
     recsys synth interactions --out DIR [--rows N] [--seed S] [--users U] [--items I]
 
@@ -28,7 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="kind", required=True, metavar="{ctr,interactions}")
     ctr = sub.add_parser("ctr", help="Criteo-like CTR data with a planted click model")
     ctr.add_argument("--out", required=True, help="output folder (replaced if written by recsys before)")
-    ctr.add_argument("--rows", type=int, default=1_000_000, help="total rows, split 80/10/10 in order (default 1000000)")
+    ctr.add_argument("--rows", type=int, default=8_000_000, help="total rows, split 80/10/10 in order (default 8000000)")
     ctr.add_argument("--seed", type=int, default=0, help="random seed; same seed -> same data (default 0)")
     ctr.add_argument("--spec", default=None, help="feature spec YAML (default features/synthetic.yaml)")
     inter = sub.add_parser("interactions", help="user-item interactions from planted latent factors")

@@ -1,6 +1,6 @@
 """Synthetic Criteo-like CTR data with a planted click model and its oracle metrics.
 
-    recsys synth ctr --out data/synthetic_ctr                      # `make run`: 1,000,000 rows
+    recsys synth ctr --out data/synthetic_ctr                      # `make run`: 8,000,000 rows
     recsys synth ctr --out /tmp/ctr --rows 20000 --seed 7 --spec features/synthetic.yaml
 
 Every row has the columns of the spec (``features/synthetic.yaml``: 13 dense counters, 26

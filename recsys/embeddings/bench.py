@@ -2,7 +2,7 @@
 
     python -m recsys.embeddings.bench lookup --out lookup.json
     python -m recsys.embeddings.bench lookup --scale 1.0 --batch 4096 --steps 20 --methods hashed,qr
-    recsys bench lookup ...            (once wired into jobs/bench.py)
+    recsys bench lookup --out lookup.json          (the same, through the recsys command)
 
 Schema: the 26 categorical Criteo (Kaggle) fields at their real cardinalities (from
 ``features/synthetic.yaml``), single-valued, dim 16, times ``--scale`` (default 1/8, so full tables

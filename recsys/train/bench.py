@@ -1,6 +1,6 @@
 """``recsys bench train``: samples/s of one training step loop on the Criteo schema.
 
-    recsys bench train [--rows 200000] [--batch-size 4096] [--steps 50] [--ratio 0.0625] [--out FILE.json]
+    recsys bench train [--rows 200000] [--batch-size 4096] [--steps 5] [--rounds 7] [--ratio 0.0625] [--out FILE.json]
 
 Runs, in one process and on the same in-memory batches (a Criteo-schema data set written by
 ``jobs.bench.write_criteo_like``), the training step (forward, backward, fused table update,
@@ -13,14 +13,17 @@ dense optimizer step) of:
 3. **recsys DLRM, each compression family** at ``--ratio`` of the full-table memory.
 
 All are wrapped in ``DistributedModelParallel`` (world size 1, gloo) with the fused row-wise
-Adagrad, as in training. Figures depend on the machine and its load: read the ratio to the
-baseline of the same run.
+Adagrad, as in training. All models are built first, then timed in ``--rounds`` rounds in which
+each runs ``--steps`` steps in turn (rotating order); samples/s come from the median step time and
+``vs torchrec`` is the median of the per-round ratios, so load that comes and goes cancels out.
+Read the ratio to the baseline of the same run.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -70,11 +73,12 @@ def _recsys_task(spec: DatasetSpec, dense_layers: list[int], over_layers: list[i
     return CTRTask(build_ctr_model(config, spec, collection))
 
 
-def _time_steps(task: nn.Module, batches: list, steps: int, warmup: int) -> dict[str, Any]:
+def _prepare(task: nn.Module, batch_size: int):
+    """DMP (world size 1) with the fused row-wise Adagrad and Adam, as in training; returns a step function."""
     from recsys.train import sharding
 
     sharding.apply_fused_optimizer(task, "rowwise_adagrad", 0.05, 1e-8)
-    plan = sharding.plan_sharding(task, world_size=1, local_world_size=1, compute_device="cpu", batch_size=batches[0].batch_size)
+    plan = sharding.plan_sharding(task, world_size=1, local_world_size=1, compute_device="cpu", batch_size=batch_size)
     model = sharding.shard_model(task, plan, torch.device("cpu"))
     optimizer = sharding.build_optimizer(model, "adam", 1e-3, 1e-8)
 
@@ -84,16 +88,24 @@ def _time_steps(task: nn.Module, batches: list, steps: int, warmup: int) -> dict
         loss.backward()
         optimizer.step()
 
-    for i in range(warmup):
-        step(batches[i % len(batches)])
-    start = time.perf_counter()
-    rows = 0
-    for i in range(steps):
-        batch = batches[i % len(batches)]
-        step(batch)
-        rows += batch.batch_size
-    seconds = time.perf_counter() - start
-    return {"samples_per_s": rows / seconds, "steps": steps, "seconds": seconds}
+    return step
+
+
+def _time_rounds(steps: dict[str, Any], batches: list, steps_per_round: int, rounds: int, warmup: int) -> dict[str, list[float]]:
+    """Seconds per step of every model, per round; models take turns (rotating order) in each round."""
+    names = list(steps)
+    for name in names:
+        for i in range(warmup):
+            steps[name](batches[i % len(batches)])
+    per_round: dict[str, list[float]] = {name: [] for name in names}
+    for r in range(rounds):
+        order = names[r % len(names):] + names[: r % len(names)]
+        for name in order:
+            start = time.perf_counter()
+            for i in range(steps_per_round):
+                steps[name](batches[(r * steps_per_round + i) % len(batches)])
+            per_round[name].append((time.perf_counter() - start) / steps_per_round)
+    return per_round
 
 
 def bench_train(args: argparse.Namespace) -> int:
@@ -107,7 +119,8 @@ def bench_train(args: argparse.Namespace) -> int:
         os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
         os.environ.setdefault("MASTER_PORT", "29533")
         dist.init_process_group("gloo", rank=0, world_size=1)
-    torch.set_num_threads(args.threads or torch.get_num_threads())
+    if args.threads:
+        torch.set_num_threads(args.threads)
     dense_layers, over_layers = [512, 256, 16], [512, 256, 1]
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(args.data) if args.data else Path(tmp) / "criteo_like"
@@ -130,19 +143,26 @@ def bench_train(args: argparse.Namespace) -> int:
         solved = solve_budget(spec, family, target_ratio=args.ratio, counts=counts).spec
         plan_bytes = compile_plan(solved, counts).total_bytes
         variants.append((f"recsys DLRM, {family}", lambda s=solved: _recsys_task(s, dense_layers, over_layers), plan_bytes))
-    baseline = None
+    prepared = {}
     for name, make, nbytes in variants:
         torch.manual_seed(0)
-        result = _time_steps(make(), batches, args.steps, args.warmup)
-        baseline = baseline or result["samples_per_s"]
+        prepared[name] = _prepare(make(), args.batch_size)
+    print(f"timing {len(prepared)} models: {args.rounds} rounds x {args.steps} steps each, interleaved ...", flush=True)
+    per_round = _time_rounds(prepared, batches, args.steps, args.rounds, args.warmup)
+    base = variants[0][0]
+    for name, _, nbytes in variants:
+        seconds = statistics.median(per_round[name])
+        ratio = statistics.median(b / t for b, t in zip(per_round[base], per_round[name]))
         rows.append(
-            {"model": name, "samples/s": result["samples_per_s"], "vs torchrec": result["samples_per_s"] / baseline,
-             "memory ratio": nbytes / full.total_bytes}
+            {"model": name, "samples/s": args.batch_size / seconds, "vs torchrec": ratio, "memory ratio": nbytes / full.total_bytes}
         )
-        print(f"  {name}: {result['samples_per_s']:,.0f} samples/s")
     print_table(rows, ["model", "samples/s", "vs torchrec", "memory ratio"], title="\ntraining step loop (DMP, fused row-wise Adagrad)")
     if args.out:
-        layout.write_json_atomic(args.out, {"bench": "train", "batch_size": args.batch_size, "steps": args.steps, "results": rows})
+        layout.write_json_atomic(
+            args.out,
+            {"bench": "train", "batch_size": args.batch_size, "steps": args.steps, "rounds": args.rounds,
+             "threads": torch.get_num_threads(), "results": rows},
+        )
         print(f"wrote {args.out}")
     return 0
 
@@ -151,12 +171,13 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", help="an ingested Criteo-schema data set; default: generate one")
     parser.add_argument("--rows", type=int, default=200_000, help="rows to generate without --data (default: 200000)")
     parser.add_argument("--batch-size", type=int, default=4096, help="rows per step (default: 4096)")
-    parser.add_argument("--steps", type=int, default=30, help="timed steps per model (default: 30)")
-    parser.add_argument("--warmup", type=int, default=5, help="untimed steps first (default: 5)")
+    parser.add_argument("--steps", type=int, default=5, help="timed steps per model and round (default: 5)")
+    parser.add_argument("--rounds", type=int, default=7, help="rounds; models take turns in each (default: 7)")
+    parser.add_argument("--warmup", type=int, default=5, help="untimed steps per model first (default: 5)")
     parser.add_argument("--max-batches", type=int, default=20, help="distinct batches held in memory (default: 20)")
     parser.add_argument("--ratio", type=float, default=1 / 16, help="memory ratio of the compressed variants (default: 1/16)")
     parser.add_argument("--families", nargs="*", default=list(FAMILIES), choices=FAMILIES, help="compression families to time")
-    parser.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (default: 1, as a training worker with cpus_per_worker=1; 0: torch's)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the generated data")
     parser.add_argument("--out", help="also write the figures to this JSON file")
 
