@@ -103,7 +103,9 @@ class CompressedEmbeddingBagCollection(nn.Module):
         The pooled columns come in table order (each table's features in order). Consecutive
         features whose method declares a :meth:`FeatureMethod.pooled_layout` of the same kind are
         merged into one run, combined by one slice (or gather) and one reduction; a method without
-        layout keeps its own ``combine``, fed its keys' pieces of the same single split. When every
+        layout keeps its own ``combine``, fed its keys' pieces of the same single split (or, when it
+        declares :meth:`FeatureMethod.pooled_pieces`, its ``combine_pieces``, fed wider pieces that
+        each span several side-by-side keys: e.g. mixed_dim's projected blocks, one matmul). When every
         feature is a ``concat`` in pooled order, the pooled output IS the result (no copy). The
         forward falls back to the per-feature path when the pooled keys come in another order.
         """
@@ -142,8 +144,16 @@ class CompressedEmbeddingBagCollection(nn.Module):
         # the contiguous runs and of the keys read by custom combiners.
         total = start
         cuts = {0, total}
+        # custom features whose method reads wider column blocks (pooled_pieces): feature -> blocks
+        wide: dict[int, list[tuple[int, int]]] = {}
         for op, k, d, n, cols in runs:
             if op == "custom":
+                blocks = self._piece_blocks(self.methods[self._feature_names[k]])
+                if blocks is not None:
+                    wide[k] = blocks
+                    for block in blocks:
+                        cuts.update(block)
+                    continue
                 for key in self.methods[self._feature_names[k]].pooled_keys():
                     if key in self._bag_slices:
                         cuts.update(self._bag_slices[key])
@@ -158,11 +168,28 @@ class CompressedEmbeddingBagCollection(nn.Module):
         self._runs: list[tuple] = []
         for op, k, d, n, cols in runs:
             if op == "custom":
-                self._runs.append((op, k, None, None, None))
+                if k in wide and all(a in piece_at and bounds[piece_at[a] + 1] == b for a, b in wide[k]):
+                    self._runs.append(("pieces", k, None, None, [piece_at[a] for a, _ in wide[k]]))
+                else:
+                    self._runs.append((op, k, None, None, None))
             elif cols == list(range(cols[0], cols[0] + len(cols))):
                 self._runs.append((op, k, d, n, piece_at[cols[0]]))
             else:
                 self._runs.append((op, k, d, n, list(cols)))  # a gather (e.g. chunks on several shared tables)
+
+    def _piece_blocks(self, method: FeatureMethod) -> list[tuple[int, int]] | None:
+        """Column ranges of the method's :meth:`FeatureMethod.pooled_pieces` in the pooled output,
+        or None when it has none or a group's keys are not side by side there."""
+        groups = method.pooled_pieces()
+        if groups is None or any(k not in self._bag_slices for g in groups for k in g):
+            return None
+        blocks = []
+        for g in groups:
+            spans = [self._bag_slices[k] for k in g]
+            if any(a[1] != b[0] for a, b in zip(spans, spans[1:])):
+                return None
+            blocks.append((spans[0][0], spans[-1][1]))
+        return blocks
 
     def _combine_pooled(self, pooled: torch.Tensor, per_value: dict, lengths_of: list[torch.Tensor]) -> torch.Tensor:
         """The logical output from the pooled bag values laid out as ``self._bag_keys``."""
@@ -171,6 +198,9 @@ class CompressedEmbeddingBagCollection(nn.Module):
         parts: list[torch.Tensor] = []
         view: dict[str, torch.Tensor] | None = None
         for op, k, d, n, cols in self._runs:
+            if op == "pieces":
+                parts.append(self.methods[self._feature_names[k]].combine_pieces([pieces[i] for i in cols], lengths_of[k]))
+                continue
             if op == "custom":
                 if view is None:
                     view = {key: pieces[i] for key, i in self._custom_pieces.items()}

@@ -10,7 +10,9 @@ tables) that says:
 - :meth:`FeatureMethod.combine`: the physical outputs -> the feature's SUM-pooled ``(B, D)``
   vector (the collection divides by the logical bag length for ``mean`` pooling);
 - optionally :meth:`FeatureMethod.pooled_layout`: the same combiner declared as data (concat /
-  sum / product of pooled physical features), which the collection vectorises across features.
+  sum / product of pooled physical features), which the collection vectorises across features;
+- optionally :meth:`FeatureMethod.pooled_pieces` + :meth:`FeatureMethod.combine_pieces`: the
+  combiner fed wider column blocks of the pooled output (e.g. several tables side by side).
 """
 
 from __future__ import annotations
@@ -70,6 +72,15 @@ class FeatureMethod(nn.Module):
         :meth:`combine` per feature; the result is the same as :meth:`combine`'s.
         """
         return None
+
+    def pooled_pieces(self) -> list[list[str]] | None:
+        """Groups of pooled keys, each read by :meth:`combine_pieces` as ONE column block (the keys'
+        pooled columns side by side, in this order), or None to use :meth:`combine`."""
+        return None
+
+    def combine_pieces(self, pieces: list[torch.Tensor], lengths: torch.Tensor) -> torch.Tensor:
+        """:meth:`combine` from the column blocks of :meth:`pooled_pieces` (same result)."""
+        raise NotImplementedError
 
     def describe(self) -> tuple[str, str]:
         """(transform, combiner) in words, for the plan."""

@@ -146,6 +146,30 @@ class MixedDimMethod(FeatureMethod):
         order = torch.argsort(block, stable=True)
         return [(self.keys, rows[order], block_lengths)]
 
+    def _projected(self) -> list[int]:
+        return [i for i in range(len(self.dims)) if f"block{i}" in self.projections]
+
+    def pooled_pieces(self):
+        # [unprojected blocks one by one] + [all projected blocks side by side]: the projected
+        # blocks are read as ONE column block of the pooled output (no copy) for one matmul.
+        # Without projections: all blocks as one (B, K * D) block, summed by one reduction. Fewer
+        # pieces also make the backward (one concat of the pieces' gradients) cheaper.
+        proj = self._projected()
+        if not proj:
+            return [list(self.keys)]
+        return [[self.keys[i]] for i in range(len(self.keys)) if i not in proj] + [[self.keys[i] for i in proj]]
+
+    def combine_pieces(self, pieces, lengths):
+        proj = self._projected()
+        if not proj:
+            blocks = pieces[0]
+            return blocks.view(blocks.shape[0], len(self.keys), self.output_dim).sum(1)
+        weight = self.projections[f"block{proj[0]}"] if len(proj) == 1 else torch.cat([self.projections[f"block{i}"] for i in proj])
+        out = pieces[-1] @ weight  # sum_i block_i @ P_i over the projected blocks, one matmul
+        for part in pieces[:-1]:
+            out = out + part
+        return out
+
     def combine(self, pooled, per_value, lengths):
         if len(self.projections):
             # One matmul: [block_0 | ... | block_K-1] @ [P_0; ...; P_K-1] (identity for unprojected
