@@ -57,7 +57,10 @@ def latest_checkpoint(run_dir: Path) -> Path:
 
 
 def test_two_workers_end_to_end(data, tmp_path, capsys):
-    results = run(data, tmp_path / "run", "ray.num_workers=2", "train.epochs=2", "train.checkpoint_every=8")
+    results = run(
+        data, tmp_path / "run", "ray.num_workers=2", "train.epochs=2", "train.checkpoint_every=8",
+        "sharding.sharding_types=[table_wise]",  # the planner's own pick varies with its estimates
+    )
     out = capsys.readouterr().out
     assert out.strip().splitlines()[-1] == f"run_dir: {(tmp_path / 'run').resolve()}"
     assert results["steps"] == 24 and results["world_size"] == 2
@@ -69,9 +72,9 @@ def test_two_workers_end_to_end(data, tmp_path, capsys):
     assert results["compression_ratio"] == pytest.approx(1.0)
     assert results["embedding_bytes"] == results["full_table_bytes"] > 0
     assert results["config"]["ray"]["num_workers"] == 2 and results["plan"]["tables"]
-    # The planner spreads the (table-wise or one-shard table-column-wise) tables over both ranks.
-    placed = [r for r in results["sharding_plan"] if r["sharding_type"] in ("table_wise", "table_column_wise")]
-    assert {rank for r in placed for rank in r["ranks"]} == {0, 1}
+    # The constraint reached the planner: every table is table-wise, spread over both ranks.
+    assert {r["sharding_type"] for r in results["sharding_plan"]} == {"table_wise"}
+    assert {rank for r in results["sharding_plan"] for rank in r["ranks"]} == {0, 1}
     ckpt = latest_checkpoint(tmp_path / "run")
     assert {p.name for p in ckpt.iterdir()} >= {".metadata", "__0_0.distcp", "__1_0.distcp", "config.json", "train_state.json"}
     assert json.loads((ckpt / "config.json").read_text())["config"]["train"]["epochs"] == 2
