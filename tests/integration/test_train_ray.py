@@ -1,7 +1,6 @@
 """`recsys train` end to end on tiny synthetic data: 2 Ray workers, resume, fault injection, edge checks.
 
     .venv/bin/python -m pytest tests/integration/test_train_ray.py -q
-    .venv/bin/python -m pytest tests/integration/test_train_ray.py -q -m slow   # the fault-injection run
 """
 
 from __future__ import annotations
@@ -101,7 +100,6 @@ def test_resume_and_fresh_run_dir_guards(data, tmp_path):
         prepare(config)
 
 
-@pytest.mark.slow
 def test_killed_worker_restarts_from_last_checkpoint(data, tmp_path):
     run_dir = tmp_path / "run"
     results = run(data, run_dir, "ray.num_workers=2", "ray.max_failures=1", "train.checkpoint_every=4", "train.fail_at_step=6")
