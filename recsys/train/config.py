@@ -279,6 +279,8 @@ def config_from_dict(raw: Any, overrides: list[str] | None = None, source: str =
     parsed, errors = parse_overrides(list(overrides or []))
     for path, value in parsed:
         _set_path(raw, path, value, errors)
+    if isinstance(raw.get("model"), dict):
+        raw["model"].setdefault("arch", "dlrm")  # the default model, also when only overrides name it
     try:
         config = TrainConfig.model_validate(raw)
     except ValidationError as exc:

@@ -80,6 +80,7 @@ def prepare(config: TrainConfig, *, config_name: str = "run") -> Prepared:
             errors.append(f"sharding: {cuda_only} need CUDA (ray.use_gpu=true); on CPU use {list(CPU_SHARDING_TYPES)}")
     if errors:
         raise ConfigError("sharding", errors)
+    _check_model(config, spec, counts)
 
     files = {split: validated_files(root, split, spec) for split in layout.SPLITS}
     if config.data.check_ranges:
@@ -94,6 +95,18 @@ def prepare(config: TrainConfig, *, config_name: str = "run") -> Prepared:
     if not config.resume and has_run:
         raise ValueError(f"run_dir {run_dir} already holds a run; pass resume=true to continue it, or a new run_dir")
     return Prepared(config, spec, counts, run_dir.resolve(), train_rows, manifest, notes)
+
+
+def _check_model(config: TrainConfig, spec: DatasetSpec, counts: dict[str, np.ndarray]) -> None:
+    """Build the model on the meta device (no memory), so its errors come before any worker starts."""
+    from recsys.embeddings import build_embedding_collection
+    from recsys.models.ctr import build_ctr_model
+
+    try:
+        collection = build_embedding_collection(spec, device="meta", counts=counts)
+        build_ctr_model(config.model, spec, collection, device="meta")
+    except ValueError as exc:
+        raise ConfigError("model", [f"model: {exc}"]) from None
 
 
 def _ray_init(config: TrainConfig) -> None:

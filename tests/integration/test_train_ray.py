@@ -146,3 +146,12 @@ def test_ids_out_of_range_fail_before_training(data, tmp_path):
     pq.write_table(table, path)
     with pytest.raises(ValueError, match=rf"feature 'C2': id {cardinality + 5} .* \(row 17\) is outside \[0, {cardinality}\)"):
         prepare(config_from_dict({"data": {"path": str(root)}}))
+
+
+def test_model_errors_fail_before_training(data):
+    config = config_from_dict({"data": {"path": str(data)}}, ["model.dense_layers=[8]"])
+    with pytest.raises(ConfigError, match=r"model: dense_layers: the last size is 8 but the embedding dim is 16"):
+        prepare(config)
+    config = config_from_dict({"data": {"path": str(data)}}, ["model.over_layers=[16, 2]"])
+    with pytest.raises(ConfigError, match=r"over_layers: got \[16, 2\]; give at least two sizes ending in 1"):
+        prepare(config)
