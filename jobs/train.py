@@ -2,7 +2,7 @@
 
     recsys train configs/ctr_synthetic_full.yaml
     recsys train configs/ctr_synthetic_qr.yaml ray.num_workers=2 train.epochs=1 run_dir=runs/qr
-    recsys train configs/ctr_synthetic_full.yaml run_dir=runs/qr resume=true
+    recsys train configs/ctr_synthetic_qr.yaml ray.num_workers=2 train.epochs=1 run_dir=runs/qr resume=true
     RAY_ADDRESS=ray://head:10001 recsys train configs/ctr_criteo_full.yaml ray.num_workers=8
 
 Overrides are ``dotted.key=value`` with YAML values (``model.dense_layers=[64,16]``,
@@ -31,11 +31,10 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     config = load_config(args.config, args.overrides)
 
-    from recsys.embeddings import compile_plan
     from recsys.train.run import launch, prepare
 
     prepared = prepare(config, config_name=Path(args.config).stem)
-    plan = compile_plan(prepared.spec, prepared.counts)
+    plan = prepared.plan
     c = prepared.config
     print(
         f"model {c.model.arch}; {len(prepared.spec.sparse)} sparse + {len(prepared.spec.dense)} dense features; "

@@ -22,7 +22,9 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from recsys.features.spec import DatasetSpec, SparseFeature, spec_from_dict
 
@@ -69,6 +71,24 @@ def split_files(root: str | Path, split: str) -> list[Path]:
 
 def vocab_path(root: str | Path, feature: str) -> Path:
     return Path(root) / "vocab" / f"{feature}.parquet"
+
+
+def vocab_counts(root: str | Path, features: list[SparseFeature]) -> dict[str, np.ndarray]:
+    """Training counts of the vocabulary features, index-aligned: ``counts[f][i]`` for index ``i``.
+
+    Features without a vocabulary file (``cardinality: raw``) are left out.
+    """
+    counts = {}
+    for f in features:
+        path = vocab_path(root, f.name)
+        if f.has_vocab and path.exists():
+            table = pq.read_table(path, columns=["index", "count"])
+            out = np.zeros(int(f.cardinality), dtype=np.int64)
+            idx = table.column("index").to_numpy()
+            keep = idx < out.size
+            out[idx[keep]] = table.column("count").to_numpy()[keep]
+            counts[f.name] = out
+    return counts
 
 
 def write_json_atomic(path: str | Path, obj: Any) -> None:

@@ -255,7 +255,7 @@ class CompressedEmbeddingBagCollection(nn.Module):
 
         if pooled_kt is None or pooled_kt.keys() == self._bag_keys:
             # Pooled columns in table order (as built): vectorised combiners, no per-feature split.
-            pooled = pooled_kt.values() if pooled_kt is not None else torch.zeros(batch, 0)
+            pooled = pooled_kt.values() if pooled_kt is not None else features.values().new_zeros((batch, 0), dtype=torch.float32)
             out = self._combine_pooled(pooled, per_value, lengths_of)
             if any(self._mean):
                 scale = torch.stack(

@@ -113,7 +113,6 @@ def bench_train(args: argparse.Namespace) -> int:
     from recsys.data import layout
     from recsys.embeddings import compile_plan
     from recsys.embeddings.budget import solve_budget
-    from recsys.train.config import load_counts
 
     if not dist.is_initialized():
         os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
@@ -130,7 +129,7 @@ def bench_train(args: argparse.Namespace) -> int:
         spec = layout.dataset_spec(root)
         reader = ParquetBatchReader(root, "train", spec, args.batch_size, drop_last=True)
         batches = [b for _, b in zip(range(args.max_batches), reader)]
-        counts = load_counts(root, spec.sparse)
+        counts = layout.vocab_counts(root, spec.sparse)
     full = compile_plan(spec)
     print(f"{len(batches)} batches of {args.batch_size} in memory; full tables {full.total_bytes:,} B")
 

@@ -30,16 +30,15 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 import numpy as np
-import pyarrow.parquet as pq
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from recsys.features.compression import COMPRESSION_KINDS, CompressionSpec, FeatureGroup
-from recsys.features.spec import DatasetSpec, SparseFeature, SpecError
+from recsys.features.spec import DatasetSpec, SpecError
 from recsys.models.ctr import DCNConfig, DLRMConfig, ModelConfig
 from recsys.train.sharding import SHARDING_TYPES
 
-__all__ = ["ConfigError", "TrainConfig", "load_config", "config_from_dict", "parse_overrides", "resolve_spec", "load_counts"]
+__all__ = ["ConfigError", "TrainConfig", "load_config", "config_from_dict", "parse_overrides", "resolve_spec"]
 
 
 class ConfigError(SpecError):
@@ -307,21 +306,6 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> TrainCo
 
 
 # -- the spec the model is built from ---------------------------------------------------------
-
-
-def load_counts(root: str | Path, features: list[SparseFeature]) -> dict[str, np.ndarray]:
-    """Index-aligned vocab counts (``vocab/<feature>.parquet``) of the given vocabulary features."""
-    counts = {}
-    for f in features:
-        path = Path(root) / "vocab" / f"{f.name}.parquet"
-        if f.has_vocab and path.exists():
-            table = pq.read_table(path, columns=["index", "count"])
-            out = np.zeros(int(f.cardinality), dtype=np.int64)
-            idx = table.column("index").to_numpy()
-            keep = idx < out.size
-            out[idx[keep]] = table.column("count").to_numpy()[keep]
-            counts[f.name] = out
-    return counts
 
 
 def resolve_spec(config: TrainConfig, data_spec: DatasetSpec, counts: dict[str, np.ndarray] | None = None) -> tuple[DatasetSpec, list[str]]:

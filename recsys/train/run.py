@@ -21,10 +21,10 @@ import pyarrow.parquet as pq
 from recsys.data import layout
 from recsys.data.batch import check_ranges
 from recsys.data.loader import validated_files
-from recsys.embeddings import compile_plan
+from recsys.embeddings import EmbeddingPlan, compile_plan
 from recsys.features.spec import DatasetSpec, load_spec
 from recsys.train.checkpoint import read_train_state
-from recsys.train.config import ConfigError, TrainConfig, load_counts, resolve_spec
+from recsys.train.config import ConfigError, TrainConfig, resolve_spec
 from recsys.train.sharding import CPU_SHARDING_TYPES
 
 RESULTS = "results.json"
@@ -42,6 +42,7 @@ class Prepared:
     train_rows: int
     manifest: dict[str, Any]
     notes: list[str]
+    plan: EmbeddingPlan  # the embedding plan of ``spec``: physical tables, bytes, ratio
 
 
 def default_run_dir(config_name: str) -> Path:
@@ -65,11 +66,12 @@ def prepare(config: TrainConfig, *, config_name: str = "run") -> Prepared:
     kinds = {f.compression.kind for f in data_spec.sparse} | {c.kind for c in config.embeddings.compression.values()}
     budget = config.embeddings.budget
     wants_counts = "mixed_dim" in kinds or (budget is not None and budget.method == "mixed_dim")
-    counts = load_counts(root, [f for f in data_spec.sparse if f.has_vocab]) if wants_counts else {}
+    counts = layout.vocab_counts(root, data_spec.sparse) if wants_counts else {}
     spec, notes = resolve_spec(config, data_spec, counts)
 
     errors = []
-    tables = {t.name for t in compile_plan(spec, counts).tables}
+    plan = compile_plan(spec, counts)
+    tables = {t.name for t in plan.tables}
     for name in config.sharding.tables:
         if name not in tables:
             errors.append(f"sharding.tables.{name}: no such table; tables of this plan: {sorted(tables)}")
@@ -94,7 +96,7 @@ def prepare(config: TrainConfig, *, config_name: str = "run") -> Prepared:
         raise ValueError(f"resume=true but {run_dir} holds no run to resume; give the run_dir of an earlier run")
     if not config.resume and has_run:
         raise ValueError(f"run_dir {run_dir} already holds a run; pass resume=true to continue it, or a new run_dir")
-    return Prepared(config, spec, counts, run_dir.resolve(), train_rows, manifest, notes)
+    return Prepared(config, spec, counts, run_dir.resolve(), train_rows, manifest, notes, plan)
 
 
 def _check_model(config: TrainConfig, spec: DatasetSpec, counts: dict[str, np.ndarray]) -> None:
@@ -182,7 +184,7 @@ def launch(prepared: Prepared) -> dict[str, Any]:
         raise result.error
     metrics = dict(result.metrics or {})
     final_state = read_train_state(result.checkpoint.path) if result.checkpoint else {}
-    plan = compile_plan(prepared.spec, prepared.counts)
+    plan = prepared.plan
     oracle = prepared.manifest.get("oracle") or {}
     results = {
         "auc": metrics.get("auc"),

@@ -79,8 +79,11 @@ class FeatureMethod(nn.Module):
         return None
 
     def combine_pieces(self, pieces: list[torch.Tensor], lengths: torch.Tensor) -> torch.Tensor:
-        """:meth:`combine` from the column blocks of :meth:`pooled_pieces` (same result)."""
-        raise NotImplementedError
+        """:meth:`combine` from the column blocks of :meth:`pooled_pieces` (same result).
+
+        Only called for methods whose :meth:`pooled_pieces` is not None; they must override it.
+        """
+        raise TypeError(f"{type(self).__name__} declares pooled_pieces() but does not implement combine_pieces()")
 
     def describe(self) -> tuple[str, str]:
         """(transform, combiner) in words, for the plan."""

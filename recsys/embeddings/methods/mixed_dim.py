@@ -171,26 +171,8 @@ class MixedDimMethod(FeatureMethod):
         return out
 
     def combine(self, pooled, per_value, lengths):
-        if len(self.projections):
-            # One matmul: [block_0 | ... | block_K-1] @ [P_0; ...; P_K-1] (identity for unprojected
-            # blocks) = sum_i block_i @ P_i, instead of K small matmuls and K - 1 additions.
-            parts = [pooled[key] for key in self.keys]
-            weights = []
-            for i, part in enumerate(parts):
-                name = f"block{i}"
-                if name in self.projections:
-                    weights.append(self.projections[name])
-                else:
-                    weights.append(torch.eye(part.shape[1], self.output_dim, dtype=part.dtype, device=part.device))
-            return torch.cat(parts, dim=1) @ torch.cat(weights, dim=0)
-        out = None
-        for i, key in enumerate(self.keys):
-            part = pooled[key]  # (B, d_i)
-            name = f"block{i}"
-            if name in self.projections:
-                part = part @ self.projections[name]  # (B, D)
-            out = part if out is None else out + part
-        return out
+        pieces = [pooled[g[0]] if len(g) == 1 else torch.cat([pooled[k] for k in g], dim=1) for g in self.pooled_pieces()]
+        return self.combine_pieces(pieces, lengths)
 
     def describe(self) -> tuple[str, str]:
         blocks = ", ".join(f"[{s},{s + n})x{d}" for s, n, d in zip(self.starts, self.rows, self.dims))
