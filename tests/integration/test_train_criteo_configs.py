@@ -20,7 +20,7 @@ from jobs import cli, train
 from recsys.train.config import load_config
 from recsys.train.run import prepare
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("ray_session")]
 
 CONFIGS = sorted((Path(__file__).resolve().parents[2] / "configs").glob("ctr_criteo_*.yaml"))
 TINY = ["data.batch_size=256", "data.eval_batch_size=1024", "train.max_steps=4", "train.log_every=2",
@@ -52,15 +52,6 @@ def criteo(tmp_path_factory) -> Path:
     out = root / "ds"
     assert cli.main(["ingest", "criteo", str(src), "--out", str(out)]) == 0
     return out
-
-
-@pytest.fixture(scope="module", autouse=True)
-def ray_session():
-    import ray
-
-    yield
-    if ray.is_initialized():
-        ray.shutdown()
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.stem for p in CONFIGS])

@@ -21,7 +21,7 @@ from recsys.train.checkpoint import checkpoint_tensors
 from recsys.train.config import ConfigError, config_from_dict
 from recsys.train.run import prepare
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("ray_session")]
 
 CONFIG = Path(__file__).resolve().parents[2] / "configs" / "ctr_synthetic_full.yaml"
 # 4,000 rows -> 3,200 training rows: 12 steps per epoch at batch 256.
@@ -33,15 +33,6 @@ def data(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("train") / "ctr"
     assert synth.main(["ctr", "--out", str(out), "--rows", "4000", "--seed", "3"]) == 0
     return out
-
-
-@pytest.fixture(scope="module", autouse=True)
-def ray_session():
-    import ray
-
-    yield
-    if ray.is_initialized():
-        ray.shutdown()
 
 
 def run(data: Path, run_dir: Path, *overrides: str) -> dict:
