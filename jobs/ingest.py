@@ -20,20 +20,26 @@ from typing import Any
 from recsys.data.criteo import ingest_criteo
 from recsys.data.layout import MANIFEST, SPLITS
 from recsys.data.movielens import ingest_movielens
-from recsys.data.parquet_source import DEFAULT_FRACTIONS, check_fractions, ingest_parquet
+from recsys.data.parquet_source import (
+    DEFAULT_FRACTIONS,
+    FRACTIONS_ALLOWED,
+    check_fractions,
+    fractions_problem,
+    ingest_parquet,
+)
 from recsys.features.spec import FEATURES_DIR, load_spec
 
 
 def parse_split(text: str) -> tuple[float, float, float]:
-    """``"0.8,0.1,0.1"`` -> (0.8, 0.1, 0.1); raises ValueError naming ``--split``."""
+    """``"0.8,0.1,0.1"`` -> (0.8, 0.1, 0.1); raises ValueError naming ``--split``, the value and what is allowed."""
     try:
         values = [float(x) for x in text.split(",")]
-        return check_fractions(values)
     except ValueError:
-        raise ValueError(
-            f"--split {text!r}: expected 3 comma-separated fractions >= 0 (train, validation, test) "
-            "that sum to 1, e.g. 0.8,0.1,0.1"
-        ) from None
+        raise ValueError(f"--split {text!r}: not comma-separated numbers; {FRACTIONS_ALLOWED}") from None
+    problem = fractions_problem(values)
+    if problem:
+        raise ValueError(f"--split {text!r}: {problem}; {FRACTIONS_ALLOWED}")
+    return check_fractions(values)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -57,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--spec", default=str(FEATURES_DIR / f"{name}.yaml"), metavar="YAML",
                            help=f"feature spec (default features/{name}.yaml)")
         p.add_argument("--split", default=default_split, metavar="F,F,F",
-                       help=f"train,validation,test fractions (default {default_split})")
+                       help=f"train,validation,test fractions, each > 0, summing to 1 (default {default_split})")
         p.add_argument("--skip-bad-rows", action="store_true",
                        help="skip bad rows and count them in the manifest instead of stopping at the first")
         p.add_argument("--chunk-rows", type=int, default=200_000, metavar="N", help="rows parsed per chunk (default 200000)")

@@ -4,7 +4,8 @@
     recsys ingest criteo data/criteo_tb/ --out data/criteo_tb --skip-bad-rows --chunk-rows 500000
 
 PATH is a file or a folder holding ``day_N`` files (taken in day order) or ``train.txt``;
-``.gz`` files are read too. Each line: label, I1..I13, C1..C26, tab-separated, no header.
+gzip files are read too, recognised by their bytes (``1f 8b``) whatever their name, and a UTF-8
+byte order mark at the start of a file is skipped. Each line: label, I1..I13, C1..C26, tab-separated, no header.
 
 * label: ``0`` or ``1``.
 * I1..I13: integers, may be negative or empty; empty -> NaN (missing; the writer stores 0 and
@@ -40,6 +41,7 @@ from recsys.data.parquet_source import (
     BadRows,
     add_by_split,
     check_fractions,
+    check_split_rows,
     row_order_boundaries,
     show,
     split_codes,
@@ -60,9 +62,37 @@ _DEC[np.frombuffer(b"0123456789", np.uint8)] = np.arange(10)
 
 
 # -- text blocks (also used by the MovieLens source) ----------------------------------------------
+GZIP_MAGIC = b"\x1f\x8b"
+UTF8_BOM = b"\xef\xbb\xbf"
+
+
 def open_binary(path: Path) -> BinaryIO:
-    """The file's bytes, decompressed when it ends in ``.gz``."""
-    return gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")  # type: ignore[return-value]
+    """The file's text bytes, recognised by content, not by name.
+
+    gzip data (magic bytes ``1f 8b``) is decompressed whatever the file is called (``train.txt``
+    holding gzip is read as such); a UTF-8 byte order mark (``ef bb bf``) at the start of the
+    (decompressed) text is skipped. Anything else is returned as it is, so UTF-16 (its BOM and
+    NUL bytes) and binary files still reach the NUL-byte check of :func:`split_fields`.
+    """
+    with open(path, "rb") as fh:
+        magic = fh.read(2)
+    stream: BinaryIO = gzip.open(path, "rb") if magic == GZIP_MAGIC else open(path, "rb")  # type: ignore[assignment]
+    try:
+        if stream.read(3) != UTF8_BOM:
+            stream.seek(0)
+    except (OSError, EOFError, gzip.BadGzipFile) as exc:
+        stream.close()
+        raise ValueError(f"{path}: starts like gzip data (bytes 1f 8b) but cannot be decompressed ({exc})") from None
+    return stream
+
+
+def read_text_bytes(path: Path) -> bytes:
+    """All of a (small) text file's bytes, as :func:`open_binary` gives them."""
+    with open_binary(path) as fh:
+        try:
+            return fh.read()
+        except (OSError, EOFError, gzip.BadGzipFile) as exc:
+            raise ValueError(f"{path}: truncated or corrupt gzip data ({exc})") from None
 
 
 def count_lines(path: Path) -> int:
@@ -329,7 +359,7 @@ def parse_block(
     ids, sparse_bad = parse_hex(f, sparse_cols)
     for k, j in enumerate(dense_cols):
         checks.append((j, dense_bad[:, k], "an integer (may be negative) or empty for missing"))
-        arrays[names[j]] = pa.array(values[:, k])
+        arrays[names[j]] = pa.array(values[:, k], from_pandas=True)  # empty (NaN) -> null = missing
     for k, j in enumerate(sparse_cols):
         checks.append((j, sparse_bad[:, k], f"1-{_MAX_HEX_DIGITS} hex digits (e.g. 68fd1e64) or empty for missing"))
         arrays[names[j]] = pa.array(ids[:, k])
@@ -408,6 +438,7 @@ def ingest_criteo(
                 log(f"  {p}: {n} lines, {kept} rows kept so far, {time.perf_counter() - t0:.1f} s")
         if kept == 0:
             raise ValueError(f"{path}: no valid lines ({bad.count} bad lines skipped)")
+        check_split_rows(writer, f"--split {','.join(f'{x:g}' for x in fractions)} by line position")
         return writer.finish(
             source={"kind": "criteo", "format": "tsv", "paths": [str(p) for p in files], "lines": line_counts},
             split={"method": "row_order", "fractions": list(fractions), "boundaries": boundaries,

@@ -38,13 +38,14 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import pyarrow as pa
 
-from recsys.data.criteo import Fields, parse_int, read_line_blocks, split_fields
+from recsys.data.criteo import Fields, parse_int, read_line_blocks, read_text_bytes, split_fields
 from recsys.data.parquet_source import (
     DEFAULT_FRACTIONS,
     MISSING_ID,
     BadRows,
     add_by_split,
     check_fractions,
+    check_split_rows,
     show,
     split_codes,
     timestamp_boundaries,
@@ -108,7 +109,7 @@ def movielens_files(path: str | Path) -> MovieLensFiles:
 
 def _text_lines(path: Path) -> list[str]:
     """A latin-1 side file's lines; NUL bytes (binary or UTF-16 files) are an error."""
-    data = path.read_bytes()
+    data = read_text_bytes(path)  # gzip by magic bytes, UTF-8 BOM skipped
     if not data.strip():
         raise ValueError(f"{path}: empty file")
     nul = data.find(b"\x00")
@@ -340,6 +341,7 @@ def ingest_movielens(
             table = pa.table({spec.label.name: pa.array(cols["rating"][keep]), **{n: full[n] for n in names},
                               spec.timestamp: pa.array(cols["timestamp"][keep])})
             add_by_split(writer, table, split_codes(cols["timestamp"][keep], boundaries))
+        check_split_rows(writer, f"--split {','.join(f'{x:g}' for x in fractions)} by timestamp quantiles")
         tokens = {**users.tokens, **movies.tokens}
         return writer.finish(
             source={"kind": "movielens", "variant": files.variant, "paths": [str(files.ratings), str(files.users), str(files.movies)]},

@@ -11,9 +11,10 @@ the manifest as ``ignored_columns``).
 
 Missing values: a null sparse id becomes raw id ``-1`` (as a missing Criteo categorical; the
 vocabulary treats it like any id), a null list is empty, a null dense value is missing (the
-writer stores 0). A null or non-finite label or a null timestamp makes the row bad: an error
-naming file, row (1-based within the file) and field, or with ``skip_bad_rows`` a skipped,
-counted row.
+writer stores 0). A dense NaN, +inf or -inf is treated as missing too (stored as 0 before the
+transform) and counted per feature in the manifest's ``nonfinite_dense``. A null or non-finite
+label or a null timestamp makes the row bad: an error naming file, row (1-based within the file)
+and field, or with ``skip_bad_rows`` a skipped, counted row.
 
 Split rules (shared by every source):
 
@@ -47,18 +48,37 @@ MAX_EXAMPLES = 10
 
 
 # -- split rules --------------------------------------------------------------------------------
+FRACTIONS_ALLOWED = "expected 3 fractions > 0 (train, validation, test) that sum to 1, e.g. 0.8,0.1,0.1"
+
+
+def fractions_problem(values: Sequence[float]) -> str | None:
+    """Why (train, validation, test) fractions are not allowed, or None when they are."""
+    if len(values) != 3:
+        return f"got {len(values)} fraction(s)"
+    for name, f in zip(SPLITS, values):
+        if not np.isfinite(f) or f <= 0:
+            return f"{name} fraction {f:g} is not > 0 (every split needs rows)"
+    if abs(sum(values) - 1) > 1e-6:
+        return f"fractions sum to {sum(values):g}"
+    return None
+
+
 def check_fractions(fractions: Sequence[float]) -> tuple[float, float, float]:
-    """Validate (train, validation, test) fractions: three numbers >= 0 that sum to 1.
+    """Validate (train, validation, test) fractions: three numbers > 0 that sum to 1.
+
+    A zero fraction is refused: every split must receive rows (training needs train rows,
+    model selection validation rows, the final report test rows).
 
     Raises:
-        ValueError: naming the fractions received and what is allowed.
+        ValueError: naming ``--split``, the fractions received and what is allowed.
     """
-    values = tuple(float(f) for f in fractions)
-    if len(values) != 3 or any(not np.isfinite(f) or f < 0 for f in values) or abs(sum(values) - 1) > 1e-6:
-        raise ValueError(
-            f"split fractions {list(fractions)}: expected 3 numbers >= 0 (train, validation, test) "
-            "that sum to 1, e.g. 0.8,0.1,0.1"
-        )
+    try:
+        values = tuple(float(f) for f in fractions)
+    except (TypeError, ValueError):
+        raise ValueError(f"--split {list(fractions)}: not numbers; {FRACTIONS_ALLOWED}") from None
+    problem = fractions_problem(values)
+    if problem:
+        raise ValueError(f"--split {','.join(f'{f:g}' for f in values)}: {problem}; {FRACTIONS_ALLOWED}")
     return values  # type: ignore[return-value]
 
 
@@ -89,6 +109,26 @@ def add_by_split(writer: DatasetWriter, table: pa.Table, codes: np.ndarray) -> N
             writer.add(split, table)
         elif mask.any():
             writer.add(split, table.filter(pa.array(mask)))
+
+
+def check_split_rows(writer: DatasetWriter, how: str) -> None:
+    """Refuse to finish a data set with an empty split (tiny input, or every row skipped there).
+
+    Args:
+        writer: the writer, after every row was added.
+        how: how rows were split, for the message (e.g. ``"fractions 0.8,0.1,0.1 by row order"``).
+
+    Raises:
+        ValueError: naming the empty split and the rows each split received.
+    """
+    rows = writer.rows
+    for split in SPLITS:
+        if rows[split] == 0:
+            counts = ", ".join(f"{rows[s]} {s}" for s in SPLITS)
+            raise ValueError(
+                f"split {split!r} has 0 rows after splitting ({counts}; {how}); every split needs rows: "
+                "give more input rows, or a larger fraction for that split"
+            )
 
 
 # -- bad rows -------------------------------------------------------------------------------------
@@ -210,7 +250,7 @@ def _clean(table: pa.Table, spec: DatasetSpec) -> tuple[pa.Table, np.ndarray, Ca
             checks.append((f.name, mask, "a finite number (label)"))
             arr = pa.array(np.where(mask, 0.0, x))
         elif isinstance(f, DenseFeature):
-            arr = pa.array(arr.cast(pa.float64()).to_numpy(zero_copy_only=False))  # null -> NaN
+            arr = arr.cast(pa.float64())  # null = missing; NaN / inf: non-finite (the writer's rule)
         elif not f.multi_valued and arr.null_count:
             arr = arr.cast(pa.int64()).fill_null(MISSING_ID)
         cols[f.name] = arr
@@ -304,6 +344,7 @@ def ingest_parquet(
             kept += table.num_rows
         if kept == 0:
             raise ValueError(f"{path}: no valid rows ({bad.count} bad rows skipped)")
+        check_split_rows(writer, f"--split {','.join(f'{x:g}' for x in fractions)} by {split_info['method']}")
         return writer.finish(
             source={"kind": "parquet", "paths": [str(f) for f in files], "rows": total},
             split=split_info,

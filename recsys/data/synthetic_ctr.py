@@ -297,7 +297,7 @@ class CtrGenerator:
             if isinstance(f, LabelFeature):
                 arrays.append(pa.array(labels))
             elif isinstance(f, DenseFeature):
-                arrays.append(pa.array(draw.columns[f.name], pa.float64(), from_pandas=False))
+                arrays.append(pa.array(draw.columns[f.name], pa.float64(), from_pandas=True))  # NaN = missing -> null
             else:
                 col = draw.columns[f.name]
                 arrays.append(col if isinstance(col, pa.Array) else pa.array(col, pa.int64()))

@@ -69,8 +69,13 @@ class DatasetWriter:
         rows_per_file: rows per output parquet part.
 
     Chunk columns: every spec feature (sparse: int64 raw ids, or lists of them for multi-valued
-    features, null lists = empty; dense: float, NaN = missing; label: float, no nulls) plus the
+    features, null lists = empty; dense: float, null = missing; label: float, no nulls) plus the
     spec's timestamp column. Missing or extra columns raise ``ValueError`` naming them.
+
+    Dense values, one rule: a missing (null) or non-finite (NaN, +inf, -inf) value is stored as 0
+    *before* the transform (so ``log1p`` stores ``log1p(0) = 0``). The manifest counts both per
+    feature over all splits: ``missing_dense[f]`` (nulls) and ``nonfinite_dense[f]`` (NaN / inf
+    values that were present), so a source that writes NaN for "missing" shows up as non-finite.
     """
 
     def __init__(self, out_dir: str | Path, spec: DatasetSpec, *, rows_per_file: int = 1_000_000):
@@ -87,9 +92,16 @@ class DatasetWriter:
         self._staged: dict[str, list[Path]] = {s: [] for s in layout.SPLITS}
         self._rows = {s: 0 for s in layout.SPLITS}
         self._truncated = {f.name: 0 for f in spec.sparse if f.multi_valued}
+        self._missing_dense = {f.name: 0 for f in spec.dense}
+        self._nonfinite_dense = {f.name: 0 for f in spec.dense}
         self._counters = {f.name: FrequencyCounter() for f in spec.sparse if f.has_vocab}
         self._schema = layout.arrow_schema(spec)
         self._columns = list(self._schema.names)
+
+    @property
+    def rows(self) -> dict[str, int]:
+        """Rows added so far per split."""
+        return dict(self._rows)
 
     def _check_out_dir(self) -> None:
         if not self.out.exists():
@@ -161,8 +173,14 @@ class DatasetWriter:
                 raise ValueError(f"column {f.name!r} (label) has {arr.null_count} null values")
             return arr.cast(pa.float32())
         if isinstance(f, DenseFeature):
-            x = arr.cast(pa.float64()).to_numpy(zero_copy_only=False)
-            x = np.where(np.isnan(x), 0.0, x)
+            arr = arr.cast(pa.float64())
+            missing = arr.is_null().to_numpy(zero_copy_only=False)
+            x = arr.to_numpy(zero_copy_only=False)  # nulls -> NaN
+            finite = np.isfinite(x)
+            self._missing_dense[f.name] += int(np.count_nonzero(missing))
+            self._nonfinite_dense[f.name] += int(np.count_nonzero(~finite & ~missing))
+            # One rule for null, NaN, +inf and -inf: missing, stored as 0 before the transform.
+            x = np.where(finite, x, 0.0)
             if f.transform == "log1p":
                 x = np.log1p(np.maximum(x, 0.0))
             return pa.array(x.astype(np.float32))
@@ -302,6 +320,8 @@ class DatasetWriter:
             "rows": {**self._rows, "total": sum(self._rows.values())},
             "split": split,
             "truncated_values": self._truncated,
+            "missing_dense": self._missing_dense,
+            "nonfinite_dense": self._nonfinite_dense,
             "vocab": vocab_info,
             "files": files,
             **(extra or {}),

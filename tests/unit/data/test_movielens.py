@@ -62,9 +62,14 @@ def test_timestamp_ties_stay_in_one_split(ml1m, tmp_path, raw):
     lines = list(raw.ML1M_RATINGS)
     lines[8] = lines[8].replace("978300767", "978300768")  # the two newest now tie
     raw.write_lines(ml1m / "ratings.dat", lines)
-    m = ingest_movielens(ml1m, tmp_path / "out", SPEC)
-    # the 0.8 quantile lands on the tied instant: both rows go to the later split
-    assert m["rows"] == {"train": 8, "validation": 0, "test": 2, "total": 10}
+    # the 0.8 quantile lands on the tied instant: both rows go to the later split, leaving
+    # validation empty, which ingest refuses by name
+    with pytest.raises(ValueError, match=r"split 'validation' has 0 rows after splitting \(8 train, 0 validation, 2 test"):
+        ingest_movielens(ml1m, tmp_path / "out", SPEC)
+    m = ingest_movielens(ml1m, tmp_path / "out", SPEC, fractions=(0.7, 0.1, 0.2))
+    # boundaries sorted[7] = 978300766, sorted[8] = 978300768 (the tied pair): both in test
+    assert m["rows"] == {"train": 7, "validation": 1, "test": 2, "total": 10}
+    assert sorted(raw.read_split(tmp_path / "out", "test")["timestamp"]) == [978300768, 978300768]
 
 
 def test_ml100k_end_to_end(ml100k, tmp_path, raw):

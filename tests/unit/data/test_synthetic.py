@@ -98,6 +98,8 @@ def test_ctr_output_layout_ranges_and_bags(ctr_dir: Path) -> None:
     assert manifest["rows"] == {"train": 2400, "validation": 300, "test": 300, "total": ROWS}
     assert manifest["split"]["method"] == "row_order"
     assert manifest["generator"]["kind"] == "ctr" and manifest["truncated_values"] == {"M1": 0, "M2": 0}
+    # the generator's missing counters arrive as nulls (missing), never as NaN values (non-finite)
+    assert set(manifest["nonfinite_dense"].values()) == {0} and sum(manifest["missing_dense"].values()) > 0
     input_spec = builtin_spec("synthetic")
     for split in layout.SPLITS:
         table = read_split(ctr_dir, split)
