@@ -29,6 +29,7 @@ from torch import nn
 from torchrec import EmbeddingBagCollection, EmbeddingBagConfig, EmbeddingCollection, EmbeddingConfig, PoolingType
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor, KeyedTensor
 
+from recsys.embeddings.combine import CombinePlan, FeatureEntry, Layout
 from recsys.embeddings.methods.base import FeatureMethod
 from recsys.embeddings.plan import EmbeddingPlan, FeaturePlan, TableSpec
 
@@ -95,138 +96,38 @@ class CompressedEmbeddingBagCollection(nn.Module):
         self.embeddings = nn.ModuleDict(
             {f"dim{d}": EmbeddingCollection(tables=cfgs, device=device) for d, cfgs in per_value.items()}
         )
-        self._compile_combiner(bag_configs)
+        # The combine plan, compiled against the layout the inner bag collection returns: here the
+        # unsharded one (tables in build order); a sharded one is compiled on its first batch.
+        self._entries = [FeatureEntry(m.feature, m.output_dim, m.combiner(), mean) for m, mean in zip(methods, self._mean)]
+        self._build_layout = Layout(
+            tuple(k for c in bag_configs for k in c.feature_names),
+            tuple(c.embedding_dim for c in bag_configs for _ in c.feature_names),
+        )
+        self.combine_plan = CombinePlan.compile(self._entries, self._build_layout, ordered=True, device=device)
+        self._seen_keys: list[str] | None = None  # the keys list object the current plan was checked against
 
-    def _compile_combiner(self, bag_configs: list[EmbeddingBagConfig]) -> None:
-        """Precompute how the pooled ``(B, sum d)`` output of the bag collection becomes the output.
-
-        The pooled columns come in table order (each table's features in order). Consecutive
-        features whose method declares a :meth:`FeatureMethod.pooled_layout` of the same kind are
-        merged into one run, combined by one slice (or gather) and one reduction; a method without
-        layout keeps its own ``combine``, fed its keys' pieces of the same single split (or, when it
-        declares :meth:`FeatureMethod.pooled_pieces`, its ``combine_pieces``, fed wider pieces that
-        each span several side-by-side keys: e.g. mixed_dim's projected blocks, one matmul). When every
-        feature is a ``concat`` in pooled order, the pooled output IS the result (no copy). The
-        forward falls back to the per-feature path when the pooled keys come in another order.
-        """
-        self._bag_keys: list[str] = [k for c in bag_configs for k in c.feature_names]
-        offsets, width = {}, {}
-        start = 0
-        for c in bag_configs:
-            for k in c.feature_names:
-                offsets[k], width[k] = start, c.embedding_dim
-                start += c.embedding_dim
-        self._bag_slices = {k: (offsets[k], offsets[k] + width[k]) for k in self._bag_keys}
-        # runs: [op, k, d, n_features, columns]; op "custom" holds the feature index instead.
-        runs: list[list] = []
-        for i, name in enumerate(self._feature_names):
-            layout = self.methods[name].pooled_layout()
-            if layout is None or any(self._destination.get(k) != _BAGS for k in layout[1]):
-                runs.append(["custom", i, None, 1, None])
-                continue
-            op, keys = layout
-            cols = [c for k in keys for c in range(*self._bag_slices[k])]
-            if op == "concat":
-                k, d = 1, len(cols)
-            else:
-                k, d = len(keys), width[keys[0]]
-                if any(width[key] != d for key in keys):
-                    runs.append(["custom", i, None, 1, None])
-                    continue
-            last = runs[-1] if runs else None
-            if last is not None and last[0] == op and (op == "concat" or (last[1] == k and last[2] == d)):
-                last[3] += 1
-                last[4].extend(cols)
-            else:
-                runs.append([op, k, d, 1, cols])
-        # The pooled output is cut ONCE (one split, whose backward is one concat of the gradients;
-        # many overlapping slices would each zero-fill a full-size gradient) at the boundaries of
-        # the contiguous runs and of the keys read by custom combiners.
-        total = start
-        cuts = {0, total}
-        # custom features whose method reads wider column blocks (pooled_pieces): feature -> blocks
-        wide: dict[int, list[tuple[int, int]]] = {}
-        for op, k, d, n, cols in runs:
-            if op == "custom":
-                blocks = self._piece_blocks(self.methods[self._feature_names[k]])
-                if blocks is not None:
-                    wide[k] = blocks
-                    for block in blocks:
-                        cuts.update(block)
-                    continue
-                for key in self.methods[self._feature_names[k]].pooled_keys():
-                    if key in self._bag_slices:
-                        cuts.update(self._bag_slices[key])
-            elif cols == list(range(cols[0], cols[0] + len(cols))):
-                cuts.update((cols[0], cols[0] + len(cols)))
-        bounds = sorted(cuts)
-        self._split_sizes = [b - a for a, b in zip(bounds, bounds[1:])]
-        piece_at = {a: i for i, a in enumerate(bounds[:-1])}
-        self._custom_pieces = {
-            key: piece_at[a] for key, (a, b) in self._bag_slices.items() if a in piece_at and bounds[piece_at[a] + 1] == b
-        }
-        self._runs: list[tuple] = []
-        for op, k, d, n, cols in runs:
-            if op == "custom":
-                if k in wide and all(a in piece_at and bounds[piece_at[a] + 1] == b for a, b in wide[k]):
-                    self._runs.append(("pieces", k, None, None, [piece_at[a] for a, _ in wide[k]]))
-                else:
-                    self._runs.append((op, k, None, None, None))
-            elif cols == list(range(cols[0], cols[0] + len(cols))):
-                self._runs.append((op, k, d, n, piece_at[cols[0]]))
-            else:
-                self._runs.append((op, k, d, n, list(cols)))  # a gather (e.g. chunks on several shared tables)
-
-    def _piece_blocks(self, method: FeatureMethod) -> list[tuple[int, int]] | None:
-        """Column ranges of the method's :meth:`FeatureMethod.pooled_pieces` in the pooled output,
-        or None when it has none or a group's keys are not side by side there."""
-        groups = method.pooled_pieces()
-        if groups is None or any(k not in self._bag_slices for g in groups for k in g):
-            return None
-        blocks = []
-        for g in groups:
-            spans = [self._bag_slices[k] for k in g]
-            if any(a[1] != b[0] for a, b in zip(spans, spans[1:])):
-                return None
-            blocks.append((spans[0][0], spans[-1][1]))
-        return blocks
-
-    def _combine_pooled(self, pooled: torch.Tensor, per_value: dict, lengths_of: list[torch.Tensor]) -> torch.Tensor:
-        """The logical output from the pooled bag values laid out as ``self._bag_keys``."""
-        batch = pooled.shape[0]
-        pieces = [pooled] if len(self._split_sizes) <= 1 else list(torch.split(pooled, self._split_sizes, dim=1))
-        parts: list[torch.Tensor] = []
-        view: dict[str, torch.Tensor] | None = None
-        for op, k, d, n, cols in self._runs:
-            if op == "pieces":
-                parts.append(self.methods[self._feature_names[k]].combine_pieces([pieces[i] for i in cols], lengths_of[k]))
-                continue
-            if op == "custom":
-                if view is None:
-                    view = {key: pieces[i] for key, i in self._custom_pieces.items()}
-                name = self._feature_names[k]
-                parts.append(self.methods[name].combine(view, per_value, lengths_of[k]))
-                continue
-            if isinstance(cols, int):
-                x = pieces[cols]
-            else:
-                x = pooled.index_select(1, torch.tensor(cols, dtype=torch.int64, device=pooled.device))
-            if op != "concat":
-                # unbind: one backward node (a stack) rather than k zero-filled select gradients.
-                probes = x.reshape(batch, n, k, d).unbind(2)
-                out = probes[0]
-                for p in probes[1:]:
-                    out = out * p if op == "prod" else out + p
-                x = out.reshape(batch, n * d)
-            parts.append(x)
-        return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
+    def _plan_for(self, pooled_kt: KeyedTensor | None, device: torch.device) -> CombinePlan:
+        """The plan for this pooled layout, compiled once per layout (and device)."""
+        plan = self.combine_plan
+        keys = pooled_kt.keys() if pooled_kt is not None else []
+        if plan.device == device and (keys is self._seen_keys or tuple(keys) == plan.layout.keys):
+            if keys is self._seen_keys or tuple(pooled_kt.length_per_key() if pooled_kt is not None else ()) == plan.layout.widths:
+                self._seen_keys = keys
+                return plan
+        layout = Layout.of(pooled_kt)
+        plan = CombinePlan.compile(self._entries, layout, ordered=layout == self._build_layout, device=device)
+        self.combine_plan = plan
+        self._seen_keys = keys
+        return plan
 
     def forward(self, features: KeyedJaggedTensor) -> KeyedTensor:
         """Args:
             features (KeyedJaggedTensor): logical ids, keys including every feature of the collection.
 
         Returns:
-            KeyedTensor: keys = the logical features, values ``(B, sum(D_f))``.
+            KeyedTensor: one key per logical feature, values ``(B, sum(D_f))``: in the collection's
+            feature order when the inner collection is unsharded, else in the order of the sharded
+            pooled output (as TorchRec's sharded collections do); read it by key.
         """
         batch = features.stride()
         jts = features.to_dict()
@@ -253,26 +154,12 @@ class CompressedEmbeddingBagCollection(nn.Module):
             else:
                 per_value.update(self.embeddings[dest](kjt))
 
-        if pooled_kt is None or pooled_kt.keys() == self._bag_keys:
-            # Pooled columns in table order (as built): vectorised combiners, no per-feature split.
-            pooled = pooled_kt.values() if pooled_kt is not None else features.values().new_zeros((batch, 0), dtype=torch.float32)
-            out = self._combine_pooled(pooled, per_value, lengths_of)
-            if any(self._mean):
-                scale = torch.stack(
-                    [n.clamp(min=1).to(out.dtype) if mean else torch.ones_like(n, dtype=out.dtype) for n, mean in zip(lengths_of, self._mean)],
-                    dim=1,
-                )  # (B, F)
-                out = out / torch.repeat_interleave(scale, torch.tensor(self._dims, device=scale.device), dim=1, output_size=out.shape[1])
-            return KeyedTensor(keys=list(self._feature_names), length_per_key=list(self._dims), values=out)
-
-        pooled_dict = pooled_kt.to_dict()
-        outputs = []
-        for name, lengths, mean in zip(self._feature_names, lengths_of, self._mean):
-            out = self.methods[name].combine(pooled_dict, per_value, lengths)  # (B, D_f), sum-pooled
-            if mean:
-                out = out / lengths.clamp(min=1).unsqueeze(1).to(out.dtype)
-            outputs.append(out)
-        return KeyedTensor(keys=list(self._feature_names), length_per_key=list(self._dims), values=torch.cat(outputs, dim=1))
+        if pooled_kt is not None:
+            pooled = pooled_kt.values()
+        else:
+            pooled = features.values().new_zeros((batch, 0), dtype=torch.float32)
+        plan = self._plan_for(pooled_kt, pooled.device)
+        return plan(pooled, per_value, lengths_of, self.methods)
 
     def reset_parameters(self) -> None:
         """Re-initialise every table (with its plan's init bounds) and projection.

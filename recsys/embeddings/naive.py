@@ -81,7 +81,7 @@ class NaiveEmbeddingBagCollection(nn.Module):
                 parts = [table(r, offsets, per_sample_weights=w[:, i]) for i, r in enumerate(rows)]
             else:
                 parts = [table(r, offsets) for r in rows]
-            return sum(parts[1:], parts[0]) if m.combiner == "sum" else torch.cat(parts, 1)
+            return sum(parts[1:], parts[0]) if m.combiner_kind == "sum" else torch.cat(parts, 1)
         if isinstance(m, QRMethod):
             # Digits written out: x mod r0, (x // r0) mod r1, ..., top = x // prod(r) (ids < N).
             digits, rest = [], values

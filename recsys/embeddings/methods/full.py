@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from recsys.embeddings.combine import Concat
 from recsys.embeddings.methods.base import Chunk, FeatureMethod, uniform_bound
 from recsys.embeddings.plan import TableSpec
 
@@ -32,11 +33,8 @@ class FullMethod(FeatureMethod):
     def transform(self, values: torch.Tensor, lengths: torch.Tensor) -> list[Chunk]:
         return [([self.key], values, lengths)]
 
-    def combine(self, pooled, per_value, lengths):
-        return pooled[self.key]
-
-    def pooled_layout(self):
-        return "concat", [self.key]
+    def combiner(self) -> Concat:
+        return Concat((self.key,))
 
     def describe(self) -> tuple[str, str]:
         return "x", "identity"

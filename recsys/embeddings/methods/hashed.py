@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from recsys.embeddings.combine import Concat
 from recsys.embeddings.hashing import hash_ids, stable_seed
 from recsys.embeddings.methods.base import Chunk, FeatureMethod, uniform_bound
 from recsys.embeddings.plan import TableSpec
@@ -35,11 +36,8 @@ class HashedMethod(FeatureMethod):
     def transform(self, values: torch.Tensor, lengths: torch.Tensor) -> list[Chunk]:
         return [([self.key], self.index_map(values), lengths)]
 
-    def combine(self, pooled, per_value, lengths):
-        return pooled[self.key]
-
-    def pooled_layout(self):
-        return "concat", [self.key]
+    def combiner(self) -> Concat:
+        return Concat((self.key,))
 
     def describe(self) -> tuple[str, str]:
         return f"splitmix64(x, seed) mod {self.num_buckets}", "identity"

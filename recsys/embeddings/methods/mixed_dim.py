@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from recsys.embeddings.combine import Combiner, Projected, Sum
 from recsys.embeddings.methods.base import Chunk, FeatureMethod, uniform_bound
 from recsys.embeddings.plan import ProjectionSpec, TableSpec
 
@@ -146,33 +147,12 @@ class MixedDimMethod(FeatureMethod):
         order = torch.argsort(block, stable=True)
         return [(self.keys, rows[order], block_lengths)]
 
-    def _projected(self) -> list[int]:
-        return [i for i in range(len(self.dims)) if f"block{i}" in self.projections]
-
-    def pooled_pieces(self):
-        # [unprojected blocks one by one] + [all projected blocks side by side]: the projected
-        # blocks are read as ONE column block of the pooled output (no copy) for one matmul.
-        # Without projections: all blocks as one (B, K * D) block, summed by one reduction. Fewer
-        # pieces also make the backward (one concat of the pieces' gradients) cheaper.
-        proj = self._projected()
-        if not proj:
-            return [list(self.keys)]
-        return [[self.keys[i]] for i in range(len(self.keys)) if i not in proj] + [[self.keys[i] for i in proj]]
-
-    def combine_pieces(self, pieces, lengths):
-        proj = self._projected()
-        if not proj:
-            blocks = pieces[0]
-            return blocks.view(blocks.shape[0], len(self.keys), self.output_dim).sum(1)
-        weight = self.projections[f"block{proj[0]}"] if len(proj) == 1 else torch.cat([self.projections[f"block{i}"] for i in proj])
-        out = pieces[-1] @ weight  # sum_i block_i @ P_i over the projected blocks, one matmul
-        for part in pieces[:-1]:
-            out = out + part
-        return out
-
-    def combine(self, pooled, per_value, lengths):
-        pieces = [pooled[g[0]] if len(g) == 1 else torch.cat([pooled[k] for k in g], dim=1) for g in self.pooled_pieces()]
-        return self.combine_pieces(pieces, lengths)
+    def combiner(self) -> Combiner:
+        # Projection commutes with the bag sum, so pooled blocks are projected, then summed.
+        if not self.projections:
+            return Sum(tuple(self.keys))  # every block at full dim
+        names = tuple(f"projections.block{i}" if f"block{i}" in self.projections else None for i in range(len(self.keys)))
+        return Projected(tuple(self.keys), names)
 
     def describe(self) -> tuple[str, str]:
         blocks = ", ".join(f"[{s},{s + n})x{d}" for s, n, d in zip(self.starts, self.rows, self.dims))

@@ -20,7 +20,8 @@ import math
 import torch
 
 from recsys.embeddings.hashing import hash_ids, hash_ids_many, stable_seed
-from recsys.embeddings.methods.base import Chunk, FeatureMethod, pool_sum, uniform_bound
+from recsys.embeddings.combine import Combiner, Concat, PerValue, Weighted
+from recsys.embeddings.methods.base import Chunk, FeatureMethod, uniform_bound
 from recsys.embeddings.plan import TableSpec
 
 # Importance weights start at 1 +- this (ones-centred): the probes start equally weighted.
@@ -60,7 +61,7 @@ class MultiHashMethod(FeatureMethod):
             )
         self.num_buckets = num_buckets
         self.num_hashes = num_hashes
-        self.combiner = combiner
+        self.combiner_kind = combiner
         self.importance_weights = importance_weights
         self.num_weight_buckets = num_weight_buckets or num_buckets
         self.probe_dim = output_dim if combiner == "sum" else output_dim // num_hashes
@@ -79,7 +80,7 @@ class MultiHashMethod(FeatureMethod):
     def tables(self) -> list[TableSpec]:
         # Sum of k probes (each weighted by ~1) has the variance of one U(-a, a) row.
         a = uniform_bound(self.num_buckets)
-        if self.combiner == "sum":
+        if self.combiner_kind == "sum":
             a /= math.sqrt(self.num_hashes * (1 + WEIGHT_INIT_SPREAD**2 / 3 if self.importance_weights else 1))
         out = [TableSpec(f"{self.feature}__mh", self.num_buckets, self.probe_dim, tuple(self.keys), self.per_value, -a, a)]
         if self.importance_weights:
@@ -106,36 +107,18 @@ class MultiHashMethod(FeatureMethod):
             chunks.append(([self.weight_key], hash_ids(values, self.weight_seed, self.num_weight_buckets), lengths))
         return chunks
 
-    def _mix(self, probes: list[torch.Tensor], weights: torch.Tensor | None) -> torch.Tensor:
-        if weights is not None:
-            probes = [p * weights[:, i : i + 1] for i, p in enumerate(probes)]
-        if self.combiner == "sum":
-            out = probes[0]
-            for p in probes[1:]:
-                out = out + p
-            return out
-        return torch.cat(probes, dim=1)
-
-    def combine(self, pooled, per_value, lengths):
-        if self.per_value:
-            probes = [per_value[k].values() for k in self.keys]  # each (N, d)
-            weights = per_value[self.weight_key].values()  # (N, weight_dim)
-            return pool_sum(self._mix(probes, weights), lengths)
-        if self.folded:
-            return pooled[self.keys[0]]  # the table's sum pooling added the probes
-        probes = [pooled[k] for k in self.keys]  # each (B, d)
-        # Single-valued: the pooled weight row IS the id's weight row (or zeros for an empty bag).
-        weights = pooled[self.weight_key] if self.importance_weights else None
-        return self._mix(probes, weights)
-
-    def pooled_layout(self):
-        if self.importance_weights:
-            return None
-        return "concat", list(self.keys)  # folded sum: one key; concat: the probes side by side
+    def combiner(self) -> Combiner:
+        if not self.importance_weights:
+            # Folded sum: one key (the table's sum pooling added the probes); concat: side by side.
+            return Concat(tuple(self.keys))
+        # The weighting is a product of two lookups: per value for bags; for single-valued
+        # features the pooled weight row IS the id's row (zeros for an empty bag).
+        weighted = Weighted(tuple(self.keys), self.weight_key, self.combiner_kind)
+        return PerValue(weighted) if self.per_value else weighted
 
     def describe(self) -> tuple[str, str]:
         t = f"{self.num_hashes} x splitmix64(x, seed_i) mod {self.num_buckets}"
-        c = self.combiner
+        c = self.combiner_kind
         if self.importance_weights:
             t += f"; weights: splitmix64 mod {self.num_weight_buckets}"
             c = f"weighted {c}" + (" per value, then pooled" if self.per_value else "")

@@ -23,7 +23,8 @@ import math
 
 import torch
 
-from recsys.embeddings.methods.base import Chunk, FeatureMethod, pool_sum, split_dim, uniform_bound
+from recsys.embeddings.combine import Combiner, Concat, PerValue, Product, Sum
+from recsys.embeddings.methods.base import Chunk, FeatureMethod, split_dim, uniform_bound
 from recsys.embeddings.plan import TableSpec
 
 ONES_INIT_SPREAD = 0.5
@@ -105,25 +106,14 @@ class QRMethod(FeatureMethod):
         k = len(self.rows)
         return [(self.keys, torch.cat(self.index_maps(values)), lengths.repeat(k))]
 
-    def _op(self, parts: list[torch.Tensor]) -> torch.Tensor:
+    def combiner(self) -> Combiner:
+        keys = tuple(self.keys)
         if self.operation == "concat":
-            return torch.cat(parts, dim=1)
-        out = parts[0]
-        for p in parts[1:]:
-            out = out * p if self.operation == "mult" else out + p
-        return out
-
-    def combine(self, pooled, per_value, lengths):
-        if self.per_value:
-            return pool_sum(self._op([per_value[k].values() for k in self.keys]), lengths)
-        return self._op([pooled[k] for k in self.keys])
-
-    def pooled_layout(self):
-        # mult / add keep their per-feature combine: on this CPU the vectorised product over strided
-        # column blocks measured slower than one (B, D) product per feature.
-        if self.per_value or self.operation != "concat":
-            return None
-        return "concat", list(self.keys)
+            return Concat(keys)
+        if self.operation == "add":
+            return Sum(keys)
+        # A product does not commute with pooling: bags take each value's product, then pool.
+        return PerValue(Product(keys)) if self.per_value else Product(keys)
 
     def describe(self) -> tuple[str, str]:
         if len(self.rows) == 2:

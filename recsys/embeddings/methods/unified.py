@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import torch
 
+from recsys.embeddings.combine import Concat
 from recsys.embeddings.hashing import hash_ids, hash_ids_many, stable_seed
 from recsys.embeddings.methods.base import Chunk, FeatureMethod, uniform_bound
 from recsys.embeddings.plan import TableSpec
@@ -73,15 +74,8 @@ class UnifiedMethod(FeatureMethod):
         rows = hash_ids_many(values, self.seeds, self.num_buckets).reshape(-1)
         return [(self.keys, rows, lengths.repeat(self.num_chunks))]
 
-    def combine(self, pooled, per_value, lengths):
-        parts = [pooled[k] for k in self.keys]
-        return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
-
-    def pooled_keys(self) -> list[str]:
-        return list(self.keys)
-
-    def pooled_layout(self):
-        return "concat", list(self.keys)
+    def combiner(self) -> Concat:
+        return Concat(tuple(self.keys))
 
     def describe(self) -> tuple[str, str]:
         return (
