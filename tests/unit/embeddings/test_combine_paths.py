@@ -1,73 +1,149 @@
-"""The collection's vectorised combine paths for mixed_dim equal the naive reference.
-
-- no projections (every block at full dim): all blocks read as one column block, one reduction;
-- projected blocks read as ONE column block of the pooled output (``pooled_pieces``): one matmul,
-  no copy of the activations, no identity for unprojected blocks.
-"""
+"""The compiled combine plan: it runs (no fallback exists), its steps are the vectorised ones each
+declaration promises, and outputs AND gradients equal the naive reference, for the build layout
+and for layouts in another key order (what a sharded inner collection returns)."""
 
 from __future__ import annotations
 
 import pytest
 import torch
+from torch import nn
+from torchrec.sparse.jagged_tensor import KeyedTensor
 
 from recsys.embeddings import build_embedding_collection
+from recsys.embeddings.combine import CombinePlan, ConcatRun, PerValueStep, ProjectStep, ReduceRun, WeightedStep
 from recsys.embeddings.naive import NaiveEmbeddingBagCollection
 
-from emb_helpers import make_spec, random_kjt
+from emb_helpers import GROUP, VARIANTS, make_spec, random_kjt, variant_spec
+
+# The step each variant's features must land in (single-valued / multi-valued bags).
+EXPECTED_STEP = {
+    "full": (ConcatRun, ConcatRun),
+    "hashed": (ConcatRun, ConcatRun),
+    "multi_hash_sum": (ConcatRun, ConcatRun),
+    "multi_hash_concat": (ConcatRun, ConcatRun),
+    "multi_hash_weights": (WeightedStep, PerValueStep),
+    "qr_mult": (ReduceRun, PerValueStep),
+    "qr_add": (ReduceRun, ReduceRun),
+    "qr_concat": (ConcatRun, ConcatRun),
+    "qr_k3_mult": (ReduceRun, PerValueStep),
+    "qr_k3_concat": (ConcatRun, ConcatRun),
+    "mixed_dim": (ProjectStep, ProjectStep),
+    "mixed_dim_explicit": (ProjectStep, ProjectStep),
+    "unified": (ConcatRun, ConcatRun),
+}
 
 
-def _randomize(collection) -> None:
-    g = torch.Generator().manual_seed(1)
+def _randomize(module: nn.Module, seed: int = 1) -> None:
+    g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
-        for p in collection.parameters():
+        for p in module.parameters():
             p.copy_(torch.randn(p.shape, generator=g))
 
 
-@pytest.mark.parametrize(
-    "compression, op",
-    [
-        ({"kind": "mixed_dim", "num_blocks": 4, "alpha": 1e-6}, "pieces"),
-        ({"kind": "mixed_dim", "num_blocks": 4, "alpha": 0.6}, "pieces"),
-        ({"kind": "mixed_dim", "num_blocks": 3, "block_boundaries": [10, 200], "base_dim": 24}, "pieces"),
-    ],
-)
+class _Reordered(nn.Module):
+    """The inner bag collection, its pooled keys returned in a shuffled order (as sharding does)."""
+
+    def __init__(self, ebc: nn.Module, seed: int):
+        super().__init__()
+        self.ebc = ebc
+        self.seed = seed
+
+    def forward(self, kjt) -> KeyedTensor:
+        kt = self.ebc(kjt)
+        per_key = kt.to_dict()
+        order = torch.randperm(len(kt.keys()), generator=torch.Generator().manual_seed(self.seed)).tolist()
+        keys = [kt.keys()[i] for i in order]
+        return KeyedTensor.from_tensor_list(keys, [per_key[k] for k in keys])
+
+
+def _steps_by_feature(plan: CombinePlan, names: list[str]) -> dict[str, type]:
+    return {names[i]: type(s) for s in plan.steps for i in s.features}
+
+
+def _check_against_naive(collection, naive, kjt, tables: dict[str, torch.Tensor]) -> KeyedTensor:
+    """Outputs (by key) and the gradients of every table and projection equal the naive reference."""
+    kt = collection(kjt)
+    expected = naive(kjt)
+    got, want = kt.to_dict(), expected.to_dict()
+    assert sorted(got) == sorted(want) == sorted(collection.feature_names)
+    weights = torch.randn(kt.values().shape, generator=torch.Generator().manual_seed(7))
+    for name in collection.feature_names:
+        torch.testing.assert_close(got[name], want[name], rtol=1e-5, atol=1e-5)
+    # A loss that weighs every output column differently, read by key (the output order may differ).
+    cols = dict(zip(expected.keys(), torch.split(weights, expected.length_per_key(), dim=1)))
+    sum(((got[k] * cols[k]).sum() for k in got), torch.zeros(())).backward()
+    sum(((want[k] * cols[k]).sum() for k in want), torch.zeros(())).backward()
+    for name, weight in tables.items():
+        ref = naive.tables[name.replace(".", "_")].weight.grad
+        torch.testing.assert_close(weight.grad, ref, rtol=1e-4, atol=1e-5, msg=f"table {name}")
+    for feature, m in collection.methods.items():
+        for key, p in getattr(m, "projections", {}).items():
+            torch.testing.assert_close(p.grad, naive.projections[f"{feature}__{key}"].grad, rtol=1e-4, atol=1e-5)
+    return kt
+
+
+@pytest.mark.parametrize("pooling", ["sum", "mean"])
 @pytest.mark.parametrize("max_length", [1, 4])
-def test_mixed_dim_combine_paths_match_naive(compression: dict, op: str, max_length: int):
-    spec = make_spec({"A": compression, "F": {"kind": "full"}, "B": compression}, max_length=max_length, pooling="mean")
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_compiled_plan_runs_and_matches_naive(variant: str, max_length: int, pooling: str):
+    spec = variant_spec(variant, max_length=max_length, pooling=pooling)
     collection = build_embedding_collection(spec)
     _randomize(collection)
-    assert {r[0] for r in collection._runs} == {op, "concat"}
-    kjt = random_kjt(spec, batch=11, seed=5, skewed=True)
-    out = collection(kjt).values()
-    torch.testing.assert_close(out, NaiveEmbeddingBagCollection(collection)(kjt).values(), rtol=1e-5, atol=1e-5)
-    # Gradients of the projections equal those of the per-feature combine (the reference path).
-    grads = {}
-    for path in ("vectorised", "per_feature"):
-        collection.zero_grad()
-        if path == "per_feature":
-            kt = collection.embedding_bags(_physical(collection, kjt))
-            view = kt.to_dict()
-            lengths = [kjt[n].lengths() for n in collection.feature_names]
-            ref = torch.cat([collection.methods[n].combine(view, {}, n_) for n, n_ in zip(collection.feature_names, lengths)], 1)
-            ref = ref / torch.repeat_interleave(torch.stack([n_.clamp(min=1) for n_ in lengths], 1).float(), 16, dim=1)
-            torch.testing.assert_close(ref, out, rtol=1e-5, atol=1e-5)
-            ref.square().sum().backward()
-        else:
-            collection(kjt).values().square().sum().backward()
-        grads[path] = {n: p.grad.clone() for n, p in collection.named_parameters() if p.grad is not None}
-    assert grads["vectorised"].keys() == grads["per_feature"].keys()
-    for name, g in grads["vectorised"].items():
-        torch.testing.assert_close(g, grads["per_feature"][name], rtol=1e-4, atol=1e-5)
+    kjt = random_kjt(spec, batch=9, seed=max_length, skewed=True)
+    plan = collection.combine_plan
+    kt = _check_against_naive(collection, NaiveEmbeddingBagCollection(collection), kjt, collection.table_weights())
+    assert collection.combine_plan is plan and plan.calls == 1  # compiled once, at build; it ran
+    assert kt.keys() == ["A", "B"]  # unsharded: the collection's feature order
+    step = EXPECTED_STEP[variant][max_length > 1]
+    assert _steps_by_feature(plan, ["A", "B"]) == {"A": step, "B": step}
+    # Two features of one kind are ONE vectorised run where the declaration allows it.
+    if step in (ConcatRun, ReduceRun):
+        assert len(plan.steps) == 1
 
 
-def _physical(collection, kjt):
-    from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
+def _all_methods_spec(max_length: int, pooling: str = "sum"):
+    kinds = {f"f_{v}": VARIANTS[v] for v in sorted(VARIANTS)}
+    kinds["g_full"] = VARIANTS["full"]  # a second full feature after the others: runs interleave
+    kinds["g_qr_mult"] = VARIANTS["qr_mult"]
+    return make_spec(kinds, max_length=max_length, pooling=pooling, groups=GROUP)
 
-    jts = kjt.to_dict()
-    keys, values, lengths = [], [], []
-    for name in collection.feature_names:
-        for k, v, n in collection.methods[name].transform(jts[name].values(), jts[name].lengths()):
-            keys.extend(k)
-            values.append(v)
-            lengths.append(n)
-    return KeyedJaggedTensor(keys=keys, values=torch.cat(values), lengths=torch.cat(lengths), stride=kjt.stride())
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("max_length", [1, 3])
+def test_plan_recompiles_for_another_key_order_and_matches_naive(seed: int, max_length: int):
+    spec = _all_methods_spec(max_length, pooling="mean")
+    collection = build_embedding_collection(spec)
+    _randomize(collection)
+    tables = collection.table_weights()
+    build_plan = collection.combine_plan
+    naive = NaiveEmbeddingBagCollection(collection)
+    collection.embedding_bags = _Reordered(collection.embedding_bags, seed)
+    kjt = random_kjt(spec, batch=7, seed=seed, skewed=True)
+    kt = _check_against_naive(collection, naive, kjt, tables)
+    plan = collection.combine_plan
+    assert plan is not build_plan and plan.calls == 1
+    assert plan.layout.keys != build_plan.layout.keys
+    # The same steps per feature as for the build layout, only reading other pieces.
+    assert _steps_by_feature(plan, collection.feature_names) == _steps_by_feature(build_plan, collection.feature_names)
+    # Compiled once for this layout: the next batch reuses it.
+    collection(kjt)
+    assert collection.combine_plan is plan and plan.calls == 2
+    assert sorted(kt.keys()) == sorted(collection.feature_names)
+
+
+def test_unsharded_output_keeps_feature_order_when_runs_interleave():
+    spec = _all_methods_spec(max_length=1)
+    collection = build_embedding_collection(spec)
+    kt = collection(random_kjt(spec, batch=5))
+    assert kt.keys() == collection.feature_names
+    assert kt.length_per_key() == collection.embedding_dims()
+
+
+def test_all_concat_features_return_the_pooled_output_itself():
+    spec = make_spec({"A": VARIANTS["full"], "B": VARIANTS["hashed"], "C": VARIANTS["multi_hash_sum"]}, max_length=3)
+    collection = build_embedding_collection(spec)
+    pooled = {}
+    collection.embedding_bags.register_forward_hook(lambda m, i, out: pooled.update(values=out.values()))
+    kt = collection(random_kjt(spec, batch=6))
+    assert kt.values().data_ptr() == pooled["values"].data_ptr()  # no split, no copy
+    assert [type(s) for s in collection.combine_plan.steps] == [ConcatRun]
