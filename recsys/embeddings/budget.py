@@ -26,6 +26,7 @@ from typing import Callable
 import numpy as np
 
 from recsys.embeddings.builder import build_method, compile_plan
+from recsys.features.budget_options import BudgetOptions, parse_budget_options
 from recsys.features.compression import (
     FeatureGroup,
     FullCompression,
@@ -113,7 +114,7 @@ def solve_budget(
     target_bytes: int | None = None,
     target_ratio: float | None = None,
     counts: dict[str, np.ndarray] | None = None,
-    options: dict | None = None,
+    options: dict | BudgetOptions | None = None,
 ) -> BudgetSolution:
     """Choose ``method``'s hyperparameters for every vocab feature so the plan fits the target.
 
@@ -124,10 +125,13 @@ def solve_budget(
         target_bytes / target_ratio: exactly one; the ratio is of the full-table bytes.
         counts: vocab counts per feature (mixed_dim popularity).
         options: fixed hyperparameters of the method, e.g. ``{"num_hashes": 3}``,
-            ``{"operation": "concat"}``, ``{"num_chunks": 4}``.
+            ``{"operation": "concat"}``, ``{"num_chunks": 4}``, typed per method by
+            :mod:`recsys.features.budget_options` (a mapping or the typed options).
 
     Raises:
-        ValueError: unknown method, both or neither target given, or a non-positive target.
+        ValueError: unknown method, both or neither target given, or a non-positive target;
+            an unknown option or one the solver sets itself (``num_buckets``, ...), naming
+            ``options.<key>``, the value and the allowed keys.
     """
     if isinstance(spec, SparseFeature):
         spec = DatasetSpec(name="feature", features=[spec])
@@ -135,7 +139,7 @@ def solve_budget(
         raise ValueError(f"method {method!r}: allowed {list(METHODS)}")
     if (target_bytes is None) == (target_ratio is None):
         raise ValueError("give exactly one of target_bytes or target_ratio")
-    options = dict(options or {})
+    options = parse_budget_options(method, options)
     vocab = [f for f in spec.sparse if f.has_vocab]
     full_bytes = sum(int(f.cardinality) * f.embedding_dim * 4 for f in vocab)
     target = int(target_bytes if target_bytes is not None else round(target_ratio * full_bytes))
@@ -164,7 +168,7 @@ def solve_budget(
     if method == "full":
         choice = {f.name: FullCompression() for f in vocab}
     elif method in ("hashed", "multi_hash"):
-        weights = options.get("importance_weights", False)
+        weights = method == "multi_hash" and options.importance_weights
 
         def make(f: SparseFeature, s: float):
             n = int(f.cardinality)
@@ -173,7 +177,7 @@ def solve_budget(
                 return FullCompression()
             if method == "hashed":
                 return HashedCompression(kind="hashed", num_buckets=buckets)
-            return MultiHashCompression(kind="multi_hash", num_buckets=buckets, **options)
+            return MultiHashCompression(kind="multi_hash", num_buckets=buckets, **options.model_dump())
 
         choose = per_feature(make)
         s = _bisect(lambda s: total(choose(s)), budget, 1e-9, 1.0)
@@ -186,11 +190,11 @@ def solve_budget(
             n = int(f.cardinality)
             if n < 8:
                 return FullCompression()
-            rows = s * n * (2 if options.get("operation") == "concat" else 1)
+            rows = s * n * (2 if options.operation == "concat" else 1)
             m = _qr_collisions(n, rows)
             if m >= n:
                 return FullCompression()
-            return QRCompression(kind="qr", num_collisions=m, **options)
+            return QRCompression(kind="qr", num_collisions=m, **options.model_dump())
 
         choose = per_feature(make)
         s = _bisect(lambda s: total(choose(s)), budget, 1e-9, 1.0)
@@ -198,7 +202,7 @@ def solve_budget(
         notes.append("qr with 2 partitions spans ~2/sqrt(N) .. 1/2 of a feature's full rows (num_collisions in [2, sqrt(N)])")
     elif method == "mixed_dim":
         counts = counts or {}
-        num_blocks = options.get("num_blocks", 4)
+        num_blocks = options.num_blocks
 
         def layout(f: SparseFeature, alpha: float, g: float):
             n = int(f.cardinality)
@@ -230,8 +234,8 @@ def solve_budget(
                 "at least 4 floats (FBGEMM's minimum dim), so the ratio cannot go below ~4 / embedding_dim"
             )
     elif method == "unified":
-        chunks = options.get("num_chunks", 2)
-        tables = options.get("num_tables", 1)
+        chunks = options.num_chunks
+        tables = options.num_tables
         members = [f for f in spec.sparse]
         by_dim: dict[int, list[SparseFeature]] = {}
         for f in members:

@@ -24,7 +24,17 @@ from typing import Annotated, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
+from recsys.features.errors import NAME_PATTERN as _NAME_PATTERN
+from recsys.features.errors import Problem, Problems
+
+# Hyperparameter types shared by the compression kinds and the budget solver's options
+# (recsys.features.budget_options), so both accept exactly the same values.
+NumHashes = Annotated[int, Field(ge=2, le=8)]
+MultiHashCombiner = Literal["sum", "concat"]
+QROperation = Literal["mult", "add", "concat"]
+NumBlocks = Annotated[int, Field(ge=2, le=16)]
+NumChunks = Annotated[int, Field(ge=1, le=16)]
+NumTables = Annotated[int, Field(ge=1)]
 
 
 class _Spec(BaseModel):
@@ -64,15 +74,18 @@ class MultiHashCompression(_Spec):
 
     kind: Literal["multi_hash"]
     num_buckets: Annotated[int, Field(ge=1)]
-    num_hashes: Annotated[int, Field(ge=2, le=8)] = 2
-    combiner: Literal["sum", "concat"] = "sum"
+    num_hashes: NumHashes = 2
+    combiner: MultiHashCombiner = "sum"
     importance_weights: bool = False
     num_weight_buckets: Annotated[int, Field(ge=1)] | None = None
 
     @model_validator(mode="after")
     def _weight_buckets_need_weights(self) -> "MultiHashCompression":
         if self.num_weight_buckets is not None and not self.importance_weights:
-            raise ValueError("num_weight_buckets is set but importance_weights is false; set importance_weights: true or remove num_weight_buckets")
+            raise Problems([Problem(
+                "num_weight_buckets",
+                f"got {self.num_weight_buckets} but importance_weights is false; set importance_weights: true or remove num_weight_buckets",
+            )])
         return self
 
 
@@ -93,14 +106,18 @@ class QRCompression(_Spec):
     kind: Literal["qr"]
     num_collisions: Annotated[int, Field(ge=2)] | None = None
     radices: tuple[Annotated[int, Field(ge=2)], ...] | None = None
-    operation: Literal["mult", "add", "concat"] = "mult"
+    operation: QROperation = "mult"
 
     @model_validator(mode="after")
     def _one_partitioning(self) -> "QRCompression":
         if (self.num_collisions is None) == (self.radices is None):
-            raise ValueError("give exactly one of num_collisions (2 partitions) or radices (k partitions)")
+            got = "neither num_collisions nor radices" if self.num_collisions is None else "both num_collisions and radices"
+            raise Problems([Problem("", (
+                f"got {got}; give exactly one of num_collisions (2 partitions) "
+                "or radices (k partitions)"
+            ))])
         if self.radices is not None and len(self.radices) < 1:
-            raise ValueError("radices needs at least one radix")
+            raise Problems([Problem("radices", "got []; give at least one radix (>= 2), or use num_collisions")])
         return self
 
     @property
@@ -124,7 +141,7 @@ class MixedDimCompression(_Spec):
     """
 
     kind: Literal["mixed_dim"]
-    num_blocks: Annotated[int, Field(ge=2, le=16)] = 4
+    num_blocks: NumBlocks = 4
     alpha: Annotated[float, Field(gt=0.0, le=1.0)] = 0.5
     base_dim: Annotated[int, Field(ge=4)] | None = None
     block_boundaries: tuple[Annotated[int, Field(ge=1)], ...] | None = None
@@ -141,9 +158,12 @@ class MixedDimCompression(_Spec):
         b = self.block_boundaries
         if b is not None:
             if len(b) != self.num_blocks - 1:
-                raise ValueError(f"block_boundaries has {len(b)} values; num_blocks {self.num_blocks} needs {self.num_blocks - 1}")
+                raise Problems([Problem(
+                    "block_boundaries",
+                    f"got {list(b)} ({len(b)} values); num_blocks {self.num_blocks} needs {self.num_blocks - 1}",
+                )])
             if any(x >= y for x, y in zip(b, b[1:])):
-                raise ValueError(f"block_boundaries {list(b)} must be strictly increasing")
+                raise Problems([Problem("block_boundaries", f"got {list(b)}; the boundaries must be strictly increasing")])
         return self
 
 
@@ -173,14 +193,21 @@ class FeatureGroup(_Spec):
 
     name: str = Field(pattern=_NAME_PATTERN)
     num_buckets: Annotated[int, Field(ge=1)]
-    num_chunks: Annotated[int, Field(ge=1, le=16)] = 1
-    num_tables: Annotated[int, Field(ge=1)] = 1
+    num_chunks: NumChunks = 1
+    num_tables: NumTables = 1
 
     @model_validator(mode="after")
     def _tables_le_chunks(self) -> "FeatureGroup":
-        if self.num_tables > self.num_chunks:
-            raise ValueError(f"num_tables {self.num_tables} > num_chunks {self.num_chunks}; a table needs at least one chunk")
+        check_tables_le_chunks(self.num_tables, self.num_chunks)
         return self
+
+
+def check_tables_le_chunks(num_tables: int, num_chunks: int) -> None:
+    """Raises :class:`Problems` at ``num_tables`` when a shared table would get no chunk."""
+    if num_tables > num_chunks:
+        raise Problems([Problem(
+            "num_tables", f"got {num_tables}; allowed: <= num_chunks ({num_chunks}), since a table needs at least one chunk"
+        )])
 
 
 CompressionSpec = Annotated[

@@ -32,24 +32,9 @@ from typing import Annotated, Any, Literal, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from recsys.features.compression import COMPRESSION_KINDS, CompressionSpec, FeatureGroup, FullCompression
-
-_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
-
-
-class SpecError(ValueError):
-    """A feature spec failed validation; ``errors`` holds one line per problem.
-
-    Subclasses (e.g. the training config's ``ConfigError``) only change ``what`` was invalid.
-    """
-
-    what = "feature spec"
-
-    def __init__(self, source: str, errors: list[str]):
-        self.source = source
-        self.errors = errors
-        lines = "\n".join(f"  - {e}" for e in errors)
-        super().__init__(f"invalid {self.what} {source}: {len(errors)} error(s)\n{lines}")
+from recsys.features.compression import CompressionSpec, FeatureGroup, FullCompression
+from recsys.features.errors import NAME_PATTERN as _NAME_PATTERN
+from recsys.features.errors import Problem, Problems, SpecError, validation_problems
 
 
 class _Spec(BaseModel):
@@ -74,7 +59,9 @@ class SparseFeature(_Spec):
 
     kind: Literal["sparse"]
     name: str = Field(pattern=_NAME_PATTERN)
-    cardinality: Union[Annotated[int, Field(ge=2)], Literal["raw"]]
+    cardinality: Union[Annotated[int, Field(ge=2)], Literal["raw"]] = Field(
+        json_schema_extra={"allowed": "an integer >= 2, or 'raw' for unbounded ids to be hashed"}
+    )
     max_length: Annotated[int, Field(ge=1)] = 1
     pooling: Literal["sum", "mean"] = "sum"
     tower: Literal["user", "item", "context"] = "context"
@@ -92,13 +79,14 @@ class SparseFeature(_Spec):
     @model_validator(mode="after")
     def _raw_needs_hashing(self) -> "SparseFeature":
         if self.cardinality == "raw" and self.compression.kind == "full":
-            raise ValueError(
-                "cardinality 'raw' (unbounded ids) cannot use compression kind 'full', which needs "
-                "a vocabulary: give an integer cardinality or a hashing compression"
-            )
+            raise Problems([Problem(
+                "compression.kind",
+                "got 'full' but cardinality 'raw' (unbounded ids) cannot use compression kind 'full', which needs "
+                "a vocabulary: give an integer cardinality or a hashing compression",
+            )])
         problems = _compression_problems(self)
         if problems:
-            raise ValueError("; ".join(problems))
+            raise Problems(problems)
         return self
 
     @property
@@ -110,29 +98,31 @@ class SparseFeature(_Spec):
         return self.cardinality != "raw"
 
 
-def _compression_problems(f: "SparseFeature") -> list[str]:
-    """Checks of a feature's compression that need its cardinality or dim (messages name the field)."""
+def _compression_problems(f: "SparseFeature") -> list[Problem]:
+    """Checks of a feature's compression that need its cardinality or dim (paths relative to the feature)."""
     c = f.compression
     n = f.cardinality
-    out: list[str] = []
+    out: list[Problem] = []
     if n == "raw" and c.kind in ("qr", "mixed_dim"):
-        out.append(
-            f"compression.kind: {c.kind!r} needs dense vocabulary ids but cardinality is 'raw'; "
-            "give an integer cardinality or use hashed / multi_hash / unified"
-        )
+        out.append(Problem(
+            "compression.kind",
+            f"got {c.kind!r}, which needs dense vocabulary ids but cardinality is 'raw'; "
+            "give an integer cardinality or use hashed / multi_hash / unified",
+        ))
         return out
     if c.kind in ("hashed", "multi_hash") and n != "raw" and c.num_buckets >= n:
-        out.append(
-            f"compression.num_buckets: got {c.num_buckets} >= cardinality {n}, which saves nothing; "
-            f"use fewer buckets (< {n}) or kind 'full'"
-        )
+        out.append(Problem(
+            "compression.num_buckets",
+            f"got {c.num_buckets} >= cardinality {n}, which saves nothing; use fewer buckets (< {n}) or kind 'full'",
+        ))
     if c.kind == "multi_hash" and c.combiner == "concat":
         d, k = f.embedding_dim, c.num_hashes
         if d % k or (d // k) % 4:
-            out.append(
-                f"compression.combiner: 'concat' reads {k} probes of one shared table, so embedding_dim {d} "
-                f"must split into {k} equal parts of a multiple of 4; use combiner 'sum' or another num_hashes"
-            )
+            out.append(Problem(
+                "compression.combiner",
+                f"got 'concat', which reads {k} probes of one shared table, so embedding_dim {d} "
+                f"must split into {k} equal parts of a multiple of 4; use combiner 'sum' or another num_hashes",
+            ))
     if c.kind == "qr":
         product = 1
         for r in c.low_radices:
@@ -140,24 +130,27 @@ def _compression_problems(f: "SparseFeature") -> list[str]:
         field = "num_collisions" if c.num_collisions is not None else "radices"
         if product >= n:
             shown = c.num_collisions if c.num_collisions is not None else list(c.radices)
-            out.append(
-                f"compression.{field}: got {shown} (product {product}) >= cardinality {n}: the collisions "
-                f"are larger than the vocabulary, so the top partition has one row; use a product < {n}"
-            )
+            out.append(Problem(
+                f"compression.{field}",
+                f"got {shown} (product {product}) >= cardinality {n}: the collisions "
+                f"are larger than the vocabulary, so the top partition has one row; use a product < {n}",
+            ))
         k = len(c.low_radices) + 1
         if c.operation == "concat" and f.embedding_dim < 4 * k:
-            out.append(
-                f"compression.operation: 'concat' splits embedding_dim {f.embedding_dim} into {k} parts of "
-                f"at least 4; use 'mult' / 'add' or embedding_dim >= {4 * k}"
-            )
+            out.append(Problem(
+                "compression.operation",
+                f"got 'concat', which splits embedding_dim {f.embedding_dim} into {k} parts of "
+                f"at least 4; use 'mult' / 'add' or embedding_dim >= {4 * k}",
+            ))
     if c.kind == "mixed_dim":
         if c.num_blocks >= n:
-            out.append(f"compression.num_blocks: got {c.num_blocks} >= cardinality {n}; use fewer blocks")
+            out.append(Problem("compression.num_blocks", f"got {c.num_blocks} >= cardinality {n}; use fewer blocks"))
         if c.block_boundaries is not None and c.block_boundaries[-1] >= n:
-            out.append(
-                f"compression.block_boundaries: last boundary {c.block_boundaries[-1]} >= cardinality {n}; "
-                "boundaries are start indices inside [1, cardinality)"
-            )
+            out.append(Problem(
+                "compression.block_boundaries",
+                f"got {list(c.block_boundaries)}; last boundary {c.block_boundaries[-1]} >= cardinality {n}; "
+                "boundaries are start indices inside [1, cardinality)",
+            ))
     return out
 
 
@@ -205,63 +198,68 @@ class DatasetSpec(_Spec):
             if f.name in seen:
                 dupes.append(f.name)
             seen.add(f.name)
-        problems = []
+        problems: list[Problem] = []
         if dupes:
-            problems.append(f"duplicate feature names {sorted(set(dupes))}; each column needs one entry")
+            problems.append(Problem("features", f"got duplicate feature names {sorted(set(dupes))}; each column needs one entry"))
         labels = [f.name for f in self.features if f.kind == "label"]
         if len(labels) > 1:
-            problems.append(f"{len(labels)} label features {labels}; at most one is allowed")
+            problems.append(Problem("features", f"got {len(labels)} label features {labels}; at most one is allowed"))
         if self.timestamp is not None and self.timestamp in seen:
-            problems.append(f"timestamp column {self.timestamp!r} is also listed as a feature; list it only as timestamp")
+            problems.append(Problem(
+                "timestamp",
+                f"got {self.timestamp!r}: timestamp column {self.timestamp!r} is also listed as a feature; list it only as timestamp",
+            ))
         if not self.sparse:
-            problems.append("no sparse feature; a data set needs at least one")
+            problems.append(Problem("features", "got no sparse feature; a data set needs at least one"))
         problems.extend(self._group_problems())
         if problems:
-            # One problem per line; lines that start with a dotted path keep it (see _format_errors).
-            raise ValueError("\n".join(problems))
+            raise Problems(problems)
         return self
 
-    def _group_problems(self) -> list[str]:
+    def _group_problems(self) -> list[Problem]:
         """Unified groups: every reference resolves, and a group's features agree on the dim."""
-        problems: list[str] = []
+        problems: list[Problem] = []
         groups: dict[str, FeatureGroup] = {}
         for g in self.groups:
             if g.name in groups:
-                problems.append(f"groups[{g.name}]: duplicate group name; each group needs one entry")
+                problems.append(Problem(f"groups[{g.name}]", "duplicate group name; each group needs one entry"))
             groups[g.name] = g
         members: dict[str, list[SparseFeature]] = {name: [] for name in groups}
         for f in self.sparse:
             if f.compression.kind != "unified":
                 continue
             if f.compression.group not in groups:
-                problems.append(
-                    f"features[{f.name}].compression.group: got {f.compression.group!r}, which is not declared; "
-                    f"declared groups: {sorted(groups)} (add it to the spec's `groups:` list)"
-                )
+                problems.append(Problem(
+                    f"features[{f.name}].compression.group",
+                    f"got {f.compression.group!r}, which is not declared; "
+                    f"declared groups: {sorted(groups)} (add it to the spec's `groups:` list)",
+                ))
                 continue
             members[f.compression.group].append(f)
         for name, fs in members.items():
             g = groups[name]
             if not fs:
-                problems.append(
-                    f"groups[{name}]: no feature uses this group; remove it or give features "
-                    f"`compression: {{kind: unified, group: {name}}}`"
-                )
+                problems.append(Problem(
+                    f"groups[{name}]",
+                    f"no feature uses this group; remove it or give features `compression: {{kind: unified, group: {name}}}`",
+                ))
                 continue
             first = fs[0]
             conflicting = [f for f in fs if f.embedding_dim != first.embedding_dim]
             for f in conflicting:
-                problems.append(
-                    f"features[{f.name}].embedding_dim: got {f.embedding_dim} but unified group {name!r} shares "
+                problems.append(Problem(
+                    f"features[{f.name}].embedding_dim",
+                    f"got {f.embedding_dim} but unified group {name!r} shares "
                     f"its table(s) at dim {first.embedding_dim} (feature {first.name}); give every feature "
-                    "of a group the same embedding_dim, or move it to another group"
-                )
+                    "of a group the same embedding_dim, or move it to another group",
+                ))
             dim = first.embedding_dim
             if not conflicting and (dim % g.num_chunks or (dim // g.num_chunks) % 4):
-                problems.append(
-                    f"groups[{name}].num_chunks: got {g.num_chunks}; embedding_dim {dim} of features "
-                    f"{[f.name for f in fs]} must split into {g.num_chunks} chunks of a multiple of 4"
-                )
+                problems.append(Problem(
+                    f"groups[{name}].num_chunks",
+                    f"got {g.num_chunks}; embedding_dim {dim} of features "
+                    f"{[f.name for f in fs]} must split into {g.num_chunks} chunks of a multiple of 4",
+                ))
         return problems
 
     # Views by kind, in declaration order.
@@ -297,88 +295,6 @@ class DatasetSpec(_Spec):
         return self.model_dump(mode="json")
 
 
-def _format_loc(loc: tuple, raw: Any) -> str:
-    """('features', 3, 'sparse', 'cardinality') -> 'features[C1].cardinality'."""
-    parts: list[str] = []
-    i = 0
-    node = raw
-    while i < len(loc):
-        key = loc[i]
-        if key == "features" and i + 1 < len(loc) and isinstance(loc[i + 1], int):
-            idx = loc[i + 1]
-            name = None
-            if isinstance(node, dict) and isinstance(node.get("features"), list) and idx < len(node["features"]):
-                item = node["features"][idx]
-                if isinstance(item, dict) and isinstance(item.get("name"), str):
-                    name = item["name"]
-            parts.append(f"features[{name if name is not None else idx}]")
-            i += 2
-            # Skip the union tag pydantic inserts (sparse / dense / label).
-            if i < len(loc) and loc[i] in ("sparse", "dense", "label"):
-                i += 1
-            node = None
-            continue
-        if key in COMPRESSION_KINDS and parts and parts[-1] == ".compression":
-            i += 1  # the tag pydantic inserts for the compression union
-            continue
-        if key == "groups" and i + 1 < len(loc) and isinstance(loc[i + 1], int) and isinstance(raw, dict):
-            idx = loc[i + 1]
-            items = raw.get("groups") if isinstance(raw.get("groups"), list) else []
-            name = items[idx].get("name") if idx < len(items) and isinstance(items[idx], dict) else None
-            parts.append(f"{'.' if parts else ''}groups[{name if isinstance(name, str) else idx}]")
-            i += 2
-            continue
-        if isinstance(key, int):
-            parts.append(f"[{key}]")
-        elif key in ("int", "literal['raw']") or str(key).startswith(("function-", "constrained-")):
-            pass  # pydantic's names for union arms and wrapped validators, not user keys
-        else:
-            parts.append(("." if parts else "") + str(key))
-        i += 1
-    return "".join(parts) or "<spec>"
-
-
-def _format_errors(exc: ValidationError, raw: Any) -> list[str]:
-    out: list[str] = []
-    seen: set[str] = set()
-    for err in exc.errors():
-        path = _format_loc(tuple(err["loc"]), raw)
-        msg = err["msg"].removeprefix("Value error, ")
-        if path == "<spec>" and err["type"] == "value_error":
-            # Cross-feature checks report one problem per line, each with its own dotted path.
-            for text in msg.split("\n"):
-                line = text if text.startswith(("features[", "groups[")) else f"<spec>: {text}"
-                if line not in seen:
-                    seen.add(line)
-                    out.append(line)
-            continue
-        allowed_kinds = (
-            ", ".join(repr(k) for k in COMPRESSION_KINDS)
-            if path.endswith(".compression")
-            else "'sparse', 'dense', 'label'"
-        )
-        if err["type"] == "extra_forbidden":
-            msg = "unknown key; remove it or check its spelling"
-        elif err["type"] == "missing":
-            msg = "required key is missing"
-        elif err["type"] == "union_tag_invalid":
-            msg = f"got kind {err.get('input', {}).get('kind')!r}; allowed: {allowed_kinds}"
-        elif err["type"] == "union_tag_not_found":
-            msg = f"missing 'kind'; allowed: {allowed_kinds}"
-        if err["type"] not in ("extra_forbidden", "missing", "union_tag_not_found") and "input" in err:
-            value = err["input"]
-            if not isinstance(value, (dict, list)) and "got" not in msg:
-                msg = f"got {value!r}: {msg}"
-        line = f"{path}: {msg}"
-        # A bad cardinality fails both union arms (int, 'raw'); report it once.
-        if path.endswith(".cardinality") and err["type"] not in ("extra_forbidden", "missing"):
-            line = f"{path}: got {err.get('input')!r}; allowed: an integer >= 2, or 'raw' for unbounded ids to be hashed"
-        if line not in seen:
-            seen.add(line)
-            out.append(line)
-    return out
-
-
 def spec_from_dict(raw: Any, source: str = "<dict>") -> DatasetSpec:
     """Validate a parsed spec; raises :class:`SpecError` with every problem at once."""
     if not isinstance(raw, dict):
@@ -386,7 +302,7 @@ def spec_from_dict(raw: Any, source: str = "<dict>") -> DatasetSpec:
     try:
         return DatasetSpec.model_validate(raw)
     except ValidationError as exc:
-        raise SpecError(source, _format_errors(exc, raw)) from None
+        raise SpecError(source, [p.line("<spec>") for p in validation_problems(exc, raw, DatasetSpec)]) from None
 
 
 def load_spec(path: str | Path) -> DatasetSpec:

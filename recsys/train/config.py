@@ -24,18 +24,18 @@ set serves every compression family's config.
 
 from __future__ import annotations
 
-import types
-import typing
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal
 
 import numpy as np
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from recsys.features.compression import COMPRESSION_KINDS, CompressionSpec, FeatureGroup
-from recsys.features.spec import DatasetSpec, SpecError
-from recsys.models.ctr import DCNConfig, DLRMConfig, ModelConfig
+from recsys.features.budget_options import BudgetOptions, budget_option_problems
+from recsys.features.compression import CompressionSpec, FeatureGroup
+from recsys.features.errors import Problem, Problems, SpecError, validation_problems
+from recsys.features.spec import DatasetSpec
+from recsys.models.ctr import DLRMConfig, ModelConfig
 from recsys.train.sharding import SHARDING_TYPES
 
 __all__ = ["ConfigError", "TrainConfig", "load_config", "config_from_dict", "parse_overrides", "resolve_spec"]
@@ -72,14 +72,37 @@ class DataConfig(_Section):
 
 
 class BudgetConfig(_Section):
-    """Solve one method's hyperparameters for every feature so the tables take ``ratio`` of full."""
+    """Solve one method's hyperparameters for every feature so the tables take ``ratio`` of full.
+
+    Args:
+        method: the compression family the solver sizes.
+        ratio: the plan's bytes as a fraction of the full tables', in ``(0, 1]``.
+        options: the method's other hyperparameters, typed per method (see
+            :mod:`recsys.features.budget_options`): e.g. ``{num_hashes: 3}`` for multi_hash,
+            ``{operation: concat}`` for qr, ``{num_chunks: 4}`` for unified. Unknown keys and keys
+            the solver sets itself (``num_buckets``, ``num_collisions``, ...) are errors.
+        keep_full_below: features with fewer ids stay full; the others are sized so the WHOLE
+            plan takes ``ratio`` (small tables cost little memory but carry much of the signal).
+    """
 
     method: Literal["full", "hashed", "multi_hash", "qr", "mixed_dim", "unified"]
     ratio: Annotated[float, Field(gt=0.0, le=1.0)]
     options: dict[str, Any] = Field(default_factory=dict)
     keep_full_below: Annotated[int, Field(ge=0)] = 0
-    """Features with fewer ids stay full; the others are sized so the WHOLE plan takes ``ratio``
-    (small tables cost little memory but carry much of the signal)."""
+
+    @model_validator(mode="after")
+    def _typed_options(self) -> "BudgetConfig":
+        _, problems = budget_option_problems(self.method, self.options, path="options")
+        if problems:
+            raise Problems(problems)
+        return self
+
+    @property
+    def method_options(self) -> BudgetOptions:
+        """``options`` as the method's typed schema, defaults filled in (what the solver receives)."""
+        typed, _ = budget_option_problems(self.method, self.options)
+        assert typed is not None  # checked at load
+        return typed
 
 
 class EmbeddingsConfig(_Section):
@@ -222,54 +245,6 @@ def _set_path(raw: dict, path: list[str], value: Any, errors: list[str]) -> None
     node[path[-1]] = value
 
 
-def _model_at(loc: tuple, raw: Any) -> type[BaseModel] | None:
-    """The schema class at a (pydantic) location, to list a section's allowed keys."""
-    cls: Any = TrainConfig
-    node = raw
-    for key in loc:
-        if not (isinstance(cls, type) and issubclass(cls, BaseModel)) or key not in cls.model_fields:
-            return None
-        ann = cls.model_fields[key].annotation
-        node = node.get(key) if isinstance(node, dict) else None
-        cls = _unwrap(ann, node)
-    return cls if isinstance(cls, type) and issubclass(cls, BaseModel) else None
-
-
-def _unwrap(ann: Any, node: Any) -> Any:
-    if ann is ModelConfig or ann == ModelConfig:
-        return DCNConfig if isinstance(node, dict) and node.get("arch") == "dcn" else DLRMConfig
-    origin = typing.get_origin(ann)
-    if origin is Annotated:
-        return _unwrap(typing.get_args(ann)[0], node)
-    if origin in (Union, types.UnionType):
-        models = [a for a in typing.get_args(ann) if isinstance(a, type) and issubclass(a, BaseModel)]
-        if len(models) == 1:
-            return models[0]
-        if DLRMConfig in models:
-            return _unwrap(ModelConfig, node)
-    return ann
-
-
-def _format_errors(exc: ValidationError, raw: Any) -> list[str]:
-    out = []
-    for err in exc.errors():
-        loc = [k for k in err["loc"] if k not in ("dlrm", "dcn", *COMPRESSION_KINDS) and not str(k).startswith(("function-", "constrained-"))]
-        path = ".".join(str(k) for k in loc) or "<config>"
-        msg = err["msg"].removeprefix("Value error, ")
-        if err["type"] == "extra_forbidden":
-            section = _model_at(tuple(loc[:-1]), raw)
-            allowed = f"; allowed keys: {sorted(section.model_fields)}" if section else ""
-            msg = f"unknown key{allowed}"
-        elif err["type"] == "missing":
-            msg = "required key is missing"
-        elif "input" in err and not isinstance(err["input"], (dict, list)):
-            msg = f"got {err['input']!r}: {msg}"
-        line = f"{path}: {msg}"
-        if line not in out:
-            out.append(line)
-    return out
-
-
 def config_from_dict(raw: Any, overrides: list[str] | None = None, source: str = "<dict>") -> TrainConfig:
     """Validate a parsed config after applying ``key=value`` overrides; all errors at once."""
     if not isinstance(raw, dict):
@@ -283,7 +258,7 @@ def config_from_dict(raw: Any, overrides: list[str] | None = None, source: str =
     try:
         config = TrainConfig.model_validate(raw)
     except ValidationError as exc:
-        raise ConfigError(source, errors + _format_errors(exc, raw)) from None
+        raise ConfigError(source, errors + [p.line("<config>") for p in validation_problems(exc, raw, TrainConfig)]) from None
     if errors:
         raise ConfigError(source, errors)
     return config
@@ -341,9 +316,8 @@ def resolve_spec(config: TrainConfig, data_spec: DatasetSpec, counts: dict[str, 
         try:
             spec = DatasetSpec.model_validate(raw)
         except ValidationError as exc:
-            from recsys.features.spec import _format_errors as spec_errors
-
-            lines = [_override_path(e, emb.compression) for e in spec_errors(exc, raw)]
+            problems = validation_problems(exc, raw, DatasetSpec)
+            lines = [_override_path(p, emb).line("<spec>") for p in problems]
             raise ConfigError("embeddings", lines) from None
     return spec, notes
 
@@ -354,7 +328,7 @@ def _solve(spec: DatasetSpec, budget: BudgetConfig, counts: dict[str, np.ndarray
 
     small = [f for f in spec.sparse if f.has_vocab and int(f.cardinality) < budget.keep_full_below]
     if not small:
-        solution = solve_budget(spec, budget.method, target_ratio=budget.ratio, counts=counts, options=dict(budget.options))
+        solution = solve_budget(spec, budget.method, target_ratio=budget.ratio, counts=counts, options=budget.method_options)
         return solution.spec, solution.format()
     small_names = {f.name for f in small}
     full_bytes = sum(int(f.cardinality) * f.embedding_dim * 4 for f in spec.sparse if f.has_vocab)
@@ -367,7 +341,7 @@ def _solve(spec: DatasetSpec, budget: BudgetConfig, counts: dict[str, np.ndarray
              f"{small_bytes:,} B, more than ratio {budget.ratio} of {full_bytes:,} B; lower keep_full_below"],
         )
     large = spec.model_copy(update={"features": [f for f in spec.features if f.name not in small_names]})
-    solution = solve_budget(large, budget.method, target_bytes=target, counts=counts, options=dict(budget.options))
+    solution = solve_budget(large, budget.method, target_bytes=target, counts=counts, options=budget.method_options)
     solved = {f.name: f for f in solution.spec.features}
     features = [solved.get(f.name, f) for f in spec.features]
     resolved = spec.model_copy(update={"features": features, "groups": list(spec.groups) + list(solution.spec.groups)})
@@ -379,13 +353,20 @@ def _solve(spec: DatasetSpec, budget: BudgetConfig, counts: dict[str, np.ndarray
     return resolved, note
 
 
-def _override_path(line: str, overrides: dict[str, Any]) -> str:
-    """``features[C3]: compression.num_buckets: ...`` -> ``embeddings.compression.C3.num_buckets: ...``."""
-    for name in overrides:
-        prefix = f"features[{name}]"
-        if line.startswith(prefix):
-            rest = line[len(prefix):].lstrip(".:").strip()
-            rest = rest.removeprefix("compression.").removeprefix("compression")
-            return f"embeddings.compression.{name}{'' if rest.startswith(('.', ':')) else '.'}{rest}"
-    return f"embeddings (applied to the data set's spec): {line}"
+def _override_path(problem: Problem, emb: EmbeddingsConfig) -> Problem:
+    """A problem of the overridden spec, at the config key that caused it.
+    ``features[C3].compression.num_buckets`` -> ``embeddings.compression.C3.num_buckets``;
+    ``groups[g].num_chunks`` -> ``embeddings.groups[g].num_chunks`` for a group of the config.
+    """
+    path = problem.path
+    for name in emb.compression:
+        prefix = f"features[{name}].compression"
+        if path == prefix or path.startswith((prefix + ".", prefix + "[")):
+            return Problem(f"embeddings.compression.{name}{path[len(prefix):]}", problem.message)
+    for g in emb.groups:
+        prefix = f"groups[{g.name}]"
+        if path == prefix or path.startswith((prefix + ".", prefix + "[")):
+            return Problem(f"embeddings.{path}", problem.message)
+    where = f" at {path}" if path else ""
+    return Problem("embeddings", f"applied to the data set's spec{where}: {problem.message}")
 
