@@ -19,6 +19,7 @@ COMMANDS: dict[str, str] = {
     "synth": "generate the built-in synthetic data sets (ctr, interactions)",
     "train": "train a CTR model (DLRM / DCN-v2) with compressed embeddings on Ray Train",
     "bench": "benchmarks that print figures (loader, lookup, train)",
+    "plan": "TorchRec's sharding plan of a config for a simulated cluster (N GPUs / CPU ranks), no allocation",
 }
 
 USAGE = "usage: recsys <command> [args]\n\ncommands:\n" + "\n".join(

@@ -21,7 +21,7 @@ from torch import nn
 from torchrec import EmbeddingBagCollection, EmbeddingCollection
 from torchrec.distributed import DistributedModelParallel
 from torchrec.distributed.planner import EmbeddingShardingPlanner, Topology
-from torchrec.distributed.planner.types import ParameterConstraints
+from torchrec.distributed.planner.types import ParameterConstraints, Stats
 from torchrec.distributed.sharding_plan import get_default_sharders
 from torchrec.distributed.types import ShardingPlan
 from torchrec.optim import RowWiseAdagrad
@@ -37,6 +37,7 @@ __all__ = [
     "table_collections",
     "materialize_dense",
     "apply_fused_optimizer",
+    "build_planner",
     "plan_sharding",
     "shard_model",
     "build_optimizer",
@@ -99,6 +100,8 @@ def plan_sharding(
     batch_size: int,
     constraints: dict[str, ParameterConstraints] | None = None,
     process_group: dist.ProcessGroup | None = None,
+    hbm_cap: int | None = None,
+    ddr_cap: int | None = None,
 ) -> ShardingPlan:
     """Plan with TorchRec's planner for this topology; every rank gets the same plan.
 
@@ -109,15 +112,32 @@ def plan_sharding(
         batch_size: per-rank batch size (the planner's cost model uses it).
         constraints: table name -> allowed sharding types / kernels.
         process_group: default: the world.
+        hbm_cap, ddr_cap: bytes per rank; default TorchRec's (32 GiB HBM, 128 GiB DDR), so pass
+            the device's real memory on GPUs larger than 32 GiB.
     """
-    planner = EmbeddingShardingPlanner(
-        topology=Topology(world_size=world_size, local_world_size=local_world_size, compute_device=compute_device),
-        batch_size=batch_size,
-        constraints=constraints or None,
+    topology = Topology(
+        world_size=world_size, local_world_size=local_world_size, compute_device=compute_device, hbm_cap=hbm_cap, ddr_cap=ddr_cap
     )
+    planner = build_planner(topology, batch_size=batch_size, constraints=constraints)
     if dist.is_initialized():
         return planner.collective_plan(model, get_default_sharders(), process_group or dist.GroupMember.WORLD)
     return planner.plan(model, get_default_sharders())
+
+
+def build_planner(
+    topology: Topology,
+    *,
+    batch_size: int,
+    constraints: dict[str, ParameterConstraints] | None = None,
+    stats: list[Stats] | None = None,
+) -> EmbeddingShardingPlanner:
+    """TorchRec's planner as training runs it (default enumerator, storage reservation, proposers
+    and perf model), so ``recsys plan`` simulates exactly what a training run would plan.
+
+    Args:
+        stats: planner observers; default TorchRec's ``EmbeddingStats`` (a log table).
+    """
+    return EmbeddingShardingPlanner(topology=topology, batch_size=batch_size, constraints=constraints or None, stats=stats)
 
 
 def shard_model(model: nn.Module, plan: ShardingPlan, device: torch.device) -> DistributedModelParallel:
