@@ -1,7 +1,7 @@
 """Convert raw logs into the recsys data layout (:mod:`recsys.data.layout`).
 
     recsys ingest criteo PATH --out DIR [--spec features/criteo.yaml] [--split 0.8,0.1,0.1] [--skip-bad-rows] [--chunk-rows N]
-    recsys ingest movielens PATH --out DIR [--spec features/movielens.yaml] [--split 0.8,0.1,0.1] [--skip-bad-rows]
+    recsys ingest movielens PATH --out DIR [--spec features/movielens.yaml] [--split 0.8,0.1,0.1 | leave_last_out] [--min-rating R] [--skip-bad-rows]
     recsys ingest parquet PATH --spec features/X.yaml --out DIR [--split 0.8,0.1,0.1] [--timestamp-split] [--skip-bad-rows]
 
 Each writes ``DIR/manifest.json`` (plus splits and vocabularies) and prints a short summary;
@@ -19,7 +19,7 @@ from typing import Any
 
 from recsys.data.criteo import ingest_criteo
 from recsys.data.layout import MANIFEST, SPLITS
-from recsys.data.movielens import ingest_movielens
+from recsys.data.movielens import USER_SIDE, check_min_rating, ingest_movielens, movielens_files
 from recsys.data.parquet_source import (
     DEFAULT_FRACTIONS,
     FRACTIONS_ALLOWED,
@@ -27,15 +27,30 @@ from recsys.data.parquet_source import (
     fractions_problem,
     ingest_parquet,
 )
-from recsys.features.spec import FEATURES_DIR, load_spec
+from recsys.features.spec import FEATURES_DIR, DatasetSpec, load_spec, spec_from_dict
 
 
-def parse_split(text: str) -> tuple[float, float, float]:
-    """``"0.8,0.1,0.1"`` -> (0.8, 0.1, 0.1); raises ValueError naming ``--split``, the value and what is allowed."""
+LEAVE_LAST_OUT = "leave_last_out"
+
+
+def parse_split(text: str, source: str = "movielens") -> tuple[float, float, float] | str:
+    """``"0.8,0.1,0.1"`` -> (0.8, 0.1, 0.1); ``"leave_last_out"`` (movielens only) -> itself.
+
+    Raises:
+        ValueError: naming ``--split``, the value and what is allowed.
+    """
+    if text.strip() == LEAVE_LAST_OUT:
+        if source != "movielens":
+            raise ValueError(
+                f"--split {text!r}: the per-user split needs users and items; it is for `recsys ingest movielens`. "
+                f"For {source}, give fractions, e.g. 0.8,0.1,0.1"
+            )
+        return LEAVE_LAST_OUT
     try:
         values = [float(x) for x in text.split(",")]
     except ValueError:
-        raise ValueError(f"--split {text!r}: not comma-separated numbers; {FRACTIONS_ALLOWED}") from None
+        also = " (or leave_last_out, per user)" if source == "movielens" else ""
+        raise ValueError(f"--split {text!r}: not comma-separated numbers; {FRACTIONS_ALLOWED}{also}") from None
     problem = fractions_problem(values)
     if problem:
         raise ValueError(f"--split {text!r}: {problem}; {FRACTIONS_ALLOWED}")
@@ -48,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     default_split = ",".join(str(f) for f in DEFAULT_FRACTIONS)
     helps = {
         "criteo": "Criteo TSV: a file (train.txt, day_N, .gz) or a folder of day_N files",
-        "movielens": "MovieLens ml-1m / ml-100k folder (or one of its files)",
+        "movielens": "MovieLens ml-1m / ml-100k / ml-latest (ml-25m, ml-32m) folder (or one of its files)",
         "parquet": "parquet file or folder whose columns match --spec (raw ids)",
     }
     for name, help_ in helps.items():
@@ -59,11 +74,22 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--spec", required=True, metavar="YAML", help="feature spec of the columns")
             p.add_argument("--timestamp-split", action="store_true",
                            help="split by time quantiles of the spec's timestamp column (default: row order)")
+        elif name == "movielens":
+            p.add_argument("--spec", default=None, metavar="YAML",
+                           help="feature spec (default features/movielens.yaml; for ml-latest without its user side "
+                                "features, which that release does not have)")
+            p.add_argument("--min-rating", type=float, default=None, metavar="R",
+                           help="implicit feedback: drop ratings below R (counted in the manifest), label the rest 1.0")
         else:
             p.add_argument("--spec", default=str(FEATURES_DIR / f"{name}.yaml"), metavar="YAML",
                            help=f"feature spec (default features/{name}.yaml)")
-        p.add_argument("--split", default=default_split, metavar="F,F,F",
-                       help=f"train,validation,test fractions, each > 0, summing to 1 (default {default_split})")
+        if name == "movielens":
+            p.add_argument("--split", default=default_split, metavar="F,F,F|leave_last_out",
+                           help=f"train,validation,test fractions by time, each > 0, summing to 1 (default {default_split}), "
+                                "or leave_last_out: per user, last rating -> test, the one before -> validation")
+        else:
+            p.add_argument("--split", default=default_split, metavar="F,F,F",
+                           help=f"train,validation,test fractions, each > 0, summing to 1 (default {default_split})")
         p.add_argument("--skip-bad-rows", action="store_true",
                        help="skip bad rows and count them in the manifest instead of stopping at the first")
         p.add_argument("--chunk-rows", type=int, default=200_000, metavar="N", help="rows parsed per chunk (default 200000)")
@@ -80,22 +106,43 @@ def summary(manifest: dict[str, Any], out: str, seconds: float) -> str:
         "  rows: " + ", ".join(f"{s} {rows[s]}" for s in SPLITS) + f" (split by {manifest['split']['method']})",
         f"  skipped bad rows: {manifest.get('skipped_rows', 0)}",
         f"  vocab sizes (OOV included): {vocab}",
+        *[f"  {name}: {info['path']}, {info['rows']} rows ({info['key']} index 0..{info['rows'] - 1}; "
+          f"{info['not_in_train']} never in train)" for name, info in manifest.get("catalogue", {}).items()],
+        *([f"  --min-rating {manifest['min_rating']['threshold']:g}: dropped {manifest['min_rating']['dropped']} ratings, "
+           f"kept {manifest['min_rating']['kept']} as positives"] if manifest.get("min_rating") else []),
     ])
+
+
+def movielens_default_spec(path: str) -> DatasetSpec:
+    """features/movielens.yaml; for ml-latest (no users file) without the user side features."""
+    spec = load_spec(FEATURES_DIR / "movielens.yaml")
+    if movielens_files(path).users is not None:
+        return spec
+    raw = spec.to_dict()
+    raw["features"] = [f for f in raw["features"] if f["name"] not in USER_SIDE]
+    return spec_from_dict(raw, "features/movielens.yaml without user side features (ml-latest)")
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run ``recsys ingest``; returns 0, or raises ValueError / FileNotFoundError on bad input."""
     args = build_parser().parse_args(argv)
-    fractions = parse_split(args.split)
+    split = parse_split(args.split, args.source)
     if args.chunk_rows < 1:
         raise ValueError(f"--chunk-rows {args.chunk_rows}: expected a positive number of rows")
-    spec = load_spec(args.spec)
+    if args.source == "movielens":
+        check_min_rating(args.min_rating)
     start = time.perf_counter()
-    common = dict(fractions=fractions, skip_bad_rows=args.skip_bad_rows, chunk_rows=args.chunk_rows)
+    if args.source == "movielens":
+        spec = load_spec(args.spec) if args.spec else movielens_default_spec(args.path)
+        by = dict(split=LEAVE_LAST_OUT) if split == LEAVE_LAST_OUT else dict(fractions=split)
+        manifest = ingest_movielens(args.path, args.out, spec, **by, min_rating=args.min_rating,
+                                    skip_bad_rows=args.skip_bad_rows, chunk_rows=args.chunk_rows)
+        print(summary(manifest, args.out, time.perf_counter() - start))
+        return 0
+    spec = load_spec(args.spec)
+    common = dict(fractions=split, skip_bad_rows=args.skip_bad_rows, chunk_rows=args.chunk_rows)
     if args.source == "criteo":
         manifest = ingest_criteo(args.path, args.out, spec, **common)
-    elif args.source == "movielens":
-        manifest = ingest_movielens(args.path, args.out, spec, **common)
     else:
         manifest = ingest_parquet(args.path, args.out, spec, timestamp_split=args.timestamp_split, **common)
     print(summary(manifest, args.out, time.perf_counter() - start))

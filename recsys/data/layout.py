@@ -10,6 +10,16 @@
       test/part-....
       vocab/<feature>.parquet    index int64, raw_id int64 (null for the OOV row 0), count int64,
                                  token string (when the source had string values)
+      items.parquet              interaction data sets: one row per item_id index 0..V (row i = index
+                                 i, row 0 the OOV row) with every ``tower: item`` feature, ids encoded
+                                 as in the splits; every catalogue item has an index, also the ones
+                                 never seen in training (count 0 in the vocab file)
+      users.parquet              where the source has user side features: one row per user_id index
+                                 with the ``tower: user`` side features (not history features)
+
+The manifest's ``catalogue`` entry names these files (``path``, ``rows``, ``key``, ``columns``).
+A history feature (:mod:`recsys.data.interactions`) shares its target's vocabulary: its vocab
+file is a copy of the target's and the manifest's ``vocab[f]["shares_vocab_of"]`` names the target.
 
 Ids of a vocabulary feature lie in ``[0, cardinality)``; 0 is the out-of-vocabulary index.
 """
@@ -32,6 +42,7 @@ SPLITS: tuple[str, ...] = ("train", "validation", "test")
 OOV_INDEX = 0
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
+CATALOGUE_FILES: dict[str, str] = {"items": "items.parquet", "users": "users.parquet"}
 
 
 def arrow_type(feature) -> pa.DataType:
@@ -67,6 +78,13 @@ def split_dir(root: str | Path, split: str) -> Path:
 def split_files(root: str | Path, split: str) -> list[Path]:
     """The parquet part files of one split, in order."""
     return sorted(split_dir(root, split).glob("part-*.parquet"))
+
+
+def catalogue_path(root: str | Path, name: str) -> Path:
+    """``DIR/items.parquet`` or ``DIR/users.parquet`` (name ``items`` / ``users``)."""
+    if name not in CATALOGUE_FILES:
+        raise ValueError(f"catalogue {name!r} is not one of {sorted(CATALOGUE_FILES)}")
+    return Path(root) / CATALOGUE_FILES[name]
 
 
 def vocab_path(root: str | Path, feature: str) -> Path:

@@ -37,6 +37,17 @@ class FrequencyCounter:
         if self._pending > self._compact_every:
             self._compact()
 
+    def include(self, ids: np.ndarray) -> None:
+        """Make ``ids`` known with count 0 (e.g. catalogue items never seen in training)."""
+        if ids.size == 0:
+            return
+        u = np.unique(np.asarray(ids, np.int64))
+        self._ids.append(u)
+        self._counts.append(np.zeros(u.size, np.int64))
+        self._pending += u.size
+        if self._pending > self._compact_every:
+            self._compact()
+
     def _compact(self) -> None:
         if not self._ids:
             return
@@ -77,9 +88,17 @@ class Vocab:
         return int(self.raw_ids.size) + 1
 
     @classmethod
-    def build(cls, ids: np.ndarray, counts: np.ndarray, *, max_size: int, min_count: int) -> "Vocab":
-        """Keep ids with ``count >= min_count``, the ``max_size - 1`` most frequent of them."""
-        keep = counts >= min_count
+    def build(cls, ids: np.ndarray, counts: np.ndarray, *, max_size: int, min_count: int, keep_unseen: bool = False) -> "Vocab":
+        """Keep ids with ``count >= min_count``, the ``max_size - 1`` most frequent of them.
+
+        Args:
+            ids, counts: distinct ids and their training counts (0 for ids only made known).
+            max_size: number of indices, OOV included.
+            min_count: the least training count an id needs.
+            keep_unseen: also keep ids of count 0 (catalogue items never seen in training); they
+                come after every seen id, by raw id.
+        """
+        keep = (counts >= min_count) | ((counts == 0) if keep_unseen else False)
         kept_ids, kept_counts = ids[keep], counts[keep]
         order = np.lexsort((kept_ids, -kept_counts))[: max_size - 1]
         raw_ids, raw_counts = kept_ids[order], kept_counts[order]
@@ -87,7 +106,7 @@ class Vocab:
             raw_ids=raw_ids.astype(np.int64),
             counts=raw_counts.astype(np.int64),
             oov_count=int(counts.sum() - raw_counts.sum()),
-            distinct_seen=int(ids.size),
+            distinct_seen=int(np.count_nonzero(counts)),
         )
 
     def lookup(self) -> "VocabLookup":

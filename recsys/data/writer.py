@@ -15,6 +15,7 @@ passes so inputs larger than memory stream through:
 from __future__ import annotations
 
 import datetime as _dt
+from dataclasses import dataclass
 import shutil
 import tempfile
 from pathlib import Path
@@ -29,6 +30,7 @@ import pyarrow.parquet as pq
 import yaml
 
 from recsys.data import layout
+from recsys.data.interactions import history_features
 from recsys.data.vocab import FrequencyCounter, Vocab
 from recsys.features.spec import DatasetSpec, DenseFeature, LabelFeature, SparseFeature
 
@@ -56,6 +58,13 @@ def truncate_lists(values: np.ndarray, lengths: np.ndarray, max_length: int) -> 
     pos = np.arange(values.size) - starts
     keep = pos < max_length
     return values[keep], np.minimum(lengths, max_length), int(values.size - np.count_nonzero(keep))
+
+
+@dataclass(frozen=True)
+class _Catalogue:
+    key: str
+    table: pa.Table  # raw values, spec order, lists truncated
+    keep_unseen: bool
 
 
 class DatasetWriter:
@@ -94,7 +103,11 @@ class DatasetWriter:
         self._truncated = {f.name: 0 for f in spec.sparse if f.multi_valued}
         self._missing_dense = {f.name: 0 for f in spec.dense}
         self._nonfinite_dense = {f.name: 0 for f in spec.dense}
-        self._counters = {f.name: FrequencyCounter() for f in spec.sparse if f.has_vocab}
+        # A history feature (recsys.data.interactions) holds ids of another feature: it is
+        # mapped through that feature's vocabulary and not counted (its values repeat earlier rows).
+        self._history = history_features(spec)
+        self._counters = {f.name: FrequencyCounter() for f in spec.sparse if f.has_vocab and f.name not in self._history}
+        self._catalogues: dict[str, _Catalogue] = {}
         self._schema = layout.arrow_schema(spec)
         self._columns = list(self._schema.names)
 
@@ -109,7 +122,7 @@ class DatasetWriter:
         if not self.out.is_dir():
             raise ValueError(f"--out {self.out}: exists and is not a folder")
         entries = {p.name for p in self.out.iterdir()}
-        ours = {layout.MANIFEST, "features.yaml", "vocab", ".staging", *layout.SPLITS}
+        ours = {layout.MANIFEST, "features.yaml", "vocab", ".staging", *layout.SPLITS, *layout.CATALOGUE_FILES.values()}
         if entries and not (entries <= ours):
             raise ValueError(
                 f"--out {self.out}: folder holds other files ({sorted(entries - ours)[:5]}); "
@@ -207,6 +220,97 @@ class DatasetWriter:
             self._counters[f.name].add(ids)
         return pa.array(ids, pa.int64())
 
+    def add_catalogue(self, name: str, key: str, table: pa.Table, *, keep_unseen: bool = False) -> None:
+        """Give the data set a catalogue ``DIR/<name>.parquet``: one row per vocabulary index of ``key``.
+
+        Written by :meth:`finish`: row ``i`` holds index ``i`` of ``key`` and the catalogue's side
+        features in the splits' id encoding; row 0 is the OOV row (index 0 / empty lists).
+
+        Args:
+            name: ``"items"`` or ``"users"``.
+            key: the id feature (``item_id``, ``user_id``): single-valued, with a vocabulary.
+            table: raw values (the encoding of the chunks), one row per entity: ``key`` and any of
+                the spec's sparse features (not history features). Keys must be distinct.
+            keep_unseen: give every key of ``table`` a vocabulary index even when no training row
+                has it (after the seen ids, by raw id), so evaluation and export can embed every
+                item. Needs ``min_count`` 1 for ``key``. Default False: keys outside the
+                vocabulary (unseen in training) fold into the OOV row and are not written.
+
+        Raises:
+            ValueError: an unknown name, a bad key or column, duplicate keys, or ``min_count > 1``
+                with ``keep_unseen``.
+        """
+        if name not in layout.CATALOGUE_FILES:
+            raise ValueError(f"catalogue {name!r}: expected one of {sorted(layout.CATALOGUE_FILES)}")
+        sparse = {f.name: f for f in self.spec.sparse}
+        f = sparse.get(key)
+        if f is None or f.multi_valued or not f.has_vocab or key in self._history:
+            raise ValueError(f"catalogue {name!r}: key {key!r} must be a single-valued sparse feature with a vocabulary")
+        if keep_unseen and f.min_count > 1:
+            raise ValueError(
+                f"feature spec {self.spec.name!r}: features[{key}].min_count: got {f.min_count}; {name}.parquet gives every "
+                f"{key} its own index (also those never seen in training), so min_count must be 1"
+            )
+        bad = [c for c in table.column_names if c not in sparse or c in self._history]
+        if key not in table.column_names or bad:
+            raise ValueError(f"catalogue {name!r}: columns {table.column_names}: need {key!r}; not sparse features of the spec: {bad}")
+        keys = table.column(key).combine_chunks().cast(pa.int64()).to_numpy(zero_copy_only=False)
+        u, counts = np.unique(keys, return_counts=True)
+        if (counts > 1).any():
+            raise ValueError(f"catalogue {name!r}: {key} {u[counts > 1][:5].tolist()} listed more than once; one row per {key}")
+        cols = {}
+        for c in (g.name for g in self.spec.sparse if g.name in table.column_names):  # spec order
+            arr = table.column(c).combine_chunks()
+            if sparse[c].multi_valued:
+                arr = arr.fill_null(pa.scalar([], arr.type)) if arr.null_count else arr
+                vals, lens = _list_parts(arr)
+                vals, lens, _ = truncate_lists(vals, lens, sparse[c].max_length)
+                arr = _list_array(vals, lens)
+            else:
+                arr = arr.cast(pa.int64())
+            cols[c] = arr
+        self._catalogues[name] = _Catalogue(key, pa.table(cols), keep_unseen)
+
+    def _write_catalogue(self, name: str, cat: "_Catalogue", vocabs: dict[str, Vocab], lookups: dict[str, Any]) -> dict[str, Any]:
+        vocab = vocabs[cat.key]
+        index, _ = lookups[cat.key](cat.table.column(cat.key).to_numpy(zero_copy_only=False))
+        inside = np.flatnonzero(index != layout.OOV_INDEX)
+        rows = inside[np.argsort(index[inside], kind="stable")]  # distinct keys -> distinct indices
+        missing = np.setdiff1d(np.arange(1, vocab.size), index[rows])
+        if missing.size:
+            raise ValueError(
+                f"{layout.CATALOGUE_FILES[name]}: {cat.key} raw ids {vocab.raw_ids[missing[:5] - 1].tolist()} "
+                f"({missing.size} in all) occur in the splits but not in the {name} catalogue"
+            )
+        arrays, fields = [], []
+        for c in cat.table.column_names:
+            f = self.spec.feature(c)
+            arr = cat.table.column(c).take(pa.array(rows))
+            if f.multi_valued:
+                vals, lens = _list_parts(arr.combine_chunks() if isinstance(arr, pa.ChunkedArray) else arr)
+                if c in lookups:
+                    vals, _ = lookups[c](vals)
+                arr = _list_array(vals, np.concatenate([[0], lens]))  # row 0: empty list
+            else:
+                ids = arr.to_numpy(zero_copy_only=False).astype(np.int64)
+                if c in lookups:
+                    ids, _ = lookups[c](ids)
+                arr = pa.array(np.concatenate([[layout.OOV_INDEX], ids]), pa.int64())
+            arrays.append(arr)
+            fields.append(pa.field(c, layout.arrow_type(f), nullable=False))
+        path = self._build / layout.CATALOGUE_FILES[name]
+        pq.write_table(pa.Table.from_arrays(arrays, schema=pa.schema(fields)), path)
+        return {
+            "path": layout.CATALOGUE_FILES[name],
+            "rows": vocab.size,
+            "key": cat.key,
+            "columns": cat.table.column_names,
+            "row_rule": f"row i holds {cat.key} index i; row 0 is the OOV row (index 0, empty lists)",
+            "source_rows": cat.table.num_rows,
+            "folded_into_oov": int(cat.table.num_rows - rows.size),
+            "not_in_train": int(np.count_nonzero(vocab.counts == 0)),
+        }
+
     # -- pass 2 ---------------------------------------------------------------------------------
     def finish(
         self,
@@ -227,14 +331,22 @@ class DatasetWriter:
         Returns:
             The manifest (also written to ``DIR/manifest.json``).
         """
+        keep_unseen = {c.key for c in self._catalogues.values() if c.keep_unseen}
+        for c in self._catalogues.values():
+            if c.keep_unseen:
+                self._counters[c.key].include(c.table.column(c.key).to_numpy(zero_copy_only=False))
         vocabs: dict[str, Vocab] = {}
         for f in self.spec.sparse:
-            if f.has_vocab:
+            if f.name in self._counters:
                 ids, counts = self._counters[f.name].result()
-                vocabs[f.name] = Vocab.build(ids, counts, max_size=int(f.cardinality), min_count=f.min_count)
+                vocabs[f.name] = Vocab.build(ids, counts, max_size=int(f.cardinality), min_count=f.min_count,
+                                             keep_unseen=f.name in keep_unseen)
         lookups = {name: v.lookup() for name, v in vocabs.items()}
-        oov = {name: {s: 0 for s in layout.SPLITS} for name in vocabs}
-        values = {name: {s: 0 for s in layout.SPLITS} for name in vocabs}
+        for name, target in self._history.items():
+            if target in lookups:
+                lookups[name] = lookups[target]
+        oov = {name: {s: 0 for s in layout.SPLITS} for name in lookups}
+        values = {name: {s: 0 for s in layout.SPLITS} for name in lookups}
 
         files: dict[str, list[str]] = {}
         for s in layout.SPLITS:
@@ -289,12 +401,16 @@ class DatasetWriter:
                 written.append(str(path.relative_to(self._build)))
             files[s] = written
         shutil.rmtree(self._staging)
+        catalogue = {name: self._write_catalogue(name, c, vocabs, lookups) for name, c in self._catalogues.items()}
 
         vocab_info: dict[str, Any] = {}
-        for name, v in vocabs.items():
-            self._write_vocab(name, v, (tokens or {}).get(name))
+        shared = {name: vocabs[target] for name, target in self._history.items() if target in vocabs}
+        for name, v in {**vocabs, **shared}.items():
+            owner = self._history.get(name, name)
+            self._write_vocab(name, v, (tokens or {}).get(owner))
             f = self.spec.feature(name)
             vocab_info[name] = {
+                **({"shares_vocab_of": owner} if owner != name else {}),
                 "size": v.size,
                 "cap": int(f.cardinality),
                 "min_count": f.min_count,
@@ -306,7 +422,7 @@ class DatasetWriter:
                 "file": str(layout.vocab_path(self._build, name).relative_to(self._build)),
             }
 
-        resolved = self.spec.with_cardinalities({n: v.size for n, v in vocabs.items()})
+        resolved = self.spec.with_cardinalities({n: v.size for n, v in {**vocabs, **shared}.items()})
         (self._build / "features.yaml").write_text(
             f"# Resolved feature spec of {self.out} (real cardinalities); written by recsys.\n"
             + yaml.safe_dump(resolved.to_dict(), sort_keys=False),
@@ -324,6 +440,7 @@ class DatasetWriter:
             "nonfinite_dense": self._nonfinite_dense,
             "vocab": vocab_info,
             "files": files,
+            **({"catalogue": catalogue} if catalogue else {}),
             **(extra or {}),
             "feature_spec": resolved.to_dict(),
             "input_feature_spec": self.spec.to_dict(),
