@@ -18,6 +18,8 @@ from recsys.features.spec import (
     SparseFeature,
     SpecError,
     builtin_spec,
+    builtin_spec_names,
+    builtin_spec_path,
     load_spec,
     spec_from_dict,
 )
@@ -38,6 +40,8 @@ __all__ = [
     "SparseFeature",
     "SpecError",
     "builtin_spec",
+    "builtin_spec_names",
+    "builtin_spec_path",
     "load_spec",
     "spec_from_dict",
 ]

@@ -1,5 +1,8 @@
 """Feature specs: the schema of a data set's columns, loaded from ``features/*.yaml``.
 
+The specs shipped with recsys are found by name from any install: :func:`builtin_spec`,
+:func:`builtin_spec_names`, :func:`builtin_spec_path`.
+
 A spec lists every column a data set holds after ingest: sparse id features (single- or
 multi-valued), dense float features and the label. It is the contract between ingest (which
 writes parquet and vocabularies to it), batching (which builds KeyedJaggedTensors from it) and
@@ -26,6 +29,8 @@ its dotted path (``features[C1].embedding_dim``), the value received and what is
 
 from __future__ import annotations
 
+import importlib.resources
+from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
@@ -323,13 +328,54 @@ def load_spec(path: str | Path) -> DatasetSpec:
     return spec_from_dict(raw, str(path))
 
 
-FEATURES_DIR = Path(__file__).resolve().parents[2] / "features"
+# -- the specs shipped with recsys ----------------------------------------------------------
+#
+# They live in the top-level ``features/`` folder of the repository (the documented place to read
+# and edit them) and are package data of ``recsys.features`` under ``specs/``: in the source tree
+# ``recsys/features/specs`` is a symlink to ``../../features``; a wheel (``pip install .``) holds real
+# copies (pyproject ``[tool.setuptools.package-data]``). Every lookup goes through importlib.resources,
+# so an installed recsys finds them wherever it is installed, from any working directory.
+
+
+def _shipped() -> Traversable:
+    return importlib.resources.files("recsys.features").joinpath("specs")
+
+
+def builtin_spec_names() -> list[str]:
+    """Names of the feature specs shipped with recsys (``criteo``, ``movielens``, ...), sorted."""
+    return sorted(p.name[: -len(".yaml")] for p in _shipped().iterdir() if p.name.endswith(".yaml") and p.is_file())
+
+
+def builtin_spec_path(name: str) -> Path:
+    """The file of a shipped spec, e.g. as the default of a ``--spec`` argument.
+
+    Raises:
+        ValueError: no shipped spec of that name (the known names are listed).
+    """
+    item = _shipped().joinpath(f"{name}.yaml")
+    if not item.is_file():
+        raise ValueError(f"no built-in feature spec {name!r}; known: {builtin_spec_names()}")
+    # A regular (unzipped) install, as pip and setuptools make, has real files.
+    return Path(str(item))
 
 
 def builtin_spec(name: str) -> DatasetSpec:
-    """Load ``features/<name>.yaml`` shipped with the project."""
-    path = FEATURES_DIR / f"{name}.yaml"
-    if not path.exists():
-        known = sorted(p.stem for p in FEATURES_DIR.glob("*.yaml"))
-        raise ValueError(f"no built-in feature spec {name!r}; known: {known}")
-    return load_spec(path)
+    """Load and validate a spec shipped with recsys, by name (``builtin_spec("criteo")``).
+
+    Raises:
+        ValueError: no shipped spec of that name (the known names are listed).
+        SpecError: the shipped file fails validation.
+    """
+    item = _shipped().joinpath(f"{name}.yaml")
+    if not item.is_file():
+        raise ValueError(f"no built-in feature spec {name!r}; known: {builtin_spec_names()}")
+    source = str(item)
+    try:
+        raw = yaml.safe_load(item.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise SpecError(source, [f"not valid YAML: {exc}"]) from None
+    return spec_from_dict(raw, source)
+
+
+FEATURES_DIR = Path(str(_shipped()))
+"""Deprecated: the folder of the shipped specs; use :func:`builtin_spec_path` / :func:`builtin_spec_names`."""

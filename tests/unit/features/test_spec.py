@@ -6,10 +6,11 @@ from pathlib import Path
 
 import pytest
 
-from recsys.features import SpecError, load_spec, spec_from_dict
-from recsys.features.spec import FEATURES_DIR, builtin_spec
+import recsys
+from recsys.features import SpecError, builtin_spec, builtin_spec_names, builtin_spec_path, load_spec, spec_from_dict
 
-SHIPPED = sorted(FEATURES_DIR.glob("*.yaml"))
+SHIPPED = [builtin_spec_path(name) for name in builtin_spec_names()]
+REPO = Path(__file__).resolve().parents[3]
 
 
 def _spec(*features, **top):
@@ -21,6 +22,17 @@ SPARSE = {"name": "C1", "kind": "sparse", "cardinality": 100}
 
 def test_every_shipped_spec_is_found():
     assert {p.stem for p in SHIPPED} >= {"criteo", "movielens", "synthetic", "synthetic_interactions"}
+
+
+def test_shipped_specs_are_the_top_level_features_folder():
+    """In the source tree the package data is features/ itself (recsys/features/specs is a symlink)."""
+    if not Path(recsys.__file__).resolve().is_relative_to(REPO):
+        pytest.skip("recsys is installed, not imported from this checkout")
+    top = sorted((REPO / "features").glob("*.yaml"))
+    assert [p.stem for p in top] == builtin_spec_names()
+    for path in top:
+        assert builtin_spec_path(path.stem).resolve() == path.resolve()
+        assert builtin_spec(path.stem) == load_spec(path)
 
 
 @pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.stem)
@@ -135,5 +147,7 @@ def test_spec_is_frozen_and_resolution_does_not_mutate():
 
 
 def test_builtin_spec_unknown_name():
-    with pytest.raises(ValueError, match="no built-in feature spec 'nope'"):
+    with pytest.raises(ValueError, match=r"no built-in feature spec 'nope'; known: \[.*'criteo'"):
         builtin_spec("nope")
+    with pytest.raises(ValueError, match="no built-in feature spec 'nope'"):
+        builtin_spec_path("nope")
