@@ -59,6 +59,9 @@ class Problems(ValueError):
         self.problems = list(problems)
         super().__init__("\n".join(p.line("<self>") for p in self.problems))
 
+    def __reduce__(self):  # picklable (Ray ships exceptions between processes)
+        return (type(self), (self.problems,))
+
 
 class SpecError(ValueError):
     """A feature spec failed validation; ``errors`` holds one line per problem.
@@ -73,6 +76,9 @@ class SpecError(ValueError):
         self.errors = errors
         lines = "\n".join(f"  - {e}" for e in errors)
         super().__init__(f"invalid {self.what} {source}: {len(errors)} error(s)\n{lines}")
+
+    def __reduce__(self):  # picklable (Ray ships exceptions between processes)
+        return (type(self), (self.source, self.errors))
 
 
 def join_path(base: str, rel: str) -> str:

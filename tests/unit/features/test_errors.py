@@ -105,3 +105,16 @@ def test_join_path():
     assert join_path("groups", "[g]") == "groups[g]"
     assert join_path("x", "") == "x"
     assert Problem("num_buckets", "got 0").at("features[C1].compression").line() == "features[C1].compression.num_buckets: got 0"
+
+
+def test_errors_survive_pickling():
+    """Ray ships exceptions between processes."""
+    import pickle
+
+    from recsys.train.config import ConfigError
+
+    for exc in (Problems([Problem("a.b", "got 1; allowed: >= 2")]), SpecError("x.yaml", ["a: got 1"]), ConfigError("c.yaml", ["b: got 2"])):
+        back = pickle.loads(pickle.dumps(exc))
+        assert type(back) is type(exc) and str(back) == str(exc)
+        assert getattr(back, "errors", None) == getattr(exc, "errors", None)
+        assert getattr(back, "problems", None) == getattr(exc, "problems", None)
