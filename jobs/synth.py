@@ -3,6 +3,7 @@
     recsys synth ctr --out data/synthetic_ctr                 # `make run`: 8,000,000 rows
     recsys synth ctr --out DIR [--rows N] [--seed S] [--spec features/synthetic.yaml]
     recsys synth interactions --out DIR [--rows N] [--seed S] [--users U] [--items I]
+    recsys synth interactions --out DIR --split leave_last_out [--spec features/synthetic_interactions.yaml]
 
 ``ctr``: Criteo-like click logs drawn from a planted model (:mod:`recsys.data.synthetic_ctr`).
 ``interactions``: user-item interactions from planted latent factors for two-tower retrieval
@@ -37,6 +38,10 @@ def build_parser() -> argparse.ArgumentParser:
     inter.add_argument("--seed", type=int, default=0, help="random seed; same seed -> same data (default 0)")
     inter.add_argument("--users", type=int, default=20_000, help="number of users (default 20000)")
     inter.add_argument("--items", type=int, default=10_000, help="number of items (default 10000)")
+    inter.add_argument("--split", default="time", choices=["time", "leave_last_out"],
+                       help="time: 80/10/10 by time (default); leave_last_out: per user, last -> test, previous -> validation")
+    inter.add_argument("--spec", default=None,
+                       help="feature spec YAML (default features/synthetic_interactions.yaml; add history_item_id for histories)")
     return parser
 
 
@@ -93,12 +98,16 @@ def _interactions_summary(manifest: dict[str, Any], out: str, seconds: float) ->
     ts = manifest["split"]["timestamps"]
     lines = [
         f"done: {manifest['rows']['total']:,} rows in {seconds:.1f} s -> {out}",
-        f"  {'split':<11}{'rows':>12}  timestamps",
+        f"  {'split':<11}{'rows':>12}  timestamps (split by {manifest['split']['method']})",
     ]
     for split in ("train", "validation", "test"):
         lo, hi = ts[split]
         lines.append(f"  {split:<11}{manifest['rows'][split]:>12,}  [{lo}, {hi}]")
-    lines.append(_vocab_line(manifest, ["user_id", "user_segment", "item_id", "item_category", "item_tags"]))
+    lines.append(_vocab_line(manifest, [n for n in ("user_id", "user_segment", "item_id", "item_category", "item_tags")
+                                        if n in manifest["vocab"]]))
+    for name, info in manifest.get("catalogue", {}).items():
+        lines.append(f"  {name}: {info['path']}, {info['rows']:,} rows ({info['key']} index 0..{info['rows'] - 1}; "
+                     f"{info['not_in_train']:,} never in train)")
     s = gen["settings"]
     lines.append(
         f"  planted model: {gen['users']:,} users, {gen['items']:,} items, factors dim {s['dim']}, "
@@ -128,7 +137,8 @@ def main(argv: list[str] | None = None) -> int:
         print(_ctr_summary(manifest, args.out, time.perf_counter() - t0))
     else:
         manifest = generate_interactions(
-            args.out, rows=args.rows, seed=args.seed, users=args.users, items=args.items,
+            args.out, rows=args.rows, seed=args.seed, users=args.users, items=args.items, split=args.split,
+            spec=load_spec(args.spec) if args.spec else None,
             settings=InteractionSettings(), log=lambda line: print(line, flush=True),
         )
         print(_interactions_summary(manifest, args.out, time.perf_counter() - t0))

@@ -13,7 +13,10 @@ The planted model (``features/synthetic_interactions.yaml`` columns):
   ``P(item | user) proportional to pop(item) * exp(<u, v> / tau)`` (exact inverse-CDF sampling
   over all items, per block of users); label 1.0; timestamps strictly increase.
 
-Split by time, 80 / 10 / 10. The oracle ranks all items for a user by the true
+Split by time, 80 / 10 / 10 (default), or ``leave_last_out`` per user (see
+:mod:`recsys.data.interactions`). ``items.parquet`` holds every planted item (also the ones no
+training row has) with its category and tags; ``users.parquet`` one row per user_id index with
+its segment. A spec with ``history_item_id`` gets the users' earlier items. The oracle ranks all items for a user by the true
 ``log pop(item) + <u, v> / tau`` (no exclusion of seen items) and reports recall@10 / @100 of
 the validation and test interactions, next to a popularity-only ranking.
 Memory is O(rows) int64 plus one ``(block_users, items)`` score matrix.
@@ -31,6 +34,9 @@ import numpy as np
 import pyarrow as pa
 
 from recsys import metrics
+from recsys.data.interactions import ORDER_RULE, UserHistory, history_features, leave_last_out_codes
+from recsys.data.layout import SPLITS
+from recsys.data.parquet_source import add_by_split, check_split_rows
 from recsys.data.synthetic import check_positive_int, split_rows, zipf_ranks
 from recsys.data.writer import DatasetWriter
 from recsys.features.spec import DatasetSpec, builtin_spec
@@ -156,6 +162,31 @@ def _recalls(top: np.ndarray, items: np.ndarray) -> dict[str, float]:
     return {str(k): metrics.recall_at_k(top[:, :k], items) for k in RECALL_AT if k <= top.shape[1]}
 
 
+SYNTH_COLUMNS: tuple[str, ...] = ("user_id", "user_segment", "item_id", "item_category", "item_tags")
+ITEM_SIDE: tuple[str, ...] = ("item_category", "item_tags")
+USER_SIDE: tuple[str, ...] = ("user_segment",)
+
+
+def _check_spec(spec: DatasetSpec) -> dict[str, str]:
+    """The spec's history features; raises ValueError when the spec does not fit the generator."""
+    history = history_features(spec)
+    names = [f.name for f in spec.features if f.kind != "label"]
+    unknown = [n for n in names if n not in SYNTH_COLUMNS and n not in history]
+    problems = [f"features {unknown} are not generated; allowed: {list(SYNTH_COLUMNS)} and history_item_id"] if unknown else []
+    for need in ("user_id", "item_id"):
+        if need not in names:
+            problems.append(f"no feature {need!r}")
+    if spec.label is None:
+        problems.append("no label feature")
+    if spec.timestamp is None:
+        problems.append("no 'timestamp' column")
+    problems += [f"history feature {h!r} is a history of {t!r}; only item_id histories are generated"
+                 for h, t in history.items() if t != "item_id"]
+    if problems:
+        raise ValueError(f"feature spec {spec.name!r} does not fit `recsys synth interactions`: " + "; ".join(problems))
+    return history
+
+
 def generate_interactions(
     out_dir: str | Path,
     *,
@@ -163,29 +194,44 @@ def generate_interactions(
     seed: int = 0,
     users: int = 20_000,
     items: int = 10_000,
+    split: str = "time",
+    spec: DatasetSpec | None = None,
     settings: InteractionSettings = InteractionSettings(),
     log: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Generate an interactions data set through :class:`DatasetWriter` with its oracle recall.
 
+    Also writes ``items.parquet`` (every planted item, also those no training row has, with its
+    category and tags) and ``users.parquet`` (one row per user_id index with its segment), and a
+    history feature when the spec has one (:mod:`recsys.data.interactions`).
+
     Args:
         out_dir: output folder (the ingest layout, see :mod:`recsys.data.layout`).
-        rows: interactions, split 80 / 10 / 10 by time; at least 10.
+        rows: interactions; at least 10.
         seed: non-negative seed. Default 0.
         users: number of users, at most the spec's ``user_id`` cardinality - 1. Default 20000.
         items: number of items, at most the spec's ``item_id`` cardinality - 1. Default 10000.
+        split: ``"time"`` (80 / 10 / 10 by time, default) or ``"leave_last_out"`` (per user).
+        spec: feature spec; a subset of :data:`SYNTH_COLUMNS` plus history features. Default
+            ``features/synthetic_interactions.yaml``.
         settings: planted-model knobs. Default :class:`InteractionSettings`.
         log: called with progress lines. Default: silent.
 
     Returns:
-        The manifest; ``oracle`` / ``oracle_validation`` hold the true model's recall@k.
+        The manifest; ``oracle`` / ``oracle_validation`` hold the true model's recall@k on the
+        test / validation rows of the chosen split.
 
     Raises:
-        ValueError: a count out of range or a negative seed (the message names the flag).
+        ValueError: a count out of range, a negative seed, an unknown split (the message names
+            the flag) or a spec that does not fit.
     """
     t0 = time.perf_counter()
-    spec: DatasetSpec = builtin_spec("synthetic_interactions")
+    if split not in ("time", "leave_last_out"):
+        raise ValueError(f"invalid --split {split!r}: expected 'time' (80/10/10 by time) or 'leave_last_out' (per user)")
+    spec = spec if spec is not None else builtin_spec("synthetic_interactions")
+    history = _check_spec(spec)
     card = {f.name: int(f.cardinality) for f in spec.sparse}
+    defaults = {f.name: int(f.cardinality) for f in builtin_spec("synthetic_interactions").sparse}
     check_positive_int("--rows", rows, 10, "train, validation and test each need rows")
     check_positive_int("--seed", seed, 0, "numpy seeds are non-negative")
     check_positive_int("--users", users, 2, "at least two users")
@@ -193,11 +239,12 @@ def generate_interactions(
     for flag, value, feature in (("--users", users, "user_id"), ("--items", items, "item_id")):
         if value > card[feature] - 1:
             raise ValueError(
-                f"invalid {flag} {value}: at most {card[feature] - 1:,} (features/synthetic_interactions.yaml "
+                f"invalid {flag} {value}: at most {card[feature] - 1:,} (feature spec {spec.name!r} "
                 f"{feature} cardinality {card[feature]:,} - 1 for the OOV index)"
             )
-    model = InteractionModel(seed, users, items, card["user_segment"] - 1, card["item_category"] - 1,
-                             card["item_tags"] - 1, settings)
+    # The planted model's sizes come from the spec's caps (the built-in ones when a spec leaves a side feature out).
+    sizes = {name: card.get(name, defaults[name]) - 1 for name in ("user_segment", "item_category", "item_tags")}
+    model = InteractionModel(seed, users, items, sizes["user_segment"], sizes["item_category"], sizes["item_tags"], settings)
     if log:
         log(f"  planted {users:,} users x {items:,} items; sampling {rows:,} interactions")
     rng = np.random.default_rng([seed, 1])
@@ -207,44 +254,69 @@ def generate_interactions(
     if log:
         log(f"  sampled {rows:,} interactions ({time.perf_counter() - t0:.1f} s)")
 
-    ranges = split_rows(rows)  # time order = row order
+    if split == "time":
+        ranges = split_rows(rows)  # time order = row order
+        codes = np.zeros(rows, np.int8)
+        for k, (lo, hi) in enumerate(ranges.values()):
+            codes[lo:hi] = k
+    else:
+        codes = leave_last_out_codes(user, timestamp)
+    histories = UserHistory.build(user, item, timestamp, codes if split == "leave_last_out" else None) if history else None
+    names = [f.name for f in spec.features if f.kind != "label"]
     with DatasetWriter(out_dir, spec) as writer:
         for start in range(0, rows, settings.chunk_rows):
             stop = min(start + settings.chunk_rows, rows)
             u, i = user[start:stop], item[start:stop]
+            columns = {
+                "user_id": lambda: pa.array(u, pa.int64()),
+                "user_segment": lambda: pa.array(model.user_segment[u], pa.int64()),
+                "item_id": lambda: pa.array(i, pa.int64()),
+                "item_category": lambda: pa.array(model.item_category[i], pa.int64()),
+                "item_tags": lambda: model.item_tags(i),
+                **{h: (lambda h=h: histories.lists(slice(start, stop), spec.feature(h).max_length)) for h in history},  # type: ignore[union-attr]
+            }
             table = pa.table({
-                "label": pa.array(np.ones(stop - start, np.float32)),
-                "user_id": pa.array(u, pa.int64()),
-                "user_segment": pa.array(model.user_segment[u], pa.int64()),
-                "item_id": pa.array(i, pa.int64()),
-                "item_category": pa.array(model.item_category[i], pa.int64()),
-                "item_tags": model.item_tags(i),
-                "timestamp": pa.array(timestamp[start:stop], pa.int64()),
+                spec.label.name: pa.array(np.ones(stop - start, np.float32)),  # type: ignore[union-attr]
+                **{n: columns[n]() for n in names},
+                spec.timestamp: pa.array(timestamp[start:stop], pa.int64()),
             })
-            for split, (lo, hi) in ranges.items():
-                a, b = max(lo, start), min(hi, stop)
-                if a < b:
-                    writer.add(split, table.slice(a - start, b - a))
+            add_by_split(writer, table, codes[start:stop])
+        check_split_rows(writer, f"--split {split}")
+        every_item = np.arange(items)
+        catalogue = {"item_id": pa.array(every_item, pa.int64()),
+                     "item_category": pa.array(model.item_category, pa.int64()), "item_tags": model.item_tags(every_item)}
+        item_cols = ["item_id"] + [f.name for f in spec.sparse if f.tower == "item" and f.name in ITEM_SIDE]
+        writer.add_catalogue("items", "item_id", pa.table({c: catalogue[c] for c in item_cols}), keep_unseen=True)
+        user_cols = ["user_id"] + [f.name for f in spec.sparse if f.tower == "user" and f.name in USER_SIDE]
+        people = {"user_id": pa.array(np.arange(users), pa.int64()), "user_segment": pa.array(model.user_segment, pa.int64())}
+        writer.add_catalogue("users", "user_id", pa.table({c: people[c] for c in user_cols}))
 
         popular = np.argsort(-model.log_popularity, kind="stable")[: top.shape[1]]  # (K,)
         oracle = {}
-        for split in ("validation", "test"):
-            lo, hi = ranges[split]
-            oracle[split] = {
-                "split": split,
-                "rows": hi - lo,
-                "recall": _recalls(top[user[lo:hi]], item[lo:hi]),
-                "popularity_recall": _recalls(np.broadcast_to(popular, (hi - lo, popular.size)), item[lo:hi]),
+        for k, name in ((1, "validation"), (2, "test")):
+            idx = np.flatnonzero(codes == k)  # time split: one contiguous range, in row order
+            oracle[name] = {
+                "split": name,
+                "rows": int(idx.size),
+                "recall": _recalls(top[user[idx]], item[idx]),
+                "popularity_recall": _recalls(np.broadcast_to(popular, (idx.size, popular.size)), item[idx]),
                 "ranking": "all items by true log popularity + <u, v> / tau; seen items not excluded",
             }
-        return writer.finish(
-            source={"kind": "synthetic", "generator": "interactions", "seed": int(seed), "rows": rows},
-            split={
+        stamps = {s: [int(timestamp[codes == k].min()), int(timestamp[codes == k].max())] for k, s in enumerate(SPLITS)}
+        if split == "time":
+            split_info: dict[str, Any] = {
                 "method": "time",
                 "fractions": {"train": 0.8, "validation": 0.1, "test": 0.1},
                 "rows": {s: [lo, hi] for s, (lo, hi) in ranges.items()},
-                "timestamps": {s: [int(timestamp[lo]), int(timestamp[hi - 1])] for s, (lo, hi) in ranges.items()},
-            },
+                "timestamps": stamps,
+            }
+        else:
+            split_info = {"method": "leave_last_out", "order": f"{ORDER_RULE} (timestamps strictly increase: no ties)",
+                          "min_interactions": 3, "users_train_only": int(np.unique(user).size - np.unique(user[codes == 2]).size),
+                          "timestamps": stamps}
+        return writer.finish(
+            source={"kind": "synthetic", "generator": "interactions", "seed": int(seed), "rows": rows},
+            split=split_info,
             extra={
                 "oracle": oracle["test"],
                 "oracle_validation": oracle["validation"],
@@ -253,11 +325,13 @@ def generate_interactions(
                     "seed": int(seed),
                     "users": users,
                     "items": items,
-                    "segments": card["user_segment"] - 1,
-                    "categories": card["item_category"] - 1,
-                    "tags": card["item_tags"] - 1,
+                    "segments": sizes["user_segment"],
+                    "categories": sizes["item_category"],
+                    "tags": sizes["item_tags"],
                     "settings": dataclasses.asdict(settings),
                 },
+                **({"history": {h: {"of": t, "max_length": spec.feature(h).max_length} for h, t in history.items()}}
+                   if history else {}),
                 "generation_seconds": round(time.perf_counter() - t0, 2),
             },
         )

@@ -323,3 +323,57 @@ def test_user_history_window_unit():
     assert codes.tolist() == [0, 0, 0, 1, 2, 0]  # user 1 by (ts, row): 11, 10, 12, 13; user 2 has 2 rows
     h = UserHistory.build(user, item, ts, codes)
     assert h.lists(np.arange(6), 5).to_pylist() == [[11], [], [], [11, 10], [11, 10], []]
+
+
+# -- synthetic interactions -----------------------------------------------------------------------
+def _synth_spec(history_length: int = 4):
+    raw = builtin_spec("synthetic_interactions").to_dict()
+    raw["features"].append({"name": "history_item_id", "kind": "sparse", "cardinality": 10001, "max_length": history_length,
+                            "pooling": "mean", "tower": "user", "embedding_dim": 32})
+    return spec_from_dict(raw)
+
+
+@pytest.mark.parametrize("split", ["leave_last_out", "time"])
+def test_synth_catalogues_history_and_split(tmp_path, raw, split):
+    from recsys.data.synthetic_interactions import InteractionModel, InteractionSettings, generate_interactions
+
+    settings = InteractionSettings(block_users=64)
+    out = tmp_path / "ia"
+    m = generate_interactions(out, rows=3000, users=200, items=400, seed=4, split=split, spec=_synth_spec(), settings=settings)
+    model = InteractionModel(4, 200, 400, 16, 50, 500, settings)
+    # items.parquet: every planted item (also those no training row has), its category and tags
+    items = pq.read_table(layout.catalogue_path(out, "items")).to_pandas()
+    assert items["item_id"].tolist() == list(range(401)) and m["catalogue"]["items"]["rows"] == 401
+    cat_raw = raw.read_vocab(out, "item_category").set_index("index")["raw_id"]
+    tag_raw = raw.read_vocab(out, "item_tags").set_index("index")["raw_id"]
+    for i in range(1, 401):
+        planted = raw.raw_of(out, "item_id", i)
+        assert cat_raw[items.iloc[i]["item_category"]] == model.item_category[planted]
+        tags = model.item_tags(np.array([planted])).to_pylist()[0]
+        got = [tag_raw[t] if t else None for t in items.iloc[i]["item_tags"]]
+        assert got == [t if t in set(tag_raw.dropna().astype(int)) else None for t in tags]
+    users = pq.read_table(layout.catalogue_path(out, "users")).to_pandas()
+    seg_raw = raw.read_vocab(out, "user_segment").set_index("index")["raw_id"]
+    for i in range(1, len(users)):
+        assert seg_raw[users.iloc[i]["user_segment"]] == model.user_segment[raw.raw_of(out, "user_id", i)]
+    # the rows against the naive reference (timestamps strictly increase: they give the row order)
+    frame = written(out).sort_values("timestamp")
+    events = list(zip(frame["user"], frame["movie"], frame["label"], frame["timestamp"]))
+    code, history = naive(events, split, 4)
+    assert frame["history"].tolist() == [history[r] for r in range(len(events))]
+    if split == "leave_last_out":
+        assert [SPLITS.index(s) for s in frame["split"]] == [code[r] for r in range(len(events))]
+        assert m["oracle"]["rows"] == m["rows"]["test"] == frame.query("split == 'test'")["user"].nunique()
+    else:
+        assert m["split"]["rows"]["test"] == [2700, 3000] and m["oracle"]["rows"] == 300
+    assert m["vocab"]["history_item_id"]["shares_vocab_of"] == "item_id"
+
+
+def test_synth_default_spec_has_catalogues_and_cli_split(tmp_path, capsys):
+    args = ["synth", "interactions", "--out", str(tmp_path / "d"), "--rows", "2000", "--users", "100", "--items", "150"]
+    assert cli.main(args + ["--split", "leave_last_out"]) == 0
+    out = capsys.readouterr().out
+    assert "split by leave_last_out" in out and "items: items.parquet, 151 rows" in out
+    with pytest.raises(SystemExit):  # argparse: invalid choice, usage on stderr
+        cli.main(args + ["--split", "random"])
+    assert "invalid choice: 'random'" in capsys.readouterr().err
