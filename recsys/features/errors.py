@@ -136,7 +136,7 @@ def _arm_for_tag(arms: tuple, discriminator: str, tag: Any) -> Any:
 
 @dataclass
 class _Where:
-    """The schema and raw input at one point of a location."""
+    """Where a location has got to in the schema."""
 
     ann: Any  # annotation (or model class) still to be stripped; None: unknown
     discriminator: str | None = None
@@ -150,7 +150,7 @@ def _walk(loc: tuple, raw: Any, schema: type[BaseModel]) -> tuple[str, _Where, A
     where = _Where(schema)
     node = raw
     for key in loc:
-        ann, meta, disc = _strip(where.ann, where.discriminator)
+        ann, _, disc = _strip(where.ann, where.discriminator)
         origin = typing.get_origin(ann)
         if origin in (Union, types.UnionType) and isinstance(key, str):
             # A union's tag (discriminated: 'sparse', 'qr', 'dcn') or arm name ('constrained-int'):
