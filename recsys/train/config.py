@@ -29,7 +29,7 @@ from typing import Annotated, Any, Literal
 
 import numpy as np
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 from recsys.features.budget_options import BudgetOptions, budget_option_problems
 from recsys.features.compression import CompressionSpec, FeatureGroup
@@ -90,12 +90,15 @@ class BudgetConfig(_Section):
     options: dict[str, Any] = Field(default_factory=dict)
     keep_full_below: Annotated[int, Field(ge=0)] = 0
 
-    @model_validator(mode="after")
-    def _typed_options(self) -> "BudgetConfig":
-        _, problems = budget_option_problems(self.method, self.options, path="options")
-        if problems:
-            raise Problems(problems)
-        return self
+    @field_validator("options")
+    @classmethod
+    def _typed_options(cls, options: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        # A field validator (not a model one), so a bad ratio and a bad option are reported together.
+        if "method" in info.data:  # else the method itself is the error
+            _, problems = budget_option_problems(info.data["method"], options, path="")
+            if problems:
+                raise Problems(problems)
+        return options
 
     @property
     def method_options(self) -> BudgetOptions:
@@ -355,6 +358,7 @@ def _solve(spec: DatasetSpec, budget: BudgetConfig, counts: dict[str, np.ndarray
 
 def _override_path(problem: Problem, emb: EmbeddingsConfig) -> Problem:
     """A problem of the overridden spec, at the config key that caused it.
+
     ``features[C3].compression.num_buckets`` -> ``embeddings.compression.C3.num_buckets``;
     ``groups[g].num_chunks`` -> ``embeddings.groups[g].num_chunks`` for a group of the config.
     """
@@ -369,4 +373,3 @@ def _override_path(problem: Problem, emb: EmbeddingsConfig) -> Problem:
             return Problem(f"embeddings.{path}", problem.message)
     where = f" at {path}" if path else ""
     return Problem("embeddings", f"applied to the data set's spec{where}: {problem.message}")
-

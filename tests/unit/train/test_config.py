@@ -255,3 +255,16 @@ def test_spec_errors_of_an_override_point_at_the_override():
         "embeddings.compression.C2.combiner: got 'concat', which reads 3 probes of one shared table, so embedding_dim 16 "
         "must split into 3 equal parts of a multiple of 4; use combiner 'sum' or another num_hashes",
     ]
+
+
+def test_budget_option_and_other_budget_errors_come_together():
+    with pytest.raises(ConfigError) as info:
+        config_from_dict({"data": {"path": "d"}, "embeddings": {"budget": {"method": "qr", "ratio": 3, "keep_full_below": -1, "options": {"operation": "pow"}}}})
+    assert info.value.errors == [
+        "embeddings.budget.ratio: got 3; allowed: > 0.0 and <= 1.0",
+        "embeddings.budget.options.operation: got 'pow'; allowed: 'mult', 'add' or 'concat'",
+        "embeddings.budget.keep_full_below: got -1; allowed: >= 0",
+    ]
+    with pytest.raises(ConfigError) as info:
+        config_from_dict(_budget("bloom", {"num_buckets": 4}))
+    assert info.value.errors == ["embeddings.budget.method: got 'bloom'; allowed: 'full', 'hashed', 'multi_hash', 'qr', 'mixed_dim' or 'unified'"]
