@@ -57,8 +57,6 @@ _HEX = np.full(256, 255, np.uint8)
 _HEX[np.frombuffer(b"0123456789", np.uint8)] = np.arange(10)
 _HEX[np.frombuffer(b"abcdef", np.uint8)] = np.arange(10, 16)
 _HEX[np.frombuffer(b"ABCDEF", np.uint8)] = np.arange(10, 16)
-_DEC = np.full(256, 255, np.uint8)
-_DEC[np.frombuffer(b"0123456789", np.uint8)] = np.arange(10)
 
 
 # -- text blocks (also used by the MovieLens source) ----------------------------------------------
@@ -280,13 +278,18 @@ def parse_int(f: Fields, cols: list[int]) -> tuple[np.ndarray, np.ndarray]:
     lengths = ends - starts
     neg = (lengths > 0) & (np.take(f.data, np.minimum(starts, f.data.size - 1)) == ord("-"))
     digits_len = lengths - neg
-    digits, bad = _last8(f, ends, np.minimum(digits_len, 8), 10)
-    values = _fold(digits, 10)
-    for i, j in zip(*np.nonzero(digits_len > 8)):
-        width = min(int(digits_len[i, j]), _MAX_INT_DIGITS)
-        d = _DEC[_right_aligned(f, starts[i:i + 1, j] + 1 * neg[i, j], ends[i:i + 1, j], width)][0]
-        bad[i, j] = digits_len[i, j] > _MAX_INT_DIGITS or bool((d == 255).any())
-        values[i, j] = int((d.astype(np.int64) * 10 ** np.arange(width - 1, -1, -1, dtype=np.int64)).sum())
+    # 8 digits at a time from the right end (all vectorized; up to 24 digits, 18 allowed), so
+    # 9-10 digit values such as MovieLens' Unix timestamps take no per-field Python path.
+    values = np.zeros(lengths.shape, np.int64)
+    bad = digits_len > _MAX_INT_DIGITS
+    for k in range(3):
+        part = np.clip(digits_len - 8 * k, 0, 8)
+        if k and not part.any():
+            break
+        digits, part_bad = _last8(f, np.maximum(ends - 8 * k, 0), part, 10)
+        with np.errstate(over="ignore"):  # only fields of > 18 digits (bad anyway) can overflow
+            values += _fold(digits, 10) * np.int64(10 ** (8 * k))
+        bad |= part_bad
     bad |= neg & (digits_len == 0)
     values = np.where(neg, -values, values).astype(np.float64)
     return np.where(lengths == 0, np.nan, values), bad

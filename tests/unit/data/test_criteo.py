@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from jobs import cli
-from recsys.data.criteo import Fields, count_lines, criteo_files, ingest_criteo, parse_hex, read_line_blocks
+from recsys.data.criteo import Fields, count_lines, criteo_files, ingest_criteo, parse_hex, parse_int, read_line_blocks
 from recsys.features.spec import builtin_spec
 
 SPEC = builtin_spec("criteo")
@@ -153,3 +153,24 @@ def test_cli_ok_and_one_line_error(tmp_path, raw, capsys):
     assert "--split '0.8,0.3'" in capsys.readouterr().err
     assert cli.main(["ingest", "criteo", str(tmp_path / "nope"), "--out", str(tmp_path / "o")]) == 1
     assert "no such file" in capsys.readouterr().err
+
+
+def test_int_decoder_matches_int_up_to_18_digits():
+    rng = np.random.default_rng(1)
+    texts = []
+    for n in rng.integers(1, 19, 2000):
+        digits = "".join(rng.choice(list("0123456789"), n))
+        texts.append(("-" if rng.random() < 0.3 else "") + digits)
+    texts += ["978300760", "1700000000", "-123456789012345678", "0" * 18]
+    block = ("\n".join(texts) + "\n").encode()
+    ends = np.flatnonzero(np.frombuffer(block, np.uint8) == 10)
+    starts = np.concatenate([[0], ends[:-1] + 1])
+    f = Fields(np.frombuffer(block, np.uint8), starts[:, None], ends[:, None], np.arange(1, len(texts) + 1))
+    values, bad = parse_int(f, [0])
+    assert not bad.any()
+    assert values[:, 0].tolist() == [float(int(t)) for t in texts]
+    bad_block = b"1234567890123456789\n12345678x0\n-\n"  # 19 digits, a letter past the last 8, a lone '-'
+    ends = np.flatnonzero(np.frombuffer(bad_block, np.uint8) == 10)
+    starts = np.concatenate([[0], ends[:-1] + 1])
+    f = Fields(np.frombuffer(bad_block, np.uint8), starts[:, None], ends[:, None], np.arange(1, 4))
+    assert parse_int(f, [0])[1][:, 0].tolist() == [True, True, True]
