@@ -425,6 +425,9 @@ def _spec_problems(spec: DatasetSpec, history: dict[str, str]) -> list[str]:
     for h, target in history.items():
         if target != "item_id":
             problems.append(f"history feature {h!r} is a history of {target!r}; MovieLens histories hold item_id")
+    if "item_id" in names and spec.feature("item_id").min_count > 1:
+        problems.append(f"features[item_id].min_count: got {spec.feature('item_id').min_count}; items.parquet gives every "
+                        "item_id its own index (also those never seen in training), so min_count must be 1")
     for f in spec.sparse:
         if f.tower == "item" and f.name not in ITEM_COLUMNS:
             problems.append(f"features[{f.name}].tower: got 'item', but {f.name} is not a movie attribute {list(ITEM_COLUMNS)}")

@@ -176,6 +176,9 @@ def _check_spec(spec: DatasetSpec) -> dict[str, str]:
     for need in ("user_id", "item_id"):
         if need not in names:
             problems.append(f"no feature {need!r}")
+    if "item_id" in names and spec.feature("item_id").min_count > 1:
+        problems.append(f"features[item_id].min_count: got {spec.feature('item_id').min_count}; items.parquet gives every "
+                        "item_id its own index (also those never seen in training), so min_count must be 1")
     if spec.label is None:
         problems.append("no label feature")
     if spec.timestamp is None:

@@ -377,3 +377,42 @@ def test_synth_default_spec_has_catalogues_and_cli_split(tmp_path, capsys):
     with pytest.raises(SystemExit):  # argparse: invalid choice, usage on stderr
         cli.main(args + ["--split", "random"])
     assert "invalid choice: 'random'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("seed", range(5))
+@pytest.mark.parametrize("method", ["leave_last_out", "time"])
+def test_user_history_matches_naive_on_random_events(seed, method):
+    rng = np.random.default_rng(seed)
+    n = 400
+    user = rng.integers(0, 30, n)
+    item = rng.integers(0, 50, n)  # repeats allowed: a user may take the same item again
+    ts = rng.integers(0, 20, n)  # many ties
+    events = list(zip(user.tolist(), item.tolist(), [0.0] * n, ts.tolist()))
+    code, history = naive(events, method, 4)
+    codes = leave_last_out_codes(user, ts) if method == "leave_last_out" else None
+    if codes is not None:
+        assert codes.tolist() == [code[r] for r in range(n)]
+    got = UserHistory.build(user, item, ts, codes).lists(np.arange(n), 4).to_pylist()
+    assert got == [history[r] for r in range(n)]
+    # chunks (slices) give the same lists as the whole
+    h = UserHistory.build(user, item, ts, codes)
+    assert h.lists(slice(100, 250), 4).to_pylist() == got[100:250]
+
+
+def test_leave_last_out_with_no_user_of_three_ratings_names_the_empty_split(tmp_path):
+    ratings = [(1, 10, 4, 100), (1, 20, 4, 101), (2, 10, 4, 102)]
+    src = write_release(tmp_path / "ml", "ml-1m", ratings)
+    with pytest.raises(ValueError, match=r"split 'validation' has 0 rows after splitting \(3 train, 0 validation, 0 test; "
+                                         r"--split leave_last_out \(users with fewer than 3 ratings are train only\)"):
+        ingest_movielens(src, tmp_path / "out", _spec(), split="leave_last_out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_item_catalogue_refuses_min_count_above_one(tmp_path):
+    raw_spec = _spec().to_dict()
+    for f in raw_spec["features"]:
+        if f["name"] == "item_id":
+            f["min_count"] = 2
+    # refused before anything is read: the folder does not even exist
+    with pytest.raises(ValueError, match=r"features\[item_id\]\.min_count: got 2; items\.parquet gives every item_id its own index"):
+        ingest_movielens(tmp_path / "missing", tmp_path / "out", spec_from_dict(raw_spec), split="leave_last_out")
