@@ -4,6 +4,11 @@
     recsys ingest movielens PATH --out DIR [--spec features/movielens.yaml] [--split 0.8,0.1,0.1 | leave_last_out] [--min-rating R] [--skip-bad-rows]
     recsys ingest parquet PATH --spec features/X.yaml --out DIR [--split 0.8,0.1,0.1] [--timestamp-split] [--skip-bad-rows]
 
+``movielens`` takes ml-1m, ml-100k and the CSV releases (ml-latest, ml-25m, ml-32m), and writes
+``items.parquet`` / ``users.parquet``; ``--split leave_last_out`` splits per user (last rating ->
+test, the one before -> validation). Fractions must each be > 0; a bad ``--split`` or
+``--min-rating`` fails before any data is read.
+
 Each writes ``DIR/manifest.json`` (plus splits and vocabularies) and prints a short summary;
 bad input raises ``ValueError`` naming file, line and field, which the ``recsys`` command turns
 into a one-line reason and exit code 1. The sources are :mod:`recsys.data.criteo`,

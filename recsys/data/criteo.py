@@ -5,10 +5,11 @@
 
 PATH is a file or a folder holding ``day_N`` files (taken in day order) or ``train.txt``;
 gzip files are read too, recognised by their bytes (``1f 8b``) whatever their name, and a UTF-8
-byte order mark at the start of a file is skipped. Each line: label, I1..I13, C1..C26, tab-separated, no header.
+byte order mark at the start of a file is skipped. Each line: label, I1..I13, C1..C26,
+tab-separated, no header.
 
 * label: ``0`` or ``1``.
-* I1..I13: integers, may be negative or empty; empty -> NaN (missing; the writer stores 0 and
+* I1..I13: integers, may be negative or empty; empty -> null (missing; the writer stores 0 and
   applies ``log1p`` with negatives clamped to 0).
 * C1..C26: hex ids (Criteo has 8 digits; 1-15 are accepted) -> int64 raw ids; empty -> raw id
   ``-1`` (MISSING_ID), which the vocabulary counts and indexes like any other id.

@@ -8,8 +8,12 @@ passes so inputs larger than memory stream through:
    stage the chunk (lz4 Arrow IPC) in a hidden build folder beside ``DIR``;
 2. ``finish(...)``: build vocabularies from the training counts, map every staged chunk's raw ids
    to vocabulary indices (OOV -> 0), write ``DIR/<split>/part-*.parquet``, ``DIR/vocab/*.parquet``,
-   ``features.yaml`` and, last, ``manifest.json`` (atomically: a data set without a manifest is
-   an unfinished one).
+   ``features.yaml``, the catalogues given to :meth:`DatasetWriter.add_catalogue`
+   (``items.parquet`` / ``users.parquet``) and, last, ``manifest.json`` (atomically: a data set
+   without a manifest is an unfinished one).
+
+History features (:mod:`recsys.data.interactions`) are not counted and map through their
+target's vocabulary, so they share its id encoding and its vocab file's content.
 """
 
 from __future__ import annotations
