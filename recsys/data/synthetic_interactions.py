@@ -179,6 +179,12 @@ def _check_spec(spec: DatasetSpec) -> dict[str, str]:
     if "item_id" in names and spec.feature("item_id").min_count > 1:
         problems.append(f"features[item_id].min_count: got {spec.feature('item_id').min_count}; items.parquet gives every "
                         "item_id its own index (also those never seen in training), so min_count must be 1")
+    for f in spec.sparse:
+        if f.tower == "item" and f.name not in ("item_id",) + ITEM_SIDE:
+            problems.append(f"features[{f.name}].tower: got 'item', but {f.name} is not an item attribute {['item_id', *ITEM_SIDE]}")
+        if f.tower == "user" and f.name not in ("user_id",) + USER_SIDE and f.name not in history:
+            problems.append(f"features[{f.name}].tower: got 'user', but {f.name} is not a user attribute "
+                            f"{['user_id', *USER_SIDE]} or a history")
     if spec.label is None:
         problems.append("no label feature")
     if spec.timestamp is None:

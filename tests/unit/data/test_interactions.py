@@ -416,3 +416,15 @@ def test_item_catalogue_refuses_min_count_above_one(tmp_path):
     # refused before anything is read: the folder does not even exist
     with pytest.raises(ValueError, match=r"features\[item_id\]\.min_count: got 2; items\.parquet gives every item_id its own index"):
         ingest_movielens(tmp_path / "missing", tmp_path / "out", spec_from_dict(raw_spec), split="leave_last_out")
+
+
+def test_synth_spec_mismatches_are_named(tmp_path):
+    from recsys.data.synthetic_interactions import generate_interactions
+
+    raw_spec = _synth_spec().to_dict()
+    for f in raw_spec["features"]:
+        if f["name"] == "user_segment":
+            f["tower"] = "item"
+    raw_spec["features"].append({"name": "price", "kind": "sparse", "cardinality": 10})
+    with pytest.raises(ValueError, match=r"features \['price'\] are not generated.*features\[user_segment\]\.tower: got 'item'"):
+        generate_interactions(tmp_path / "x", rows=100, users=10, items=10, spec=spec_from_dict(raw_spec))
