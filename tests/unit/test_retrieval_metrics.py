@@ -1,0 +1,230 @@
+"""Full-corpus retrieval metrics against a brute-force numpy reference (ties, exclusions, thirds)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from recsys.retrieval_metrics import (
+    RetrievalEvaluator,
+    evaluate_retrieval,
+    exact_topk,
+    popularity_thirds,
+    popularity_vectors,
+    topk_lower_index,
+)
+
+
+def integer_problem(seed: int, rows: int = 40, items: int = 30, dim: int = 3):
+    """Small integer vectors: dot products are exact in float32 and full of ties."""
+    rng = np.random.default_rng(seed)
+    users = rng.integers(-2, 3, (rows, dim)).astype(np.float32)
+    vectors = rng.integers(-1, 2, (items, dim)).astype(np.float32)
+    targets = rng.integers(0, items, rows)
+    lengths = rng.integers(0, 6, rows)
+    indptr = np.concatenate([[0], np.cumsum(lengths)])
+    indices = rng.integers(0, items, int(indptr[-1]))
+    # some rows list their own target among the excluded items: it must stay ranked
+    for r in range(0, rows, 4):
+        if lengths[r]:
+            indices[indptr[r]] = targets[r]
+    counts = rng.zipf(1.5, items).clip(max=1000) * (rng.random(items) < 0.8)
+    return users, vectors, targets, indptr, indices, counts
+
+
+def reference_order(scores: np.ndarray, removed: set[int]) -> list[int]:
+    """Items by score descending, ties by lower index, without the removed ones."""
+    order = np.lexsort((np.arange(scores.size), -scores))
+    return [int(j) for j in order if int(j) not in removed]
+
+
+def reference_metrics(users, vectors, targets, ks, indptr=None, indices=None, excluded=(), counts=None):
+    """One row at a time: sort the whole catalogue, find the target, count."""
+    num_items = vectors.shape[0]
+    rows = users.shape[0]
+    hits = {k: [] for k in ks}
+    ndcg = {k: [] for k in ks}
+    rr = []
+    covered = {k: set() for k in ks}
+    for r in range(rows):
+        scores = users[r].astype(np.float64) @ vectors.T.astype(np.float64)
+        removed = set(int(j) for j in excluded)
+        if indptr is not None:
+            removed |= set(int(j) for j in indices[indptr[r] : indptr[r + 1]])
+        removed.discard(int(targets[r]))
+        order = reference_order(scores, removed)
+        rank = order.index(int(targets[r])) + 1
+        rr.append(1.0 / rank)
+        for k in ks:
+            hits[k].append(float(rank <= k))
+            ndcg[k].append(1.0 / math.log2(1 + rank) if rank <= k else 0.0)
+            covered[k].update(order[:k])
+    out = {"rows": rows, "mrr": float(np.mean(rr))}
+    eligible = num_items - len(set(excluded))
+    for k in ks:
+        out[f"recall@{k}"] = out[f"hit_rate@{k}"] = float(np.mean(hits[k]))
+        out[f"ndcg@{k}"] = float(np.mean(ndcg[k]))
+        out[f"coverage@{k}"] = len(covered[k]) / eligible
+    if counts is not None:
+        thirds = reference_thirds(counts)
+        for t, name in enumerate(("head", "torso", "tail")):
+            sel = [r for r in range(rows) if thirds[targets[r]] == t]
+            out[f"rows/{name}"] = len(sel)
+            for k in ks:
+                out[f"recall@{k}/{name}"] = float(np.mean([hits[k][r] for r in sel])) if sel else float("nan")
+    return out
+
+
+def reference_thirds(counts) -> list[int]:
+    total = int(np.sum(counts))
+    ranked = sorted(range(len(counts)), key=lambda j: (-int(counts[j]), j))
+    out = [2] * len(counts)
+    before = 0
+    for j in ranked:
+        if total and 3 * before < total:
+            out[j] = 0
+        elif total and 3 * before < 2 * total:
+            out[j] = 1
+        before += int(counts[j])
+    return out
+
+
+def assert_same(got: dict, want: dict):
+    assert set(got) == set(want), sorted(set(got) ^ set(want))
+    for key in want:
+        if isinstance(want[key], float) and math.isnan(want[key]):
+            assert math.isnan(got[key]), key
+        else:
+            assert got[key] == pytest.approx(want[key], abs=1e-12), key
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("with_exclusion", [False, True])
+def test_metrics_match_brute_force(seed, with_exclusion):
+    users, vectors, targets, indptr, indices, counts = integer_problem(seed)
+    ks = (1, 5, 10, 50)  # 50 > V: every item is in the list
+    kwargs = dict(indptr=indptr, indices=indices, excluded=[0]) if with_exclusion else {}
+    want = reference_metrics(users, vectors, targets, ks, counts=counts, **kwargs)
+    got = evaluate_retrieval(
+        torch.from_numpy(users), torch.from_numpy(vectors), targets, ks=ks, item_counts=counts, chunk_size=7,
+        **(dict(exclude_indptr=indptr, exclude_indices=indices, excluded_items=[0]) if with_exclusion else {}),
+    )
+    assert_same(got, want)
+
+
+def test_chunking_and_batches_do_not_change_the_metrics():
+    users, vectors, targets, indptr, indices, counts = integer_problem(3, rows=50)
+    u, v = torch.from_numpy(users), torch.from_numpy(vectors)
+    whole = evaluate_retrieval(u, v, targets, exclude_indptr=indptr, exclude_indices=indices, item_counts=counts)
+    evaluator = RetrievalEvaluator(v, item_counts=counts, chunk_size=3)
+    for a, b in [(0, 17), (17, 18), (18, 50)]:  # three "ranks" / batches, one of a single row
+        sub_ptr = indptr[a : b + 1] - indptr[a]
+        evaluator.update(u[a:b], targets[a:b], sub_ptr, indices[indptr[a] : indptr[b]])
+    assert_same(evaluator.compute(), whole)
+
+
+def test_merging_two_evaluators_by_sum_and_max_is_exact():
+    users, vectors, targets, _, _, counts = integer_problem(4, rows=30)
+    u, v = torch.from_numpy(users), torch.from_numpy(vectors)
+    whole = evaluate_retrieval(u, v, targets, item_counts=counts)
+    a, b = RetrievalEvaluator(v, item_counts=counts), RetrievalEvaluator(v, item_counts=counts)
+    a.update(u[:11], targets[:11])
+    b.update(u[11:], targets[11:])
+    a.sums += b.sums  # what all_reduce(SUM) does
+    a.covered = torch.maximum(a.covered, b.covered)  # all_reduce(MAX)
+    assert_same(a.compute(), whole)
+
+
+def test_topk_breaks_ties_by_lower_index():
+    scores = torch.tensor([[1.0, 3.0, 3.0, 2.0, 3.0, 3.0], [0.0, 0.0, 0.0, 0.0, 0.0, 0.0]])
+    values, idx = topk_lower_index(scores, 3)
+    assert idx.tolist() == [[1, 2, 4], [0, 1, 2]]
+    assert values.tolist() == [[3.0, 3.0, 3.0], [0.0, 0.0, 0.0]]
+    _, idx = topk_lower_index(scores, 5)
+    assert idx.tolist() == [[1, 2, 4, 5, 3], [0, 1, 2, 3, 4]]
+
+
+@pytest.mark.parametrize("seed", [0, 5])
+def test_exact_topk_matches_brute_force_order(seed):
+    users, vectors, targets, indptr, indices, _ = integer_problem(seed, rows=25, items=40)
+    k = 12
+    scores, items = exact_topk(
+        torch.from_numpy(users), torch.from_numpy(vectors), k, exclude_indptr=indptr, exclude_indices=indices,
+        excluded_items=[0, 1], targets=torch.from_numpy(targets), chunk_size=4,
+    )
+    for r in range(users.shape[0]):
+        s = users[r].astype(np.float64) @ vectors.T.astype(np.float64)
+        removed = {0, 1} | set(int(j) for j in indices[indptr[r] : indptr[r + 1]])
+        removed.discard(int(targets[r]))
+        want = reference_order(s, removed)[:k]
+        assert items[r].tolist() == want
+        assert scores[r].tolist() == [float(s[j]) for j in want]
+
+
+def test_exact_topk_pads_when_exclusion_leaves_fewer_than_k_items():
+    users = torch.ones(1, 2)
+    vectors = torch.tensor([[1.0, 0.0], [2.0, 0.0], [0.0, 0.0]])
+    scores, items = exact_topk(users, vectors, 3, exclude_indptr=np.array([0, 1]), exclude_indices=np.array([1]))
+    assert items.tolist() == [[0, 2, -1]]
+    assert scores[0, 2].item() == float("-inf")
+
+
+def test_target_in_its_exclusion_set_stays_ranked():
+    users = torch.ones(1, 1)
+    vectors = torch.tensor([[1.0], [5.0], [3.0]])
+    # item 1 (best) is the target and also excluded: still rank 1; item 2 excluded: gone
+    got = evaluate_retrieval(users, vectors, [1], ks=[1], exclude_indptr=[0, 2], exclude_indices=[1, 2])
+    assert got["recall@1"] == 1.0 and got["mrr"] == 1.0
+    got = evaluate_retrieval(users, vectors, [0], ks=[1], exclude_indptr=[0, 2], exclude_indices=[1, 2])
+    assert got["mrr"] == 1.0  # only items 0 remains besides the excluded ones
+    got = evaluate_retrieval(users, vectors, [0], ks=[1])
+    assert got["mrr"] == pytest.approx(1 / 3)
+
+
+def test_mrr_uses_the_full_rank():
+    users = torch.ones(1, 1)
+    vectors = torch.arange(200, 0, -1, dtype=torch.float32)[:, None]  # item i has rank i + 1
+    got = evaluate_retrieval(users, vectors, [149], ks=[10, 100])
+    assert got["mrr"] == pytest.approx(1 / 150)
+    assert got["recall@100"] == 0.0 and got["ndcg@100"] == 0.0
+
+
+def test_popularity_thirds_split_interactions():
+    # total 100; ranked 1 (50, before 0 < 33.3: head), 3 (30, before 50 < 66.7: torso),
+    # 2 (10, before 80: tail), 4 (10, the tie ranks after 2, before 90: tail), then the zeros
+    counts = np.array([0, 50, 10, 30, 10, 0, 0])
+    assert popularity_thirds(counts).tolist() == [2, 0, 2, 1, 2, 2, 2]
+    counts = np.array([10, 10, 10])  # ties by lower index: before = 0, 10, 20 of 30
+    assert popularity_thirds(counts).tolist() == [0, 1, 2]
+    assert popularity_thirds(np.zeros(4, np.int64)).tolist() == [2, 2, 2, 2]
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        c = rng.integers(0, 20, rng.integers(1, 30))
+        assert popularity_thirds(c).tolist() == reference_thirds(c)
+
+
+def test_popularity_baseline_through_the_same_function():
+    _, _, targets, indptr, indices, counts = integer_problem(6, rows=30)
+    counts = counts.astype(np.int64) + (1 << 25)  # beyond float32's exact integers: float64 keeps them
+    counts[3] += 1
+    users, items = popularity_vectors(counts, len(targets))
+    got = evaluate_retrieval(users, items, targets, ks=(5, 10), exclude_indptr=indptr, exclude_indices=indices, item_counts=counts)
+    want = reference_metrics(users.numpy(), items.numpy(), targets, (5, 10), indptr, indices, counts=counts)
+    assert_same(got, want)
+
+
+def test_errors_name_the_problem():
+    v = torch.zeros(5, 2)
+    with pytest.raises(ValueError, match="same D"):
+        evaluate_retrieval(torch.zeros(3, 4), v, [0, 1, 2])
+    with pytest.raises(ValueError, match="item indices in"):
+        evaluate_retrieval(torch.zeros(1, 2), v, [5])
+    with pytest.raises(ValueError, match="NaN"):
+        evaluate_retrieval(torch.full((1, 2), float("nan")), v, [0])
+    with pytest.raises(ValueError, match="rows \\+ 1"):
+        evaluate_retrieval(torch.zeros(2, 2), v, [0, 1], exclude_indptr=[0, 1], exclude_indices=[0])
+    with pytest.raises(ValueError, match="ks"):
+        RetrievalEvaluator(v, ks=[])
