@@ -44,6 +44,12 @@ MIN_INTERACTIONS = 3
 HISTORY_PREFIX = "history_"
 ORDER_RULE = "per user by timestamp, ties by original row order"
 SPLIT_CODES = {"train": 0, "validation": 1, "test": 2}
+HISTORY_RULES = {  # recorded in the manifest's ``history`` entry, per split method
+    "time": "the user's items with a timestamp strictly before the row's, the last max_length, oldest first",
+    "leave_last_out": "train rows: the user's items strictly before the row's timestamp; validation and test rows: "
+                      "the user's training items (the test row's history does not hold the validation item); "
+                      "the last max_length, oldest first",
+}
 
 
 def history_target(spec: DatasetSpec, feature: SparseFeature) -> str | None:

@@ -64,7 +64,7 @@ import numpy as np
 import pyarrow as pa
 
 from recsys.data.criteo import Fields, open_binary, parse_int, read_line_blocks, read_text_bytes, split_fields
-from recsys.data.interactions import ORDER_RULE, UserHistory, history_features, leave_last_out_codes
+from recsys.data.interactions import HISTORY_RULES, ORDER_RULE, UserHistory, history_features, leave_last_out_codes
 from recsys.data.parquet_source import (
     DEFAULT_FRACTIONS,
     MISSING_ID,
@@ -568,14 +568,7 @@ def ingest_movielens(
             split=split_info,
             extra={**bad.manifest(), "skipped_side_rows": side_bad, "missing_id": MISSING_ID, "min_rating": rating_filter,
                    **({"history": {h: {"of": t, "max_length": spec.feature(h).max_length,
-                                       "rule": _HISTORY_RULE[split]} for h, t in history.items()}} if history else {})},
+                                       "rule": HISTORY_RULES[split]} for h, t in history.items()}} if history else {})},
             tokens={k: v for k, v in tokens.items() if k in names and v},
         )
 
-
-_HISTORY_RULE = {
-    "time": "the user's items with a timestamp strictly before the row's, the last max_length, oldest first",
-    "leave_last_out": "train rows: the user's items strictly before the row's timestamp; validation and test rows: "
-                      "the user's training items (the test row's history does not hold the validation item); "
-                      "the last max_length, oldest first",
-}

@@ -34,7 +34,7 @@ import numpy as np
 import pyarrow as pa
 
 from recsys import metrics
-from recsys.data.interactions import ORDER_RULE, UserHistory, history_features, leave_last_out_codes
+from recsys.data.interactions import HISTORY_RULES, ORDER_RULE, UserHistory, history_features, leave_last_out_codes
 from recsys.data.layout import SPLITS
 from recsys.data.parquet_source import add_by_split, check_split_rows
 from recsys.data.synthetic import check_positive_int, split_rows, zipf_ranks
@@ -339,7 +339,8 @@ def generate_interactions(
                     "tags": sizes["item_tags"],
                     "settings": dataclasses.asdict(settings),
                 },
-                **({"history": {h: {"of": t, "max_length": spec.feature(h).max_length} for h, t in history.items()}}
+                **({"history": {h: {"of": t, "max_length": spec.feature(h).max_length, "rule": HISTORY_RULES[split]}
+                               for h, t in history.items()}}
                    if history else {}),
                 "generation_seconds": round(time.perf_counter() - t0, 2),
             },
