@@ -509,7 +509,8 @@ def _format(plan: ClusterPlan) -> list[str]:
 
 def _memory_summary(plan: ClusterPlan, gpu: bool) -> str:
     parts = []
-    for tier in ("hbm", "ddr") if gpu else ("ddr",):
+    uses_ddr = any(r.table_ddr for r in plan.ranks)
+    for tier in (("hbm", "ddr") if uses_ddr else ("hbm",)) if gpu else ("ddr",):
         used = [getattr(r, f"table_{tier}") + getattr(r, f"reserved_{tier}") for r in plan.ranks]
         cap = getattr(plan.ranks[0], f"capacity_{tier}")
         tables = [getattr(r, f"table_{tier}") for r in plan.ranks]
