@@ -101,6 +101,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def catalogue_line(name: str, info: dict[str, Any]) -> str:
+    """``items: items.parquet, 3901 rows (item_id index 0..3900; 17 never in train)``."""
+    note = (f"{info['not_in_train']:,} never in train" if info["not_in_train"] or not info["folded_into_oov"]
+            else f"{info['folded_into_oov']:,} listed but not in train: OOV")
+    return f"  {name}: {info['path']}, {info['rows']:,} rows ({info['key']} index 0..{info['rows'] - 1}; {note})"
+
+
 def summary(manifest: dict[str, Any], out: str, seconds: float) -> str:
     """A few lines: rows per split, skipped rows, vocab sizes, time."""
     rows = manifest["rows"]
@@ -111,8 +118,7 @@ def summary(manifest: dict[str, Any], out: str, seconds: float) -> str:
         "  rows: " + ", ".join(f"{s} {rows[s]}" for s in SPLITS) + f" (split by {manifest['split']['method']})",
         f"  skipped bad rows: {manifest.get('skipped_rows', 0)}",
         f"  vocab sizes (OOV included): {vocab}",
-        *[f"  {name}: {info['path']}, {info['rows']} rows ({info['key']} index 0..{info['rows'] - 1}; "
-          f"{info['not_in_train']} never in train)" for name, info in manifest.get("catalogue", {}).items()],
+        *[catalogue_line(name, info) for name, info in manifest.get("catalogue", {}).items()],
         *([f"  --min-rating {manifest['min_rating']['threshold']:g}: dropped {manifest['min_rating']['dropped']} ratings, "
            f"kept {manifest['min_rating']['kept']} as positives"] if manifest.get("min_rating") else []),
     ])

@@ -18,6 +18,7 @@ import argparse
 import time
 from typing import Any
 
+from jobs.ingest import catalogue_line
 from recsys.data.synthetic import check_positive_int
 from recsys.data.synthetic_ctr import CtrSettings, generate_ctr
 from recsys.data.synthetic_interactions import InteractionSettings, generate_interactions
@@ -105,9 +106,7 @@ def _interactions_summary(manifest: dict[str, Any], out: str, seconds: float) ->
         lines.append(f"  {split:<11}{manifest['rows'][split]:>12,}  [{lo}, {hi}]")
     lines.append(_vocab_line(manifest, [n for n in ("user_id", "user_segment", "item_id", "item_category", "item_tags")
                                         if n in manifest["vocab"]]))
-    for name, info in manifest.get("catalogue", {}).items():
-        lines.append(f"  {name}: {info['path']}, {info['rows']:,} rows ({info['key']} index 0..{info['rows'] - 1}; "
-                     f"{info['not_in_train']:,} never in train)")
+    lines += [catalogue_line(name, info) for name, info in manifest.get("catalogue", {}).items()]
     s = gen["settings"]
     lines.append(
         f"  planted model: {gen['users']:,} users, {gen['items']:,} items, factors dim {s['dim']}, "
