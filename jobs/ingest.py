@@ -32,7 +32,7 @@ from recsys.data.parquet_source import (
     fractions_problem,
     ingest_parquet,
 )
-from recsys.features.spec import FEATURES_DIR, DatasetSpec, load_spec, spec_from_dict
+from recsys.features.spec import DatasetSpec, builtin_spec, builtin_spec_path, load_spec, spec_from_dict
 
 
 LEAVE_LAST_OUT = "leave_last_out"
@@ -86,7 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--min-rating", type=float, default=None, metavar="R",
                            help="implicit feedback: drop ratings below R (counted in the manifest), label the rest 1.0")
         else:
-            p.add_argument("--spec", default=str(FEATURES_DIR / f"{name}.yaml"), metavar="YAML",
+            p.add_argument("--spec", default=str(builtin_spec_path(name)), metavar="YAML",
                            help=f"feature spec (default features/{name}.yaml)")
         if name == "movielens":
             p.add_argument("--split", default=default_split, metavar="F,F,F|leave_last_out",
@@ -126,7 +126,7 @@ def summary(manifest: dict[str, Any], out: str, seconds: float) -> str:
 
 def movielens_default_spec(path: str) -> DatasetSpec:
     """features/movielens.yaml; for ml-latest (no users file) without the user side features."""
-    spec = load_spec(FEATURES_DIR / "movielens.yaml")
+    spec = builtin_spec("movielens")
     if movielens_files(path).users is not None:
         return spec
     raw = spec.to_dict()
