@@ -1,0 +1,804 @@
+"""Two-tower retrieval: towers over compressed collections, the sampled-softmax task, serving module.
+
+    .venv/bin/python -m pytest tests/unit/models/test_two_tower.py -q
+
+Three modules, kept apart as in TorchRec's ``examples/retrieval`` (``TwoTower``,
+``TwoTowerTrainTask``, ``TwoTowerRetrieval``):
+
+* :class:`TwoTower`: a user :class:`Tower` and an item :class:`Tower`. A tower is a
+  :class:`~recsys.embeddings.CompressedEmbeddingBagCollection` over its features (``tower: user``
+  resp. ``tower: item`` in the spec), the concatenation of their pooled vectors (and optional
+  dense inputs), an MLP (ReLU between layers, the last layer linear) and L2 normalisation.
+* :class:`TwoTowerTask`: the model + the loss; the module that training wraps in DMP.
+* :class:`TwoTowerRetrieval`: serving: the user tower and a fixed ``(V, D)`` item-vector matrix,
+  built from trained weights by :meth:`TwoTowerRetrieval.from_trained`.
+
+**The loss** (:func:`sampled_softmax_loss`), for a batch of B (user, item) pairs with
+normalised vectors ``u_i``, ``v_j`` and temperature T::
+
+    logit[i, j] = <u_i, v_j> / T - log Q(item_j)          j over the B in-batch items
+                                                          (+ M mixed negatives)
+    loss = mean_i  -log softmax_j(logit[i, :])[i]
+
+* **logQ correction** (Yi et al., RecSys 2019, "Sampling-bias-corrected neural modeling"): the
+  in-batch candidates are a sample of the item distribution, so popular items are over-represented
+  as negatives. ``Q(y)`` is the expected number of times item ``y`` is among a row's candidates:
+  ``B * p(y)`` with ``p(y) = count(y) / sum(counts)`` the probability of ``y`` in one batch
+  position (training counts from the vocabulary, zero counts clamped to 1), or ``1 / gap(y)``
+  from the streaming estimator (:class:`StreamingFrequencyEstimator`, Yi et al.'s hashed
+  step-gap estimate, for ``cardinality: raw`` items, whose vocabulary does not exist). The
+  correction is applied to every column, the positive included (as in the paper).
+* **mixed negatives** (Yang et al. 2020, "Mixed Negative Sampling"): M items drawn uniformly from
+  the catalogue's N items, embedded by the item tower, appended as M extra columns. The candidate
+  pool is then a mixture, so every column (in-batch or uniform) is corrected with the expected
+  number of times its item is in the pool: ``Q(y) = B * p(y) + M / N``. (Correcting in-batch
+  columns by ``log p`` and uniform columns by ``log 1/N`` separately would count an item that can
+  come from both sources as if only one produced it.) Without mixed negatives ``Q = B p``, which
+  differs from Yi et al.'s ``log p`` by the constant ``log B``: the same softmax.
+* **accidental hits**: a column holding the row's own target item (``j != i`` with
+  ``item_j == item_i``, in-batch or sampled) is removed from the denominator (logit -inf), so a
+  popular item is never pushed away from its own user.
+* **temperature**: fixed, or learnable through ``log T`` (a parameter; T stays positive).
+* **SSL** (Yao et al. 2021, "Self-supervised Learning for Large-scale Item Recommendations"): two
+  views of each batch item by feature masking with complementary sets (each item feature of each
+  item is dropped, i.e. given an empty bag, in view 1 with probability ``ssl_mask_rate`` and in
+  view 2 exactly when it is kept in view 1), both embedded by the item tower; InfoNCE between the
+  views with its own temperature, the other items' views (same-item duplicates masked) as
+  negatives. ``total = main + ssl_weight * ssl``. The paper's *correlated* masking picks the
+  masked set by the features' mutual information; this is its random-feature-masking variant
+  with complementary views (what two-feature catalogues reduce to anyway).
+
+All item-tower inputs of a step (the batch's items, mixed negatives, both SSL views) go through
+the item collection in ONE call, so a fused table optimizer sees one backward per table per step.
+
+Shapes: ``B`` batch, ``M`` mixed negatives, ``D`` tower output dim, ``V`` catalogue rows.
+
+**Tables of two collections.** Each tower builds its own collection, so tables are per tower.
+Method tables are named after their (unique) feature, so they never collide. A ``unified`` group
+read by features of BOTH towers gets one copy per tower, its tables named ``user__<group>__sharedT``
+and ``item__<group>__sharedT`` (a group of one tower keeps its name). Sharing ONE physical table
+between the towers (and a history feature reading ``item_id``'s table) would need one collection
+over both towers' features; today a history feature (``history_item_id``) has its own table.
+
+Example::
+
+    #        i = 0     i = 1    <-- batch index
+    # "user_id"     [4]       [7]
+    # "item_id"     [12]      [3]
+    # "item_tags"   [2, 5]    []
+    model = build_two_tower_model(TwoTowerConfig(), spec)
+    task = build_two_tower_task(TwoTowerConfig(), model, spec, counts=counts)
+    loss, out = task(batch)        # scalar, TwoTowerOutputs(user (B, D), item (B, D), ...)
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass
+from typing import Annotated, Literal, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from torch import nn
+from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
+
+from recsys.data.batch import Batch
+from recsys.data.catalogue import ItemCatalogue
+from recsys.embeddings import CompressedEmbeddingBagCollection, build_embedding_collection
+from recsys.embeddings.hashing import hash_ids, stable_seed
+from recsys.features.spec import DatasetSpec
+
+__all__ = [
+    "Tower",
+    "TwoTower",
+    "TwoTowerTask",
+    "TwoTowerOutputs",
+    "TwoTowerRetrieval",
+    "TwoTowerConfig",
+    "StreamingFrequencyEstimator",
+    "sampled_softmax_loss",
+    "ssl_loss",
+    "tower_features",
+    "build_tower_collections",
+    "build_two_tower_model",
+    "build_two_tower_task",
+    "embed_items",
+]
+
+
+# -- model ------------------------------------------------------------------------------------
+
+
+class Tower(nn.Module):
+    """One tower: sparse module -> concat(pooled features [, dense]) -> MLP -> L2 normalisation.
+
+    Args:
+        sparse (nn.Module): ``KeyedJaggedTensor -> KeyedTensor`` with a key per name in ``feature_names``.
+        feature_names (Sequence[str]): the tower's sparse features, in the MLP's input order.
+        embedding_dims (Sequence[int]): ``D_f`` per feature.
+        layer_sizes (Sequence[int]): MLP sizes; the last is the tower's output dim D.
+        num_dense (int): dense inputs appended to the pooled features. Default 0.
+        device (torch.device | str | None): where the MLP lives (``meta`` works).
+
+    Raises:
+        ValueError: no features, dims that do not match the names, or no layers.
+    """
+
+    def __init__(
+        self,
+        sparse: nn.Module,
+        feature_names: Sequence[str],
+        embedding_dims: Sequence[int],
+        layer_sizes: Sequence[int],
+        num_dense: int = 0,
+        device: torch.device | str | None = None,
+    ):
+        super().__init__()
+        if not feature_names:
+            raise ValueError("a tower needs at least one sparse feature")
+        if len(embedding_dims) != len(feature_names):
+            raise ValueError(f"embedding_dims: got {len(embedding_dims)} dims for {len(feature_names)} features {list(feature_names)}")
+        if not layer_sizes:
+            raise ValueError("layer_sizes: got []; give at least one size (the last is the output dim)")
+        self.sparse = sparse
+        self.feature_names = list(feature_names)
+        self.num_dense = num_dense
+        sizes = [sum(embedding_dims) + num_dense, *layer_sizes]
+        layers: list[nn.Module] = []
+        for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+            layers.append(nn.Linear(n_in, n_out, device=device))
+            if i < len(layer_sizes) - 1:
+                layers.append(nn.ReLU())
+        self.mlp = nn.Sequential(*layers)
+        self.output_dim = int(layer_sizes[-1])
+
+    def forward(self, kjt: KeyedJaggedTensor, dense: torch.Tensor | None = None) -> torch.Tensor:
+        """Args:
+            kjt (KeyedJaggedTensor): stride B, keys including every name in ``feature_names``.
+            dense (torch.Tensor | None): ``(B, num_dense)`` when the tower has dense inputs.
+
+        Returns:
+            torch.Tensor: ``(B, D)``, unit L2 norm per row.
+        """
+        per_key = self.sparse(kjt).to_dict()
+        parts = [per_key[name] for name in self.feature_names]  # each (B, D_f)
+        if self.num_dense:
+            if dense is None:
+                raise ValueError(f"this tower has {self.num_dense} dense inputs; pass dense (B, {self.num_dense})")
+            parts.append(dense)
+        x = torch.cat(parts, dim=1)  # (B, sum(D_f) [+ num_dense])
+        return F.normalize(self.mlp(x), dim=1)  # (B, D)
+
+
+class TwoTower(nn.Module):
+    """A user tower and an item tower with the same output dim D; scores are ``<u, v>``.
+
+    Args:
+        user_tower (Tower): over the ``tower: user`` features.
+        item_tower (Tower): over the ``tower: item`` features.
+
+    Raises:
+        ValueError: the towers' output dims differ.
+    """
+
+    def __init__(self, user_tower: Tower, item_tower: Tower):
+        super().__init__()
+        if user_tower.output_dim != item_tower.output_dim:
+            raise ValueError(
+                f"user_layers ends in {user_tower.output_dim} but item_layers in {item_tower.output_dim}; "
+                "the dot product needs the same last size for both towers"
+            )
+        self.user_tower = user_tower
+        self.item_tower = item_tower
+
+    @property
+    def embedding_dim(self) -> int:
+        return self.user_tower.output_dim
+
+    def user_embeddings(self, kjt: KeyedJaggedTensor, dense: torch.Tensor | None = None) -> torch.Tensor:
+        """``(B, D)`` normalised user vectors from a KJT holding (at least) the user features."""
+        return self.user_tower(kjt, dense)
+
+    def item_embeddings(self, kjt: KeyedJaggedTensor, dense: torch.Tensor | None = None) -> torch.Tensor:
+        """``(B, D)`` normalised item vectors from a KJT holding (at least) the item features."""
+        return self.item_tower(kjt, dense)
+
+    def forward(self, user_kjt: KeyedJaggedTensor, item_kjt: KeyedJaggedTensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(user (B, D), item (B, D))``."""
+        return self.user_tower(user_kjt), self.item_tower(item_kjt)
+
+
+@torch.no_grad()
+def embed_items(model: TwoTower, catalogue: ItemCatalogue, batch_size: int = 8192, device: torch.device | str | None = None) -> torch.Tensor:
+    """``(V, D)`` item vectors of EVERY catalogue row (row i = item index i), in eval mode, chunked."""
+    was_training = model.training
+    model.eval()
+    try:
+        out = [
+            model.item_embeddings(catalogue.kjt(torch.arange(start, min(start + batch_size, len(catalogue))), device=device))
+            for start in range(0, len(catalogue), batch_size)
+        ]
+    finally:
+        model.train(was_training)
+    return torch.cat(out)  # (V, D)
+
+
+# -- frequency estimation and losses ------------------------------------------------------------
+
+
+class StreamingFrequencyEstimator(nn.Module):
+    """Yi et al.'s hashed step-gap estimator of how often an item occurs (raw-id items).
+
+    Per hash bucket ``h`` it keeps ``A[h]``, the last step the bucket was seen, and ``B[h]``, the
+    estimated gap in steps between two sightings. At each training step ``t = 1, 2, ...``, for the
+    buckets of the step's items (each bucket once, however many of its items the batch holds)::
+
+        B[h] <- (1 - alpha) * B[h] + alpha * (t - A[h])
+        A[h] <- t
+
+    and the expected number of occurrences of an item per batch is ``1 / B[h(item)]``. The state
+    starts at ``A = 0`` and ``B = initial_gap``, so an item first seen at step t gets
+    ``B = (1 - alpha) initial_gap + alpha t``. Ids hash with :func:`recsys.embeddings.hashing.hash_ids`
+    (seed from the name ``"frequency"``); distinct items of one bucket share an estimate.
+
+    Args:
+        num_buckets (int): H, the size of A and B.
+        alpha (float): the moving average's step, in (0, 1].
+        initial_gap (float): B before an item is seen. Default 1.
+        device (torch.device | str | None): where the state lives.
+
+    Counts per batch, not per position: an item that occurs several times in every batch is
+    estimated at one occurrence per batch (the paper's estimator has the same bias).
+    """
+
+    def __init__(self, num_buckets: int, alpha: float = 0.01, initial_gap: float = 1.0, device: torch.device | str | None = None):
+        super().__init__()
+        if num_buckets < 1:
+            raise ValueError(f"num_buckets: got {num_buckets}; give a positive number of buckets")
+        if not 0.0 < alpha <= 1.0:
+            raise ValueError(f"alpha: got {alpha}; the moving-average step must lie in (0, 1]")
+        self.num_buckets = num_buckets
+        self.alpha = alpha
+        self.seed = stable_seed("frequency")
+        self.register_buffer("step", torch.zeros((), dtype=torch.int64, device=device))
+        self.register_buffer("last_step", torch.zeros(num_buckets, dtype=torch.int64, device=device))
+        self.register_buffer("gap", torch.full((num_buckets,), float(initial_gap), dtype=torch.float64, device=device))
+
+    @torch.no_grad()
+    def update(self, ids: torch.Tensor) -> None:
+        """One training step: advance t and record the buckets of ``ids`` (any int64 ids)."""
+        self.step += 1
+        buckets = torch.unique(hash_ids(ids.to(torch.int64), self.seed, self.num_buckets))
+        seen_gap = (self.step - self.last_step[buckets]).to(torch.float64)
+        self.gap[buckets] = (1.0 - self.alpha) * self.gap[buckets] + self.alpha * seen_gap
+        self.last_step[buckets] = self.step
+
+    def expected_count(self, ids: torch.Tensor) -> torch.Tensor:
+        """``(n,)`` float32 estimated occurrences per batch, ``1 / B[h(id)]``."""
+        gap = self.gap[hash_ids(ids.to(torch.int64), self.seed, self.num_buckets)]
+        return (1.0 / gap.clamp(min=1e-12)).to(torch.float32)
+
+
+def sampled_softmax_loss(
+    user: torch.Tensor,
+    item: torch.Tensor,
+    item_ids: torch.Tensor,
+    temperature: torch.Tensor | float,
+    log_q: torch.Tensor | None = None,
+    negatives: torch.Tensor | None = None,
+    negative_ids: torch.Tensor | None = None,
+    negative_log_q: torch.Tensor | None = None,
+    mask_accidental_hits: bool = True,
+) -> torch.Tensor:
+    """In-batch sampled softmax (row i's positive is column i), see the module docstring.
+
+    Args:
+        user (torch.Tensor): ``(B, D)`` user vectors.
+        item (torch.Tensor): ``(B, D)`` the rows' positive item vectors (the in-batch candidates).
+        item_ids (torch.Tensor): ``(B,)`` item ids (equal ids = the same item, for accidental hits).
+        temperature (torch.Tensor | float): T > 0; logits are ``<u, v> / T``.
+        log_q (torch.Tensor | None): ``(B,)`` ``log Q`` of the in-batch columns, subtracted; None: no correction.
+        negatives (torch.Tensor | None): ``(M, D)`` extra negative item vectors (mixed negatives).
+        negative_ids (torch.Tensor | None): ``(M,)`` their ids.
+        negative_log_q (torch.Tensor | None): ``(M,)`` their ``log Q`` (needed when ``log_q`` is given).
+        mask_accidental_hits (bool): drop columns ``j != i`` holding row i's item. Default True.
+
+    Returns:
+        torch.Tensor: the mean over rows of ``-log softmax(logits)[i, i]`` (scalar).
+    """
+    batch = user.shape[0]
+    logits = user @ item.T  # (B, B)
+    ids = item_ids
+    if negatives is not None:
+        logits = torch.cat([logits, user @ negatives.T], dim=1)  # (B, B + M)
+        ids = torch.cat([item_ids, negative_ids])  # (B + M,)
+    logits = logits / temperature
+    if log_q is not None:
+        column_log_q = log_q if negatives is None else torch.cat([log_q, negative_log_q])  # (B + M,)
+        logits = logits - column_log_q[None, :]
+    if mask_accidental_hits:
+        hit = item_ids[:, None] == ids[None, :]  # (B, B + M)
+        hit[:, :batch].fill_diagonal_(False)  # the positive stays
+        logits = logits.masked_fill(hit, float("-inf"))
+    target = torch.arange(batch, device=user.device)
+    return F.cross_entropy(logits, target)
+
+
+def ssl_loss(view1: torch.Tensor, view2: torch.Tensor, item_ids: torch.Tensor, temperature: float, mask_duplicates: bool = True) -> torch.Tensor:
+    """InfoNCE between two views of the same B items: row i's positive is ``view2[i]``.
+
+    Args:
+        view1, view2 (torch.Tensor): ``(B, D)`` normalised item vectors of the two views.
+        item_ids (torch.Tensor): ``(B,)``; other rows of the same item are masked when ``mask_duplicates``.
+        temperature (float): the SSL temperature.
+    """
+    logits = view1 @ view2.T / temperature  # (B, B)
+    if mask_duplicates:
+        same = item_ids[:, None] == item_ids[None, :]
+        same.fill_diagonal_(False)
+        logits = logits.masked_fill(same, float("-inf"))
+    return F.cross_entropy(logits, torch.arange(view1.shape[0], device=view1.device))
+
+
+# -- KJT helpers (no per-row Python) -----------------------------------------------------------
+
+
+def _cat_rows(kjts: Sequence[KeyedJaggedTensor], keys: Sequence[str]) -> KeyedJaggedTensor:
+    """Stack KJTs with the same keys along the batch: stride ``sum(strides)``, keys ``keys``."""
+    if len(kjts) == 1 and list(kjts[0].keys()) == list(keys):
+        return kjts[0]
+    dicts = [k.to_dict() for k in kjts]
+    values = [d[key].values() for key in keys for d in dicts]
+    lengths = [d[key].lengths() for key in keys for d in dicts]
+    return KeyedJaggedTensor(keys=list(keys), values=torch.cat(values), lengths=torch.cat(lengths), stride=sum(k.stride() for k in kjts))
+
+
+def _drop_bags(kjt: KeyedJaggedTensor, drop: torch.Tensor) -> KeyedJaggedTensor:
+    """``kjt`` with the bags where ``drop`` ``(F * B,)`` (key-major) is True emptied."""
+    lengths = kjt.lengths()
+    keep = ~drop
+    value_keep = torch.repeat_interleave(keep, lengths)
+    return KeyedJaggedTensor(keys=kjt.keys(), values=kjt.values()[value_keep], lengths=lengths * keep, stride=kjt.stride())
+
+
+# -- task ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class TwoTowerOutputs:
+    """What :meth:`TwoTowerTask.forward` returns besides the loss (all detached).
+
+    Attributes:
+        user: ``(B, D)`` user vectors.
+        item: ``(B, D)`` the rows' item vectors.
+        main_loss: the sampled-softmax loss (scalar).
+        ssl_loss: the SSL loss (scalar; 0 without SSL).
+        temperature: T in force.
+    """
+
+    user: torch.Tensor
+    item: torch.Tensor
+    main_loss: torch.Tensor
+    ssl_loss: torch.Tensor
+    temperature: torch.Tensor
+
+
+class TwoTowerTask(nn.Module):
+    """The model and the retrieval loss; ``forward(batch) -> (loss, outputs)``.
+
+    Args:
+        model (TwoTower): the towers.
+        item_id_feature (str): the single-valued item id feature (accidental hits, logQ, negatives' ids).
+        temperature (float): T, or its initial value when learnable. Default 0.05.
+        learnable_temperature (bool): learn ``log T``. Default False.
+        item_log_probs (torch.Tensor | None): ``(V,)`` ``log p(item)`` per item index (from the
+            training counts); used for logQ when given.
+        frequency_estimator (StreamingFrequencyEstimator | None): used for logQ when
+            ``item_log_probs`` is None (raw-id items); updated on every training forward.
+        mask_accidental_hits (bool): Default True.
+        num_mixed_negatives (int): M uniform catalogue items per step. Default 0.
+        catalogue (ItemCatalogue | None): where mixed negatives come from (needed when M > 0).
+        ssl_weight (float): weight of the SSL loss; 0 turns it off. Default 0.
+        ssl_temperature (float): the SSL InfoNCE temperature. Default 0.1.
+        ssl_mask_rate (float): probability that view 1 drops an item feature (view 2 drops the rest). Default 0.5.
+        seed (int): seeds the negatives' and masks' generator. Default 0.
+
+    Without ``item_log_probs`` and ``frequency_estimator`` there is no logQ correction.
+
+    Raises:
+        ValueError: M > 0 without a catalogue, or a catalogue without the item features.
+    """
+
+    def __init__(
+        self,
+        model: TwoTower,
+        item_id_feature: str = "item_id",
+        temperature: float = 0.05,
+        learnable_temperature: bool = False,
+        item_log_probs: torch.Tensor | None = None,
+        frequency_estimator: StreamingFrequencyEstimator | None = None,
+        mask_accidental_hits: bool = True,
+        num_mixed_negatives: int = 0,
+        catalogue: ItemCatalogue | None = None,
+        ssl_weight: float = 0.0,
+        ssl_temperature: float = 0.1,
+        ssl_mask_rate: float = 0.5,
+        seed: int = 0,
+    ):
+        super().__init__()
+        self.model = model
+        self.item_id_feature = item_id_feature
+        self.user_features = list(model.user_tower.feature_names)
+        self.item_features = list(model.item_tower.feature_names)
+        if item_id_feature not in self.item_features:
+            raise ValueError(f"item_id_feature: got {item_id_feature!r}, not an item tower feature {self.item_features}")
+        if num_mixed_negatives and catalogue is None:
+            raise ValueError(f"num_mixed_negatives: got {num_mixed_negatives} but no catalogue; pass the ItemCatalogue of items.parquet or set it to 0")
+        if catalogue is not None and num_mixed_negatives:
+            missing = [f for f in self.item_features if f not in catalogue.feature_names]
+            if missing:
+                raise ValueError(f"the item catalogue lacks item features {missing}; it has {catalogue.feature_names}")
+        log_t = torch.tensor(math.log(temperature), dtype=torch.float32)
+        if learnable_temperature:
+            self.log_temperature = nn.Parameter(log_t)
+        else:
+            self.register_buffer("log_temperature", log_t)
+        if item_log_probs is not None:
+            self.register_buffer("item_log_probs", item_log_probs.to(torch.float32))
+        else:
+            self.item_log_probs = None
+        self.frequency_estimator = frequency_estimator if item_log_probs is None else None
+        self.mask_accidental_hits = mask_accidental_hits
+        self.num_mixed_negatives = num_mixed_negatives
+        self.catalogue = catalogue
+        self.ssl_weight = ssl_weight
+        self.ssl_temperature = ssl_temperature
+        self.ssl_mask_rate = ssl_mask_rate
+        self._generator = torch.Generator().manual_seed(seed)
+        self._permutation: tuple[tuple[str, ...], list[int]] | None = None
+
+    @property
+    def temperature(self) -> torch.Tensor:
+        return self.log_temperature.exp()
+
+    @property
+    def logq_correction(self) -> bool:
+        return self.item_log_probs is not None or self.frequency_estimator is not None
+
+    def split_features(self, kjt: KeyedJaggedTensor) -> tuple[KeyedJaggedTensor, KeyedJaggedTensor]:
+        """A batch's KJT (all features) -> ``(user KJT, item KJT)``: one permute and one split.
+
+        Raises:
+            ValueError: a tower feature is not a key of ``kjt``.
+        """
+        keys = tuple(kjt.keys())
+        if self._permutation is None or self._permutation[0] != keys:
+            missing = [f for f in self.user_features + self.item_features if f not in keys]
+            if missing:
+                raise ValueError(f"the batch lacks tower features {missing}; its keys are {list(keys)}")
+            self._permutation = (keys, [keys.index(f) for f in self.user_features + self.item_features])
+        user, item = kjt.permute(self._permutation[1]).split([len(self.user_features), len(self.item_features)])
+        return user, item
+
+    def expected_count(self, ids: torch.Tensor, batch_size: int) -> torch.Tensor:
+        """``(n,)`` Q: expected occurrences of each item among a row's candidates (module docstring)."""
+        if self.item_log_probs is not None:
+            q = batch_size * self.item_log_probs[ids].exp()
+        else:
+            q = self.frequency_estimator.expected_count(ids)
+        if self.num_mixed_negatives:
+            q = q + self.num_mixed_negatives / self.catalogue.num_sampleable
+        return q
+
+    def _ssl_views(self, item_kjt: KeyedJaggedTensor) -> tuple[KeyedJaggedTensor, KeyedJaggedTensor]:
+        num = len(self.item_features) * item_kjt.stride()
+        drop1 = (torch.rand(num, generator=self._generator) < self.ssl_mask_rate).to(item_kjt.lengths().device)  # (F * B,)
+        return _drop_bags(item_kjt, drop1), _drop_bags(item_kjt, ~drop1)
+
+    def forward(self, batch: Batch) -> tuple[torch.Tensor, TwoTowerOutputs]:
+        """Returns ``(loss, outputs)``: ``main + ssl_weight * ssl`` (scalar) and :class:`TwoTowerOutputs`."""
+        user_kjt, item_kjt = self.split_features(batch.sparse)
+        size = item_kjt.stride()
+        item_ids = item_kjt[self.item_id_feature].values()  # (B,)
+        device = item_ids.device
+
+        parts = [item_kjt]
+        negative_ids = None
+        if self.num_mixed_negatives:
+            negative_rows = self.catalogue.sample(self.num_mixed_negatives, self._generator)
+            negative_kjt = self.catalogue.kjt(negative_rows, device=device)
+            negative_ids = negative_kjt[self.item_id_feature].values()  # (M,)
+            parts.append(negative_kjt)
+        use_ssl = self.ssl_weight > 0 and self.training
+        if use_ssl:
+            parts.extend(self._ssl_views(item_kjt))
+        vectors = self.model.item_embeddings(_cat_rows(parts, self.item_features))  # (B [+ M] [+ 2B], D)
+        item = vectors[:size]  # (B, D)
+        negatives = vectors[size : size + self.num_mixed_negatives] if self.num_mixed_negatives else None  # (M, D)
+        user = self.model.user_embeddings(user_kjt)  # (B, D)
+
+        log_q = negative_log_q = None
+        if self.logq_correction:
+            if self.training and self.frequency_estimator is not None:
+                self.frequency_estimator.update(item_ids)
+            log_q = self.expected_count(item_ids, size).log()  # (B,)
+            if negatives is not None:
+                negative_log_q = self.expected_count(negative_ids, size).log()  # (M,)
+        temperature = self.temperature
+        main = sampled_softmax_loss(
+            user, item, item_ids, temperature, log_q, negatives, negative_ids, negative_log_q, self.mask_accidental_hits
+        )
+        if use_ssl:
+            start = size + self.num_mixed_negatives
+            view1, view2 = vectors[start : start + size], vectors[start + size :]  # (B, D) each
+            aux = ssl_loss(view1, view2, item_ids, self.ssl_temperature, self.mask_accidental_hits)
+            loss = main + self.ssl_weight * aux
+        else:
+            aux = main.new_zeros(())
+            loss = main
+        out = TwoTowerOutputs(user.detach(), item.detach(), main.detach(), aux.detach(), temperature.detach())
+        return loss, out
+
+
+# -- serving ------------------------------------------------------------------------------------
+
+
+class TwoTowerRetrieval(nn.Module):
+    """Serving: the user tower and a fixed item-vector matrix; ``forward(kjt) -> (scores, items)``.
+
+    Args:
+        user_tower (Tower): the trained user tower (an unsharded copy).
+        item_vectors (torch.Tensor): ``(V, D)`` one row per catalogue item index.
+        k (int): items returned per user. Default 100.
+        first_item (int): rows below this index (the OOV row 0) are never returned. Default 1.
+
+    Top-k follows :func:`recsys.retrieval_metrics.exact_topk`: exact scores ``<u, v>``, ties to the
+    lower item index.
+    """
+
+    def __init__(self, user_tower: Tower, item_vectors: torch.Tensor, k: int = 100, first_item: int = 1):
+        super().__init__()
+        if item_vectors.ndim != 2 or item_vectors.shape[1] != user_tower.output_dim:
+            raise ValueError(f"item_vectors: got shape {tuple(item_vectors.shape)}; expected (V, {user_tower.output_dim})")
+        self.user_tower = user_tower
+        self.register_buffer("item_vectors", item_vectors.detach().clone())
+        self.k = k
+        self.first_item = first_item
+
+    @classmethod
+    def from_trained(
+        cls,
+        model: TwoTower,
+        item_vectors: torch.Tensor | None = None,
+        catalogue: ItemCatalogue | None = None,
+        k: int = 100,
+        batch_size: int = 8192,
+    ) -> "TwoTowerRetrieval":
+        """Copy the user tower of an UNSHARDED trained model; item vectors given or embedded from the catalogue.
+
+        Raises:
+            ValueError: neither ``item_vectors`` nor ``catalogue`` given.
+        """
+        if item_vectors is None:
+            if catalogue is None:
+                raise ValueError("from_trained needs item_vectors (V, D) or the ItemCatalogue to embed")
+            item_vectors = embed_items(model, catalogue, batch_size)
+        first_item = catalogue.first_item if catalogue is not None else 1
+        retrieval = cls(copy.deepcopy(model.user_tower), item_vectors, k=k, first_item=first_item)
+        return retrieval.eval()
+
+    def user_embeddings(self, kjt: KeyedJaggedTensor, dense: torch.Tensor | None = None) -> torch.Tensor:
+        """``(B, D)`` normalised user vectors."""
+        return self.user_tower(kjt, dense)
+
+    def forward(self, kjt: KeyedJaggedTensor, dense: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(scores (B, k), item indices (B, k))``, best first."""
+        from recsys.retrieval_metrics import exact_topk
+
+        user = self.user_embeddings(kjt, dense)  # (B, D)
+        return exact_topk(user, self.item_vectors, self.k, excluded_items=torch.arange(self.first_item))
+
+
+# -- config and builders --------------------------------------------------------------------------
+
+
+class TwoTowerConfig(BaseModel):
+    """``model: {arch: two_tower, user_layers: [128, 64], item_layers: [128, 64], temperature: 0.05}``.
+
+    Args:
+        arch: the tag of the training config's model union.
+        user_layers / item_layers: MLP sizes per tower; the last sizes must be equal (the embedding dim D).
+        item_id_feature: the item tower's single-valued id feature.
+        temperature: T (initial value when learnable).
+        learnable_temperature: learn ``log T``.
+        logq_correction: subtract ``log Q`` (module docstring).
+        frequency_estimate: where Q comes from: ``counts`` (the item id's vocabulary counts),
+            ``streaming`` (the hashed step-gap estimator) or ``auto`` (counts when the item id
+            has a vocabulary, else streaming).
+        streaming_num_buckets / streaming_alpha: the estimator's H and alpha.
+        mask_accidental_hits: remove the row's own item from the other columns.
+        num_mixed_negatives: M uniform catalogue items per step (0: in-batch only).
+        ssl_weight / ssl_temperature / ssl_mask_rate: the SSL auxiliary loss (0 weight: off).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    arch: Literal["two_tower"]
+    user_layers: tuple[Annotated[int, Field(ge=1)], ...] = Field((128, 64), min_length=1)
+    item_layers: tuple[Annotated[int, Field(ge=1)], ...] = Field((128, 64), min_length=1)
+    item_id_feature: str = "item_id"
+    temperature: Annotated[float, Field(gt=0.0)] = 0.05
+    learnable_temperature: bool = False
+    logq_correction: bool = True
+    frequency_estimate: Literal["auto", "counts", "streaming"] = "auto"
+    streaming_num_buckets: Annotated[int, Field(ge=1)] = 1 << 20
+    streaming_alpha: Annotated[float, Field(gt=0.0, le=1.0)] = 0.01
+    mask_accidental_hits: bool = True
+    num_mixed_negatives: Annotated[int, Field(ge=0)] = 0
+    ssl_weight: Annotated[float, Field(ge=0.0)] = 0.0
+    ssl_temperature: Annotated[float, Field(gt=0.0)] = 0.1
+    ssl_mask_rate: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.5
+
+    @model_validator(mode="after")
+    def _same_output_dim(self) -> "TwoTowerConfig":
+        if self.user_layers[-1] != self.item_layers[-1]:
+            raise ValueError(
+                f"user_layers ends in {self.user_layers[-1]} but item_layers in {self.item_layers[-1]}; "
+                "give both towers the same last size (the embedding dim)"
+            )
+        return self
+
+
+def tower_features(spec: DatasetSpec) -> tuple[list[str], list[str]]:
+    """``(user features, item features)``: the spec's sparse features with ``tower: user`` / ``item``.
+
+    Raises:
+        ValueError: a tower without features.
+    """
+    user = [f.name for f in spec.sparse if f.tower == "user"]
+    item = [f.name for f in spec.sparse if f.tower == "item"]
+    for name, names in (("user", user), ("item", item)):
+        if not names:
+            raise ValueError(
+                f"feature spec {spec.name!r} has no sparse feature with tower: {name}; a two-tower model needs "
+                f"at least one per tower (give features `tower: {name}`)"
+            )
+    return user, item
+
+
+def _tower_spec(spec: DatasetSpec, tower: str, shared_groups: set[str]) -> DatasetSpec:
+    """The spec with each group in ``shared_groups`` renamed ``<tower>__<group>`` (its tables follow)."""
+    if not shared_groups:
+        return spec
+    rename = {g: f"{tower}__{g}" for g in shared_groups}
+    features = [
+        f.model_copy(update={"compression": f.compression.model_copy(update={"group": rename[f.compression.group]})})
+        if f.kind == "sparse" and f.compression.kind == "unified" and f.compression.group in rename
+        else f
+        for f in spec.features
+    ]
+    groups = [g.model_copy(update={"name": rename.get(g.name, g.name)}) for g in spec.groups]
+    return spec.model_copy(update={"features": features, "groups": groups})
+
+
+def build_tower_collections(
+    spec: DatasetSpec,
+    *,
+    device: torch.device | str | None = None,
+    counts: dict[str, np.ndarray] | None = None,
+) -> tuple[CompressedEmbeddingBagCollection, CompressedEmbeddingBagCollection]:
+    """``(user collection, item collection)`` over each tower's features (``"meta"`` for sharding).
+
+    A unified group read by both towers is built once per tower, named ``user__<group>`` and
+    ``item__<group>`` (module docstring).
+    """
+    user, item = tower_features(spec)
+    by_name = {f.name: f for f in spec.sparse}
+
+    def groups_of(names: list[str]) -> set[str]:
+        return {by_name[n].compression.group for n in names if by_name[n].compression.kind == "unified"}
+
+    shared = groups_of(user) & groups_of(item)
+    return (
+        build_embedding_collection(_tower_spec(spec, "user", shared), device=device, counts=counts, features=user),
+        build_embedding_collection(_tower_spec(spec, "item", shared), device=device, counts=counts, features=item),
+    )
+
+
+def build_two_tower_model(
+    config: TwoTowerConfig,
+    spec: DatasetSpec,
+    *,
+    user_sparse: nn.Module | None = None,
+    item_sparse: nn.Module | None = None,
+    device: torch.device | str | None = None,
+    counts: dict[str, np.ndarray] | None = None,
+) -> TwoTower:
+    """Build :class:`TwoTower` for a data set's towers around two sparse modules.
+
+    Args:
+        config: the ``model`` section (``arch: two_tower``).
+        spec: the resolved feature spec.
+        user_sparse / item_sparse: the towers' ``KeyedJaggedTensor -> KeyedTensor`` modules; default
+            :func:`build_tower_collections` on ``device``.
+        device: where the MLPs (and default collections) are built (``"meta"`` works).
+        counts: vocab counts for the default collections (mixed_dim).
+
+    Raises:
+        ValueError: a tower without features; an item id feature that is not a single-valued item feature.
+    """
+    user, item = tower_features(spec)
+    by_name = {f.name: f for f in spec.sparse}
+    id_feature = by_name.get(config.item_id_feature)
+    if id_feature is None or id_feature.tower != "item" or id_feature.multi_valued:
+        raise ValueError(
+            f"model.item_id_feature: got {config.item_id_feature!r}; it must be a single-valued sparse feature with "
+            f"tower: item, one of {[n for n in item if not by_name[n].multi_valued]}"
+        )
+    if user_sparse is None or item_sparse is None:
+        built_user, built_item = build_tower_collections(spec, device=device, counts=counts)
+        user_sparse = user_sparse if user_sparse is not None else built_user
+        item_sparse = item_sparse if item_sparse is not None else built_item
+    # Dense features carry no tower in the spec yet, so the towers take none.
+    user_tower = Tower(user_sparse, user, [by_name[n].embedding_dim for n in user], config.user_layers, device=device)
+    item_tower = Tower(item_sparse, item, [by_name[n].embedding_dim for n in item], config.item_layers, device=device)
+    return TwoTower(user_tower, item_tower)
+
+
+def build_two_tower_task(
+    config: TwoTowerConfig,
+    model: TwoTower,
+    spec: DatasetSpec,
+    *,
+    counts: dict[str, np.ndarray] | None = None,
+    catalogue: ItemCatalogue | None = None,
+    device: torch.device | str | None = None,
+    seed: int = 0,
+) -> TwoTowerTask:
+    """Wrap ``model`` with the loss the config describes.
+
+    Args:
+        counts: training vocab counts (``layout.vocab_counts``); ``counts[item_id_feature]`` gives Q.
+        catalogue: needed for mixed negatives.
+        device: where the task's buffers live.
+        seed: the negatives' and masks' generator seed (e.g. ``train.seed`` + rank).
+
+    Raises:
+        ValueError: ``frequency_estimate: counts`` without counts (or for a raw-id item), mixed
+            negatives without a catalogue.
+    """
+    id_feature = spec.feature(config.item_id_feature)
+    log_probs = estimator = None
+    if config.logq_correction:
+        mode = config.frequency_estimate
+        if mode == "auto":
+            mode = "counts" if id_feature.has_vocab else "streaming"
+        if mode == "counts":
+            item_counts = (counts or {}).get(config.item_id_feature)
+            if item_counts is None:
+                raise ValueError(
+                    f"model.frequency_estimate: 'counts' needs the training counts of {config.item_id_feature} "
+                    "(layout.vocab_counts); pass counts, or use frequency_estimate: streaming"
+                )
+            c = torch.as_tensor(np.maximum(np.asarray(item_counts, np.float64), 1.0))  # zero counts -> 1
+            log_probs = (c / c.sum()).log().to(torch.float32).to(device)
+        else:
+            estimator = StreamingFrequencyEstimator(config.streaming_num_buckets, config.streaming_alpha, device=device)
+    return TwoTowerTask(
+        model,
+        item_id_feature=config.item_id_feature,
+        temperature=config.temperature,
+        learnable_temperature=config.learnable_temperature,
+        item_log_probs=log_probs,
+        frequency_estimator=estimator,
+        mask_accidental_hits=config.mask_accidental_hits,
+        num_mixed_negatives=config.num_mixed_negatives,
+        catalogue=catalogue,
+        ssl_weight=config.ssl_weight,
+        ssl_temperature=config.ssl_temperature,
+        ssl_mask_rate=config.ssl_mask_rate,
+        seed=seed,
+    )
