@@ -120,15 +120,10 @@ class CompressedEmbeddingBagCollection(nn.Module):
         self._seen_keys = keys
         return plan
 
-    def forward(self, features: KeyedJaggedTensor) -> KeyedTensor:
-        """Args:
-            features (KeyedJaggedTensor): logical ids, keys including every feature of the collection.
-
-        Returns:
-            KeyedTensor: one key per logical feature, values ``(B, sum(D_f))``: in the collection's
-            feature order when the inner collection is unsharded, else in the order of the sharded
-            pooled output (as TorchRec's sharded collections do); read it by key.
-        """
+    def physical_features(self, features: KeyedJaggedTensor) -> tuple[dict[str, KeyedJaggedTensor], list[torch.Tensor]]:
+        """Every method's index transform: the physical KJT of each inner collection (``"bags"`` for
+        the bag collection, ``"dim<d>"`` for the per-value ones) and each logical feature's bag
+        lengths ``(B,)`` in the collection's order."""
         batch = features.stride()
         jts = features.to_dict()
         routed: dict[str, tuple[list[str], list[torch.Tensor], list[torch.Tensor]]] = {}
@@ -142,24 +137,52 @@ class CompressedEmbeddingBagCollection(nn.Module):
                 k.extend(keys)
                 v.append(values)
                 n.append(phys_lengths)
-
-        pooled_kt: KeyedTensor | None = None
-        per_value = {}
+        kjts = {}
         for dest, (keys, values, lengths) in routed.items():
             cat_values = values[0] if len(values) == 1 else torch.cat(values)
             cat_lengths = lengths[0] if len(lengths) == 1 else torch.cat(lengths)
-            kjt = KeyedJaggedTensor(keys=keys, values=cat_values, lengths=cat_lengths, stride=batch)
+            kjts[dest] = KeyedJaggedTensor(keys=keys, values=cat_values, lengths=cat_lengths, stride=batch)
+        return kjts, lengths_of
+
+    def forward(self, features: KeyedJaggedTensor) -> KeyedTensor:
+        """Args:
+            features (KeyedJaggedTensor): logical ids, keys including every feature of the collection.
+
+        Returns:
+            KeyedTensor: one key per logical feature, values ``(B, sum(D_f))``: in the collection's
+            feature order when the inner collection is unsharded, else in the order of the sharded
+            pooled output (as TorchRec's sharded collections do); read it by key.
+        """
+        kjts, lengths_of = self.physical_features(features)  # 1. index transforms
+        pooled_kt: KeyedTensor | None = None
+        per_value = {}
+        for dest, kjt in kjts.items():  # 2. every lookup of the batch: one call per inner collection
             if dest == _BAGS:
                 pooled_kt = self.embedding_bags(kjt)
             else:
                 per_value.update(self.embeddings[dest](kjt))
-
         if pooled_kt is not None:
             pooled = pooled_kt.values()
         else:
-            pooled = features.values().new_zeros((batch, 0), dtype=torch.float32)
-        plan = self._plan_for(pooled_kt, pooled.device)
+            pooled = features.values().new_zeros((features.stride(), 0), dtype=torch.float32)
+        plan = self._plan_for(pooled_kt, pooled.device)  # 3. the combine plan of this layout
         return plan(pooled, per_value, lengths_of, self.methods)
+
+    def lookup_only(self, kjts: dict[str, KeyedJaggedTensor]) -> torch.Tensor:
+        """The sum of every physical lookup's output, for timing the kernels alone (benchmarks):
+        the same inner calls as :meth:`forward`, without transforms and combine."""
+        total = torch.zeros(())
+        for dest, kjt in kjts.items():
+            if dest == _BAGS:
+                total = total + self.embedding_bags(kjt).values().sum()
+            else:
+                for jt in self.embeddings[dest](kjt).values():
+                    total = total + jt.values().sum()
+        return total
+
+    def combine_path(self) -> str:
+        """Which combine ran last, in words: the plan's step counts and the layout it was compiled for."""
+        return self.combine_plan.path()
 
     def reset_parameters(self) -> None:
         """Re-initialise every table (with its plan's init bounds) and projection.

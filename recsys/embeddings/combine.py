@@ -304,9 +304,10 @@ class CombinePlan(nn.Module):
     """
 
     def __init__(self, layout: Layout, steps: list[Step], split_sizes: list[int], order: list[int],
-                 features: list[FeatureEntry], device: torch.device | None):
+                 features: list[FeatureEntry], device: torch.device | None, ordered: bool):
         super().__init__()
         self.layout = layout
+        self.ordered = ordered  # compiled for the build layout (output in the collection's order)
         self.steps = steps
         self.split_sizes = split_sizes
         self.order = order  # logical feature index of each output key
@@ -439,7 +440,7 @@ class CombinePlan(nn.Module):
         out_order = [i for s in steps for i in s.features]
         if len(split_sizes) <= 1:
             split_sizes = []
-        return CombinePlan(layout, steps, split_sizes, out_order, features, device)
+        return CombinePlan(layout, steps, split_sizes, out_order, features, device, ordered)
 
     def forward(
         self,
@@ -478,6 +479,16 @@ class CombinePlan(nn.Module):
             else:
                 out = out / torch.repeat_interleave(scale, self._repeats, dim=1, output_size=out.shape[1])
         return KeyedTensor(keys=self.keys, length_per_key=self.dims, values=out)
+
+    def path(self) -> str:
+        """Short form for benchmark tables, e.g. ``compiled (sharded layout): ConcatRun x1, ReduceRun x1``."""
+        counts: dict[str, int] = {}
+        for s in self.steps:
+            counts[type(s).__name__] = counts.get(type(s).__name__, 0) + 1
+        copies = sum(line.endswith("gathered read(s)") for line in self.summary())
+        kind = "build layout" if self.ordered else "sharded layout"
+        text = ", ".join(f"{k} x{v}" for k, v in counts.items())
+        return f"compiled ({kind}): {text}" + (f"; {copies} step(s) gather" if copies else "")
 
     def summary(self) -> list[str]:
         """One line per step: what it combines and whether it copies, for benchmarks and logs."""

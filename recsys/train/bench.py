@@ -17,6 +17,11 @@ Adagrad, as in training. All models are built first, then timed in ``--rounds`` 
 each runs ``--steps`` steps in turn (rotating order); samples/s come from the median step time and
 ``vs torchrec`` is the median of the per-round ratios, so load that comes and goes cancels out.
 Read the ratio to the baseline of the same run.
+
+Each recsys model's physical lookups are also timed alone (``kernel ms``: its FBGEMM forward + fused
+backward on pre-transformed ids, in the same rounds); ``limit vs full`` is recsys-full's step over
+that step with full's kernel time swapped for the method's, the best the method can reach with
+free transforms and combine. ``combine path`` names the compiled combine plan that ran.
 """
 
 from __future__ import annotations
@@ -74,7 +79,8 @@ def _recsys_task(spec: DatasetSpec, dense_layers: list[int], over_layers: list[i
 
 
 def _prepare(task: nn.Module, batch_size: int):
-    """DMP (world size 1) with the fused row-wise Adagrad and Adam, as in training; returns a step function."""
+    """DMP (world size 1) with the fused row-wise Adagrad and Adam, as in training; returns
+    ``(step function, sharded model)``."""
     from recsys.train import sharding
 
     sharding.apply_fused_optimizer(task, "rowwise_adagrad", 0.05, 1e-8)
@@ -88,7 +94,23 @@ def _prepare(task: nn.Module, batch_size: int):
         loss.backward()
         optimizer.step()
 
-    return step
+    return step, model
+
+
+def _kernel_step(model: nn.Module, batches: list):
+    """The model's physical lookups alone (forward + fused backward on pre-transformed ids), or
+    None when the model holds no compressed collection."""
+    from recsys.embeddings import CompressedEmbeddingBagCollection
+
+    collection = next((m for m in model.modules() if isinstance(m, CompressedEmbeddingBagCollection)), None)
+    if collection is None:
+        return None, None
+    physical = {id(b): collection.physical_features(b.sparse)[0] for b in batches}
+
+    def step(batch) -> None:
+        collection.lookup_only(physical[id(batch)]).backward()
+
+    return step, collection
 
 
 def _time_rounds(steps: dict[str, Any], batches: list, steps_per_round: int, rounds: int, warmup: int) -> dict[str, list[float]]:
@@ -143,19 +165,34 @@ def bench_train(args: argparse.Namespace) -> int:
         plan_bytes = compile_plan(solved, counts).total_bytes
         variants.append((f"recsys DLRM, {family}", lambda s=solved: _recsys_task(s, dense_layers, over_layers), plan_bytes))
     prepared = {}
+    collections = {}
     for name, make, nbytes in variants:
         torch.manual_seed(0)
-        prepared[name] = _prepare(make(), args.batch_size)
-    print(f"timing {len(prepared)} models: {args.rounds} rounds x {args.steps} steps each, interleaved ...", flush=True)
+        prepared[name], model = _prepare(make(), args.batch_size)
+        # Each recsys model's lookups alone, timed in the same rounds: the kernel-time limit.
+        kernel, collections[name] = _kernel_step(model, batches)
+        if kernel is not None:
+            prepared[f"{name} [kernel]"] = kernel
+    print(f"timing {len(variants)} models (+ their lookups alone): {args.rounds} rounds x {args.steps} steps each, interleaved ...", flush=True)
     per_round = _time_rounds(prepared, batches, args.steps, args.rounds, args.warmup)
-    base = variants[0][0]
+    base, full_name = variants[0][0], variants[1][0]
+    full_kernel = statistics.median(per_round[f"{full_name} [kernel]"])
+    full_step = statistics.median(per_round[full_name])
     for name, _, nbytes in variants:
         seconds = statistics.median(per_round[name])
         ratio = statistics.median(b / t for b, t in zip(per_round[base], per_round[name]))
-        rows.append(
-            {"model": name, "samples/s": args.batch_size / seconds, "vs torchrec": ratio, "memory ratio": nbytes / full.total_bytes}
-        )
-    print_table(rows, ["model", "samples/s", "vs torchrec", "memory ratio"], title="\ntraining step loop (DMP, fused row-wise Adagrad)")
+        row = {"model": name, "samples/s": args.batch_size / seconds, "vs torchrec": ratio, "memory ratio": nbytes / full.total_bytes}
+        if collections[name] is not None:
+            kernel = statistics.median(per_round[f"{name} [kernel]"])
+            row["vs recsys full"] = statistics.median(f / t for f, t in zip(per_round[full_name], per_round[name]))
+            row["step ms"] = 1e3 * seconds
+            row["kernel ms"] = 1e3 * kernel
+            # The same step with this method's lookups in place of full's and nothing else added.
+            row["limit vs full"] = full_step / (full_step - full_kernel + kernel)
+            row["combine path"] = collections[name].combine_path()
+        rows.append(row)
+    columns = ["model", "samples/s", "vs torchrec", "vs recsys full", "limit vs full", "step ms", "kernel ms", "memory ratio", "combine path"]
+    print_table(rows, columns, title="\ntraining step loop (DMP, fused row-wise Adagrad)")
     if args.out:
         layout.write_json_atomic(
             args.out,

@@ -16,3 +16,5 @@ def test_bench_lookup_tiny(tmp_path):
     for r in records:
         assert r["lookups_per_s"] > 0 and r["fused_full_lookups_per_s"] > 0 and r["naive_lookups_per_s"] > 0
         assert 0 < r["achieved_ratio"] <= 1.0 and r["bytes"] > 0
+        assert r["kernel_lookups_per_s"] > 0 and r["vs_kernel"] > 0 and r["limit_vs_fused_full"] > 0
+        assert r["combine_path"].startswith("compiled (")  # the plan ran under DMP; it says which
