@@ -13,7 +13,8 @@ temporary folder. Figures depend on the machine and its load: compare rows of on
 ``lookup``: see :mod:`recsys.embeddings.bench`.
 
 Each subcommand is one ``bench_<name>(args) -> int`` function registered in :func:`build_parser`;
-all print through :func:`print_table`.
+all print through :func:`recsys.train.bench.print_table` (the library holds the bench helpers;
+``jobs`` only parses and dispatches).
 """
 
 from __future__ import annotations
@@ -25,36 +26,17 @@ import platform
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from recsys.data import layout
 from recsys.data.batch import batch_columns, collate
 from recsys.data.loader import ParquetBatchReader, iter_batches, ray_dataset
-from recsys.data.writer import DatasetWriter
 from recsys.embeddings.bench import add_lookup_arguments, bench_lookup
-from recsys.features.spec import DatasetSpec, builtin_spec
-
-
-def print_table(rows: Sequence[dict[str, Any]], columns: Sequence[str], title: str = "") -> None:
-    """Print dicts as an aligned text table; floats get thousands separators, no decimals >= 100."""
-
-    def fmt(v: Any) -> str:
-        if isinstance(v, float):
-            return f"{v:,.0f}" if abs(v) >= 100 else f"{v:.3g}"
-        return f"{v:,}" if isinstance(v, int) else str(v)
-
-    cells = [[fmt(r.get(c, "")) for c in columns] for r in rows]
-    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
-    if title:
-        print(title)
-    print("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(columns, widths))))
-    print("  ".join("-" * w for w in widths))
-    for row in cells:
-        print("  ".join(v.ljust(w) if i == 0 else v.rjust(w) for i, (v, w) in enumerate(zip(row, widths))))
+from recsys.features.spec import DatasetSpec
+from recsys.train.bench import print_table, write_criteo_like
 
 
 def _write_json(path: str | None, payload: dict[str, Any]) -> None:
@@ -64,31 +46,6 @@ def _write_json(path: str | None, payload: dict[str, Any]) -> None:
 
 
 # -- loader -----------------------------------------------------------------------------------
-
-
-def write_criteo_like(out: Path, rows: int, *, seed: int = 0, rows_per_file: int = 100_000) -> DatasetSpec:
-    """Write ``rows`` training rows in the Criteo schema: Zipf(1.2) ids, counter-like dense, 3% clicks.
-
-    Returns:
-        The resolved spec of the written data set.
-    """
-    spec = builtin_spec("criteo")
-    rng = np.random.default_rng(seed)
-    # Per-field id spaces spread like Criteo's (3 .. 10^7 distinct values).
-    spaces = np.geomspace(4, 10_000_000, len(spec.sparse)).astype(np.int64)
-    rng.shuffle(spaces)
-    writer = DatasetWriter(out, spec, rows_per_file=rows_per_file)
-    chunk = 250_000
-    for start in range(0, rows, chunk):
-        n = min(chunk, rows - start)
-        cols: dict[str, pa.Array] = {"label": pa.array((rng.random(n) < 0.03).astype(np.float32))}
-        for f in spec.dense:
-            cols[f.name] = pa.array(rng.exponential(20.0, n).astype(np.float32))
-        for f, space in zip(spec.sparse, spaces):
-            cols[f.name] = pa.array(rng.zipf(1.2, n) % space)
-        writer.add("train", pa.table(cols))
-    writer.finish(source={"kind": "bench", "generator": "zipf(1.2)"}, split={"method": "all train"}, extra={"seed": seed})
-    return layout.dataset_spec(out)
 
 
 def _timed(name: str, batches: Iterable[Any], count: Callable[[Any], int]) -> dict[str, Any]:

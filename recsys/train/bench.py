@@ -3,7 +3,7 @@
     recsys bench train [--rows 200000] [--batch-size 4096] [--steps 5] [--rounds 7] [--ratio 0.0625] [--out FILE.json]
 
 Runs, in one process and on the same in-memory batches (a Criteo-schema data set written by
-``jobs.bench.write_criteo_like``), the training step (forward, backward, fused table update,
+:func:`write_criteo_like`), the training step (forward, backward, fused table update,
 dense optimizer step) of:
 
 1. **plain TorchRec DLRM** (``torchrec.models.dlrm.DLRM`` over a plain ``EmbeddingBagCollection``
@@ -32,16 +32,63 @@ import statistics
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
+import numpy as np
+import pyarrow as pa
 import torch
 import torch.distributed as dist
 from torch import nn
 
+from recsys.data import layout
 from recsys.data.loader import ParquetBatchReader
-from recsys.features.spec import DatasetSpec
+from recsys.data.writer import DatasetWriter
+from recsys.features.spec import DatasetSpec, builtin_spec
 
 FAMILIES = ("hashed", "multi_hash", "qr", "mixed_dim", "unified")
+
+
+def print_table(rows: Sequence[dict[str, Any]], columns: Sequence[str], title: str = "") -> None:
+    """Print dicts as an aligned text table; floats get thousands separators, no decimals >= 100."""
+
+    def fmt(v: Any) -> str:
+        if isinstance(v, float):
+            return f"{v:,.0f}" if abs(v) >= 100 else f"{v:.3g}"
+        return f"{v:,}" if isinstance(v, int) else str(v)
+
+    cells = [[fmt(r.get(c, "")) for c in columns] for r in rows]
+    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
+    if title:
+        print(title)
+    print("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(columns, widths))))
+    print("  ".join("-" * w for w in widths))
+    for row in cells:
+        print("  ".join(v.ljust(w) if i == 0 else v.rjust(w) for i, (v, w) in enumerate(zip(row, widths))))
+
+
+def write_criteo_like(out: Path, rows: int, *, seed: int = 0, rows_per_file: int = 100_000) -> DatasetSpec:
+    """Write ``rows`` training rows in the Criteo schema: Zipf(1.2) ids, counter-like dense, 3% clicks.
+
+    Returns:
+        The resolved spec of the written data set.
+    """
+    spec = builtin_spec("criteo")
+    rng = np.random.default_rng(seed)
+    # Per-field id spaces spread like Criteo's (3 .. 10^7 distinct values).
+    spaces = np.geomspace(4, 10_000_000, len(spec.sparse)).astype(np.int64)
+    rng.shuffle(spaces)
+    writer = DatasetWriter(out, spec, rows_per_file=rows_per_file)
+    chunk = 250_000
+    for start in range(0, rows, chunk):
+        n = min(chunk, rows - start)
+        cols: dict[str, pa.Array] = {"label": pa.array((rng.random(n) < 0.03).astype(np.float32))}
+        for f in spec.dense:
+            cols[f.name] = pa.array(rng.exponential(20.0, n).astype(np.float32))
+        for f, space in zip(spec.sparse, spaces):
+            cols[f.name] = pa.array(rng.zipf(1.2, n) % space)
+        writer.add("train", pa.table(cols))
+    writer.finish(source={"kind": "bench", "generator": "zipf(1.2)"}, split={"method": "all train"}, extra={"seed": seed})
+    return layout.dataset_spec(out)
 
 
 class _TorchrecDLRMTask(nn.Module):
@@ -131,7 +178,6 @@ def _time_rounds(steps: dict[str, Any], batches: list, steps_per_round: int, rou
 
 
 def bench_train(args: argparse.Namespace) -> int:
-    from jobs.bench import print_table, write_criteo_like
     from recsys.data import layout
     from recsys.embeddings import compile_plan
     from recsys.embeddings.budget import solve_budget
