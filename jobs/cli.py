@@ -46,7 +46,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(job.main(rest) or 0)
     except (ValueError, FileNotFoundError, IsADirectoryError, PermissionError, UnicodeDecodeError) as exc:
-        print(f"recsys {command}: error: {one_line(exc)}", file=sys.stderr)
+        from recsys.features.errors import SpecError
+
+        # A config / spec error lists every problem, one `path: got ...; allowed ...` line each.
+        text = str(exc).strip() if isinstance(exc, SpecError) else one_line(exc)
+        print(f"recsys {command}: error: {text}", file=sys.stderr)
         return 1
 
 

@@ -3,6 +3,7 @@
     recsys train configs/ctr_synthetic_full.yaml
     recsys train configs/ctr_synthetic_qr.yaml ray.num_workers=2 train.epochs=1 run_dir=runs/qr
     recsys train configs/ctr_synthetic_qr.yaml ray.num_workers=2 train.epochs=1 run_dir=runs/qr resume=true
+    recsys train configs/ctr_synthetic_qr.yaml ... resume=true train.epochs=2 resume_allow_changes=[train.epochs]
     RAY_ADDRESS=ray://head:10001 recsys train configs/ctr_criteo_full.yaml ray.num_workers=8
 
 Overrides are ``dotted.key=value`` with YAML values (``model.dense_layers=[64,16]``,
@@ -14,6 +15,7 @@ directory gets Ray's checkpoints and ``results.json``; its path is the last line
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from recsys.train.config import load_config
@@ -28,7 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_intermixed_args(argv)  # --dry-run before, between or after overrides
     config = load_config(args.config, args.overrides)
 
     from recsys.train.run import launch, prepare
@@ -43,6 +45,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     for note in prepared.notes:
         print(note)
+    for warning in prepared.warnings:
+        print(warning, file=sys.stderr, flush=True)
     if args.dry_run:
         print(plan.format())
         return 0

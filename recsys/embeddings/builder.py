@@ -31,6 +31,8 @@ def mixed_dim_layout(
         if compression.block_boundaries is not None
         else default_block_starts(n, compression.num_blocks)
     )
+    if compression.block_dims is not None:  # resolved earlier (recsys train writes them into the spec)
+        return starts, list(compression.block_dims), "the spec's block_dims"
     if counts is not None and len(counts) != n:
         raise ValueError(f"feature {feature.name}: counts has {len(counts)} entries; cardinality is {n}")
     popularity = block_popularity(starts, n, counts)

@@ -138,6 +138,10 @@ class MixedDimCompression(_Spec):
         base_dim: dim of the hottest block; default the feature's ``embedding_dim``.
         block_boundaries: explicit increasing start indices of blocks 1.. (``num_blocks - 1``
             values in ``(0, cardinality)``); default geometric ``N ** (i / num_blocks)``.
+        block_dims: explicit dims of the ``num_blocks`` blocks (multiples of 4), with
+            ``block_boundaries``; default derived from the popularity law above. ``recsys train``
+            writes both into the resolved spec, so a checkpoint rebuilds its model without the
+            data set's vocabulary counts.
     """
 
     kind: Literal["mixed_dim"]
@@ -145,6 +149,7 @@ class MixedDimCompression(_Spec):
     alpha: Annotated[float, Field(gt=0.0, le=1.0)] = 0.5
     base_dim: Annotated[int, Field(ge=4)] | None = None
     block_boundaries: tuple[Annotated[int, Field(ge=1)], ...] | None = None
+    block_dims: tuple[Annotated[int, Field(ge=4)], ...] | None = None
 
     @field_validator("base_dim")
     @classmethod
@@ -164,6 +169,14 @@ class MixedDimCompression(_Spec):
                 )])
             if any(x >= y for x, y in zip(b, b[1:])):
                 raise Problems([Problem("block_boundaries", f"got {list(b)}; the boundaries must be strictly increasing")])
+        d = self.block_dims
+        if d is not None:
+            if b is None:
+                raise Problems([Problem("block_dims", f"got {list(d)}; block_dims needs block_boundaries too")])
+            if len(d) != self.num_blocks:
+                raise Problems([Problem("block_dims", f"got {list(d)} ({len(d)} values); num_blocks {self.num_blocks} needs {self.num_blocks}")])
+            if any(x % 4 for x in d):
+                raise Problems([Problem("block_dims", f"got {list(d)}; FBGEMM's fused kernels need multiples of 4")])
         return self
 
 

@@ -13,6 +13,10 @@ Atomicity comes from Ray: each worker writes into a fresh local temporary folder
 checkpoint (``checkpoint_manager_snapshot.json``) only after every worker's upload finished, so a
 crash mid-save leaves the previous checkpoint as the latest one. Restores read it back with
 ``ray.train.get_checkpoint()`` (worker restarts after a failure, and ``resume=true``).
+
+Before a checkpoint is loaded it is verified (:func:`verify_checkpoint`: both JSON files parse,
+DCP's index loads, and every byte range the index names exists in its shard file), and a damaged
+one is passed over for the newest intact one (:func:`newest_intact`), with the reason printed.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ import json
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 import torch.distributed.checkpoint as dcp
@@ -31,20 +35,33 @@ TRAIN_STATE = "train_state.json"
 CONFIG = "config.json"
 
 
+RAY_RUN_NAME = "ray"  # Ray's experiment folder inside the run directory
+SNAPSHOT = "checkpoint_manager_snapshot.json"
+
+
 def _state(model: nn.Module, optimizer: Any) -> dict[str, Any]:
     return {"model": model.state_dict(), "optimizer": optimizer.state_dict()}
 
 
 @contextmanager
 def saved_checkpoint(
-    model: nn.Module, optimizer: Any, *, rank: int, train_state: dict[str, Any], resolved: dict[str, Any]
+    model: nn.Module,
+    optimizer: Any,
+    *,
+    rank: int,
+    train_state: dict[str, Any],
+    resolved: dict[str, Any],
+    after_write: Callable[[Path], None] | None = None,
 ) -> Iterator[Path]:
     """Write this rank's part of a checkpoint to a temporary folder, yield it for ``ray.train.report``.
 
-    Collective: every rank must call it at the same step.
+    Collective: every rank must call it at the same step. ``after_write(folder)`` runs once the
+    shard is written (the tests' fault hook).
     """
     with tempfile.TemporaryDirectory(prefix="recsys-ckpt-") as tmp:
         dcp.save(_state(model, optimizer), checkpoint_id=tmp)
+        if after_write is not None:
+            after_write(Path(tmp))
         if rank == 0:
             (Path(tmp) / TRAIN_STATE).write_text(json.dumps(train_state, indent=2), encoding="utf-8")
             (Path(tmp) / CONFIG).write_text(json.dumps(resolved, indent=2), encoding="utf-8")
@@ -96,3 +113,92 @@ def checkpoint_tensors(path: str | Path) -> dict[str, torch.Tensor]:
 
     walk("", nested)
     return flat
+
+
+# -- finding and verifying checkpoints (driver side, no process group) ------------------------
+
+
+def verify_checkpoint(path: str | Path) -> str | None:
+    """``None`` if the checkpoint folder is complete, else the reason it is not (one line).
+
+    Checks that ``train_state.json`` and ``config.json`` parse, that DCP's ``.metadata`` loads, and
+    that every shard file it names exists and holds every byte range the index points into (a
+    truncated or missing ``__<rank>_0.distcp`` fails here, not inside ``dcp.load``).
+    """
+    from torch.distributed.checkpoint import FileSystemReader
+
+    path = Path(path)
+    for name in (TRAIN_STATE, CONFIG):
+        try:
+            json.loads((path / name).read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return f"{name} is missing"
+        except (OSError, ValueError) as exc:
+            return f"{name} is unreadable ({type(exc).__name__}: {exc})"
+    try:
+        metadata = FileSystemReader(str(path)).read_metadata()
+    except FileNotFoundError:
+        return ".metadata is missing"
+    except Exception as exc:  # a truncated pickle raises EOFError / UnpicklingError / ...
+        return f".metadata is unreadable ({type(exc).__name__})"
+    need: dict[str, int] = {}
+    for info in (metadata.storage_data or {}).values():
+        end = int(info.offset) + int(info.length)
+        need[info.relative_path] = max(need.get(info.relative_path, 0), end)
+    for rel, end in sorted(need.items()):
+        shard = path / rel
+        if not shard.exists():
+            return f"{rel} is missing"
+        size = shard.stat().st_size
+        if size < end:
+            return f"{rel} is truncated ({size:,} of at least {end:,} bytes)"
+    return None
+
+
+def checkpoint_step(path: str | Path) -> int | None:
+    """The step a checkpoint folder was written at (``None`` if its train state is unreadable)."""
+    try:
+        return int(read_train_state(path)["step"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def registered_checkpoints(run_dir: str | Path) -> list[tuple[int, Path]]:
+    """``(step, folder)`` of the checkpoints Ray registered for a run directory, oldest first."""
+    root = Path(run_dir) / RAY_RUN_NAME
+    try:
+        snapshot = json.loads((root / SNAPSHOT).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return []
+    out = []
+    for item in snapshot.get("checkpoint_results") or []:
+        folder = root / item["checkpoint_dir_name"]
+        step = item.get("metrics", {}).get("step")
+        if step is None:
+            step = checkpoint_step(folder)
+        if step is not None and folder.exists():
+            out.append((int(step), folder))
+    return sorted(out)
+
+
+def checkpoint_folders(run_dir: str | Path) -> list[tuple[int, Path]]:
+    """``(step, folder)`` of every checkpoint folder under a run directory (registered or not)."""
+    root = Path(run_dir) / RAY_RUN_NAME
+    out = []
+    for folder in sorted(root.glob("checkpoint_*")) if root.is_dir() else []:
+        if not folder.is_dir():  # checkpoint_manager_snapshot.json
+            continue
+        step = checkpoint_step(folder)
+        out.append((step if step is not None else -1, folder))
+    return sorted(out)
+
+
+def newest_intact(run_dir: str | Path) -> tuple[tuple[int, Path] | None, list[str]]:
+    """The newest intact checkpoint of a run directory and one line per damaged newer one."""
+    skipped = []
+    for step, folder in reversed(checkpoint_folders(run_dir)):
+        reason = verify_checkpoint(folder)
+        if reason is None:
+            return (step, folder), skipped
+        skipped.append(f"checkpoint {folder} is damaged: {reason}")
+    return None, skipped

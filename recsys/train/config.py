@@ -151,9 +151,7 @@ class LoopConfig(_Section):
         eval_every: validation AUC / logloss every N steps; 0: at the end of each epoch.
         checkpoint_every: a checkpoint every N steps (0: only at the end).
         num_checkpoints: checkpoints kept (oldest deleted by Ray).
-        seed: model init and shuffling seed.
-        fail_at_step: TESTS ONLY: the rank-1 (or only) worker exits once at this step, to exercise
-            ``ray.max_failures`` (a marker file in the run directory makes it fail only once).
+        seed: model init, file order and shuffle-buffer seed (same config and seed -> same run).
     """
 
     epochs: Annotated[int, Field(ge=1)] = 1
@@ -163,7 +161,6 @@ class LoopConfig(_Section):
     checkpoint_every: Annotated[int, Field(ge=0)] = 0
     num_checkpoints: Annotated[int, Field(ge=1)] = 2
     seed: int = 0
-    fail_at_step: Annotated[int, Field(ge=1)] | None = None
 
 
 class TableConstraint(_Section):
@@ -212,6 +209,8 @@ class TrainConfig(_Section):
     ray: RayConfig = RayConfig()
     run_dir: str | None = None
     resume: bool = False
+    resume_allow_changes: list[str] = Field(default_factory=list)
+    """Dotted config keys (or sections) a resumed run may change, e.g. ``[train.max_steps]``."""
 
 
 # -- loading ----------------------------------------------------------------------------------

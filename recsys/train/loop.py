@@ -1,23 +1,30 @@
 """The training loop that runs on every Ray Train worker (:func:`train_worker`).
 
-Per worker: build the CTR model with its tables on ``meta`` -> fused table optimizer in
-backward -> TorchRec's planner -> ``DistributedModelParallel`` -> restore the latest Ray
-checkpoint if any -> steps over this worker's Ray Data shard of the training split, with
-validation AUC / logloss every ``eval_every`` steps, checkpoints every ``checkpoint_every``
-steps, and at the end the test split's metrics and a final checkpoint.
+Per worker, in order (each a small function below):
 
-Every rank runs the same number of forward passes (sharded lookups are collectives): before each
-batch the ranks agree with one ``all_reduce`` that all of them still have one. Metrics are
-exact: predictions of all ranks are gathered and scored with :mod:`recsys.metrics`.
+1. :func:`setup` — the resolved config and spec from the driver's payload, rank, device, and
+   this rank's :class:`~recsys.data.loader.ShardReader` of each split;
+2. :func:`build_sharded` — the CTR model with its tables on ``meta`` -> fused table optimizer in
+   backward -> TorchRec's planner -> ``DistributedModelParallel`` -> one ``CombinedOptimizer``;
+3. :func:`restore` — the newest intact checkpoint (Ray's latest, or the one the driver chose),
+   into the model, optimizers and a typed :class:`TrainState`;
+4. the steps: :class:`Schedule` (a pure function of the step) says when to log, evaluate and
+   checkpoint; a non-finite loss stops the run at once, naming the step;
+5. the final validation / test metrics and the final checkpoint.
+
+Every rank reads exactly ``steps_per_epoch`` full batches per epoch and, in evaluation, the same
+number of (padded) batches of the same sizes, so all ranks run the same collectives without a
+per-batch handshake. Metrics are exact: every row of a split is scored once, the predictions of
+all ranks are gathered and scored with :mod:`recsys.metrics`.
 """
 
 from __future__ import annotations
 
-import os
 import sys
 import time
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -25,15 +32,16 @@ import torch.distributed as dist
 from torchrec.distributed.planner.types import ParameterConstraints
 
 from recsys import metrics
-from recsys.data.batch import Batch
-from recsys.data.loader import iter_batches
+from recsys.data.loader import ShardReader
 from recsys.embeddings import build_embedding_collection
 from recsys.features.spec import DatasetSpec, spec_from_dict
 from recsys.models.ctr import CTRTask, build_ctr_model
-from recsys.train import checkpoint, sharding
+from recsys.train import checkpoint, faults, sharding
 from recsys.train.config import TrainConfig
 
-FAULT_MARKER = ".fault_injected"
+
+class TrainingStopped(ValueError):
+    """The run cannot go on (e.g. a non-finite loss); the message says why and at which step."""
 
 
 def build_task(config: TrainConfig, spec: DatasetSpec, counts: dict[str, np.ndarray] | None, device: torch.device) -> CTRTask:
@@ -62,34 +70,195 @@ def constraints_for(config: TrainConfig, tables: list[str], per_value: set[str] 
     return out
 
 
-def _all_have(has: bool, device: torch.device) -> bool:
-    """True when every rank has a batch (one tiny all_reduce)."""
-    flag = torch.tensor([1 if has else 0], dtype=torch.int32, device=device)
-    dist.all_reduce(flag, op=dist.ReduceOp.MIN)
-    return bool(flag.item())
+# -- the typed pieces -------------------------------------------------------------------------
 
 
-def _synced_batches(batches: Iterator[Batch], device: torch.device) -> Iterator[Batch]:
-    """Yield batches while every rank still has one (equal shards make this all of them)."""
-    it = iter(batches)
-    while True:
-        batch = next(it, None)
-        if not _all_have(batch is not None, device):
-            return
-        yield batch.to(device, non_blocking=True)
+@dataclass
+class TrainState:
+    """What a checkpoint's ``train_state.json`` holds; the only mutable state of the loop."""
+
+    step: int = 0
+    samples: int = 0
+    train_seconds: float = 0.0
+    history: list[dict[str, Any]] = field(default_factory=list)  # validation rows
+    loss_curve: list[list[float]] = field(default_factory=list)  # [step, mean loss over ranks]
+    resumed_from_step: int | None = None
+    configs: list[dict[str, Any]] = field(default_factory=list)  # [{"from_step", "config"}] every config used
+    sharding_plan: list[dict[str, Any]] | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, raw: dict[str, Any]) -> "TrainState":
+        known = {k: raw[k] for k in cls.__dataclass_fields__ if k in raw}
+        return cls(**known)
+
+    def record_config(self, config: dict[str, Any]) -> None:
+        """Append ``config`` to the run's config history unless it is the one in force."""
+        if not self.configs or self.configs[-1]["config"] != config:
+            self.configs.append({"from_step": self.step, "config": config})
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """When to log, evaluate and checkpoint: a pure function of the (1-based, global) step.
+
+    ``eval_every == 0`` evaluates at the end of each epoch; the last step does neither (the final
+    evaluation and checkpoint follow the loop).
+    """
+
+    total_steps: int
+    steps_per_epoch: int
+    log_every: int
+    eval_every: int
+    checkpoint_every: int
+
+    def position(self, step: int) -> tuple[int, int]:
+        """``(epoch, batch within the epoch)`` of the step that follows ``step`` steps."""
+        return divmod(step, self.steps_per_epoch)
+
+    def log(self, step: int) -> bool:
+        return step % self.log_every == 0 or step == self.total_steps
+
+    def evaluate(self, step: int) -> bool:
+        if step >= self.total_steps:
+            return False
+        if self.eval_every:
+            return step % self.eval_every == 0
+        return step % self.steps_per_epoch == 0
+
+    def checkpoint(self, step: int) -> bool:
+        return bool(self.checkpoint_every) and step % self.checkpoint_every == 0 and step < self.total_steps
+
+
+def schedule_for(config: TrainConfig, steps_per_epoch: int) -> Schedule:
+    total = config.train.epochs * steps_per_epoch
+    if config.train.max_steps is not None:
+        total = min(total, config.train.max_steps)
+    t = config.train
+    return Schedule(total, steps_per_epoch, t.log_every, t.eval_every, t.checkpoint_every)
+
+
+@dataclass
+class Worker:
+    """This rank's view of the run (built by :func:`setup`)."""
+
+    config: TrainConfig
+    spec: DatasetSpec
+    rank: int
+    world: int
+    device: torch.device
+    train: ShardReader
+    validation: ShardReader
+    test: ShardReader
+    schedule: Schedule
+    fault: faults.Fault | None
+    payload: dict[str, Any]
+
+    @property
+    def global_batch(self) -> int:
+        return self.train.batch_size * self.world
+
+    def log(self, message: str) -> None:
+        if self.rank == 0:
+            _log(message)
+
+
+def setup(payload: dict[str, Any], rank: int, world: int, local_rank: int) -> Worker:
+    config = TrainConfig.model_validate(payload["config"])
+    spec = spec_from_dict(payload["spec"], "resolved spec")
+    if config.ray.use_gpu:
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+    else:
+        device = torch.device("cpu")
+        torch.set_num_threads(max(1, int(config.ray.cpus_per_worker)))
+    files = {split: [Path(p) for p in paths] for split, paths in payload["files"].items()}
+    per_rank = config.data.batch_size // world  # the driver checked that it divides
+    per_rank_eval = -(-config.data.eval_batch_size // world)
+    common = dict(rank=rank, world_size=world)
+    train = ShardReader(
+        files["train"], spec, batch_size=per_rank, seed=config.train.seed, shuffle_files=config.data.shuffle_files,
+        shuffle_buffer_rows=config.data.shuffle_buffer_rows, **common,
+    )
+    validation = ShardReader(files["validation"], spec, batch_size=per_rank_eval, **common)
+    test = ShardReader(files["test"], spec, batch_size=per_rank_eval, **common)
+    schedule = schedule_for(config, train.steps_per_epoch)
+    return Worker(config, spec, rank, world, device, train, validation, test, schedule, faults.load_fault(payload["run_dir"]), payload)
+
+
+def build_sharded(w: Worker, local_world_size: int) -> tuple[torch.nn.Module, Any, list[dict[str, Any]]]:
+    """The DMP-sharded model, its combined optimizer, and the sharding plan as rows."""
+    config = w.config
+    task = build_task(config, w.spec, w.payload.get("counts"), w.device)
+    emb = config.optimizer.embedding
+    sharding.apply_fused_optimizer(task, emb.kind, emb.lr, emb.eps, emb.weight_decay)
+    table_specs = task.model.sparse.plan().tables
+    per_value = {t.name for t in table_specs if t.per_value}
+    plan = sharding.plan_sharding(
+        task,
+        world_size=w.world,
+        local_world_size=local_world_size,
+        compute_device=w.device.type,
+        batch_size=w.train.batch_size,
+        constraints=constraints_for(config, [t.name for t in table_specs], per_value),
+    )
+    model = sharding.shard_model(task, plan, w.device)
+    dense = config.optimizer.dense
+    optimizer = sharding.build_optimizer(model, dense.kind, dense.lr, dense.eps, dense.weight_decay)
+    return model, optimizer, sharding.describe_plan(plan)
+
+
+def restore(w: Worker, model: torch.nn.Module, optimizer: Any) -> TrainState:
+    """Load the newest intact checkpoint, if any: Ray's latest (a restart within this run, or the
+    run's snapshot on ``resume=true``) unless it is damaged or older than the driver's choice."""
+    import ray.train
+
+    choice: list[Any] = [None]
+    if w.rank == 0:
+        candidates = []
+        latest = ray.train.get_checkpoint()
+        if latest is not None:
+            candidates.append(Path(latest.path))
+        if w.payload.get("resume_from"):
+            candidates.append(Path(w.payload["resume_from"]))
+        best = None
+        for path in candidates:
+            reason = checkpoint.verify_checkpoint(path)
+            if reason is not None:
+                w.log(f"checkpoint {path} is damaged ({reason}); passing over it")
+                continue
+            step = checkpoint.checkpoint_step(path)
+            if best is None or step > best[0]:
+                best = (step, str(path))
+        choice = [best]
+    dist.broadcast_object_list(choice, src=0)
+    if choice[0] is None:
+        state = TrainState()
+    else:
+        saved = checkpoint.load_into(choice[0][1], model, optimizer)
+        state = TrainState.from_json(saved)
+        state.resumed_from_step = state.step
+        w.log(f"resumed from checkpoint at step {state.step} ({choice[0][1]})")
+    state.record_config(w.payload["config"])
+    return state
+
+
+# -- evaluation -------------------------------------------------------------------------------
 
 
 @torch.no_grad()
-def evaluate(model: torch.nn.Module, data: Any, spec: DatasetSpec, batch_size: int, device: torch.device) -> dict[str, float]:
-    """Exact AUC and logloss over all ranks' shards of a split (predictions are gathered)."""
+def evaluate(model: torch.nn.Module, reader: ShardReader, device: torch.device) -> dict[str, float]:
+    """Exact AUC and logloss over a split: every row scored once, all ranks' predictions gathered."""
     model.eval()
     probs, labels = [], []
-    for batch in _synced_batches(iter_batches(data, spec, batch_size), device):
-        _, logits = model(batch)
-        probs.append(torch.sigmoid(logits).float().cpu())  # (B,)
-        labels.append(batch.labels.cpu())
+    for batch, real in reader.eval_batches():
+        _, logits = model(batch.to(device, non_blocking=True))
+        probs.append(torch.sigmoid(logits[:real]).float().cpu())  # (real,)
+        labels.append(batch.labels[:real])
     model.train()
-    local = (torch.cat(probs).numpy() if probs else np.empty(0, np.float32), torch.cat(labels).numpy() if labels else np.empty(0, np.float32))
+    local = (torch.cat(probs).numpy(), torch.cat(labels).numpy())
     gathered: list[Any] = [None] * dist.get_world_size()
     dist.all_gather_object(gathered, local)
     p = np.concatenate([g[0] for g in gathered])
@@ -97,184 +266,135 @@ def evaluate(model: torch.nn.Module, data: Any, spec: DatasetSpec, batch_size: i
     return {"auc": metrics.auc(y, p), "logloss": metrics.logloss(y, p), "rows": int(y.size)}
 
 
+# -- the loop ---------------------------------------------------------------------------------
+
+
 def train_worker(payload: dict[str, Any]) -> None:
     """Ray Train worker entry point; ``payload`` from :func:`recsys.train.run.launch`.
 
     Keys: ``config`` (resolved TrainConfig as JSON), ``spec`` (the resolved feature spec),
-    ``counts`` (vocab counts for mixed_dim), ``train_rows``, ``run_dir`` (absolute).
+    ``files`` (per split, its parquet files), ``counts`` (vocab counts for mixed_dim),
+    ``run_dir`` (absolute), ``resume_from`` (the driver's choice of checkpoint, or None).
     """
     import ray.train
 
-    config = TrainConfig.model_validate(payload["config"])
-    spec = spec_from_dict(payload["spec"], "resolved spec")
     ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    if config.ray.use_gpu:
-        device = torch.device("cuda", ctx.get_local_rank())
-        torch.cuda.set_device(device)
-    else:
-        device = torch.device("cpu")
-        torch.set_num_threads(max(1, int(config.ray.cpus_per_worker)))
-    log = _log if rank == 0 else (lambda *a, **k: None)
-
-    per_rank_batch = max(1, config.data.batch_size // world)
-    per_rank_eval = max(1, config.data.eval_batch_size // world)
-    steps_per_epoch = payload["train_rows"] // world // per_rank_batch  # equal shards, full batches only
-    if steps_per_epoch < 1:
-        raise ValueError(
-            f"data.batch_size {config.data.batch_size} is larger than the training split "
-            f"({payload['train_rows']} rows over {world} workers); use a smaller batch"
-        )
-    total_steps = config.train.epochs * steps_per_epoch
-    if config.train.max_steps is not None:
-        total_steps = min(total_steps, config.train.max_steps)
-
-    # -- model, optimizers, plan --------------------------------------------------------------
-    task = build_task(config, spec, payload.get("counts"), device)
-    emb = config.optimizer.embedding
-    sharding.apply_fused_optimizer(task, emb.kind, emb.lr, emb.eps, emb.weight_decay)
-    table_specs = task.model.sparse.plan().tables
-    tables = [t.name for t in table_specs]
-    per_value = {t.name for t in table_specs if t.per_value}
-    plan = sharding.plan_sharding(
-        task,
-        world_size=world,
-        local_world_size=ctx.get_local_world_size(),
-        compute_device=device.type,
-        batch_size=per_rank_batch,
-        constraints=constraints_for(config, tables, per_value),
-    )
-    model = sharding.shard_model(task, plan, device)
-    dense = config.optimizer.dense
-    optimizer = sharding.build_optimizer(model, dense.kind, dense.lr, dense.eps, dense.weight_decay)
-    plan_rows = sharding.describe_plan(plan)
-
-    state: dict[str, Any] = {"step": 0, "samples": 0, "train_seconds": 0.0, "history": [], "loss_curve": [], "resumed_from_step": None}
-    restored = ray.train.get_checkpoint()
-    if restored is not None:
-        with restored.as_directory() as path:
-            saved = checkpoint.load_into(path, model, optimizer)
-        state.update(saved)
-        state["resumed_from_step"] = saved["step"]
-        log(f"resumed from checkpoint at step {saved['step']} ({restored.path})")
-    log(
-        f"world size {world}; batch {config.data.batch_size} ({per_rank_batch} per worker); "
-        f"{steps_per_epoch} steps per epoch; training to step {total_steps}"
+    w = setup(payload, ctx.get_world_rank(), ctx.get_world_size(), ctx.get_local_rank())
+    model, optimizer, plan_rows = build_sharded(w, ctx.get_local_world_size())
+    state = restore(w, model, optimizer)
+    state.sharding_plan = plan_rows
+    s = w.schedule
+    w.log(
+        f"world size {w.world}; batch {w.global_batch} ({w.train.batch_size} per worker); "
+        f"{s.steps_per_epoch} steps per epoch; training to step {s.total_steps}"
     )
     resolved = {"config": payload["config"], "spec": payload["spec"]}
+    last_saved = state.step if state.resumed_from_step is not None else None
 
-    def report(metrics_: dict[str, Any], with_checkpoint: bool) -> None:
+    def report(row: dict[str, Any], with_checkpoint: bool) -> None:
+        nonlocal last_saved
         if not with_checkpoint:
-            ray.train.report(metrics_)
+            ray.train.report(row)
             return
-        with checkpoint.saved_checkpoint(model, optimizer, rank=rank, train_state=state, resolved=resolved) as path:
-            ray.train.report(metrics_, checkpoint=ray.train.Checkpoint.from_directory(str(path)))
+        after = (lambda folder: w.fault.during_save(state.step, w.rank, folder, last_saved)) if w.fault else None
+        with checkpoint.saved_checkpoint(
+            model, optimizer, rank=w.rank, train_state=state.to_json(), resolved=resolved, after_write=after
+        ) as path:
+            ray.train.report(row, checkpoint=ray.train.Checkpoint.from_directory(str(path)))
+        last_saved = state.step
 
-    # -- steps --------------------------------------------------------------------------------
-    train_shard = ray.train.get_dataset_shard("train")
-    val_shard = ray.train.get_dataset_shard("validation")
-    step = state["step"]
-    window_loss, window_steps, window_start = 0.0, 0, time.perf_counter()
-    while step < total_steps:
-        epoch, skip = divmod(step, steps_per_epoch)
-        batches = iter_batches(
-            train_shard,
-            spec,
-            per_rank_batch,
-            drop_last=True,
-            local_shuffle_buffer_size=config.data.shuffle_buffer_rows or None,
-            local_shuffle_seed=config.train.seed + epoch if config.data.shuffle_buffer_rows else None,
-        )
-        it = iter(batches)
-        for _ in range(skip):  # resuming mid-epoch: continue at the saved step's position
-            next(it, None)
+    window = _Window()
+    while state.step < s.total_steps:
+        epoch, skip = s.position(state.step)
         step_start = time.perf_counter()
-        for batch in _synced_batches(it, device):
-            _maybe_inject_fault(config, payload["run_dir"], step + 1, rank, world)
-            loss, _ = model(batch)
+        for batch in w.train.train_batches(epoch, skip):
+            if w.fault is not None:
+                w.fault.before_step(state.step + 1, w.rank, last_saved)
+            loss, _ = model(batch.to(w.device, non_blocking=True))
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
-            step += 1
+            value = loss.item()
+            if not np.isfinite(value):
+                raise TrainingStopped(
+                    f"training stopped at step {state.step + 1}: the loss is {value} on worker {w.rank}; "
+                    "check the data for non-finite dense values (data.check_ranges scans for them) and lower the learning rates"
+                )
+            state.step += 1
             now = time.perf_counter()
-            state["train_seconds"] += now - step_start
-            state["samples"] += per_rank_batch * world
-            state["step"] = step
-            window_loss += loss.item()
-            window_steps += 1
-
-            if step % config.train.log_every == 0 or step == total_steps:
-                mean_loss = torch.tensor([window_loss / window_steps], device=device)
-                dist.all_reduce(mean_loss)
-                rate = window_steps * per_rank_batch * world / max(now - window_start, 1e-9)
-                state["loss_curve"].append([step, mean_loss.item() / world])
-                log(f"step {step}/{total_steps} epoch {epoch} loss {mean_loss.item() / world:.4f} samples/s {rate:,.0f}")
-                window_loss, window_steps, window_start = 0.0, 0, time.perf_counter()
-
-            end_of_epoch = step % steps_per_epoch == 0
-            do_eval = (config.train.eval_every and step % config.train.eval_every == 0) or (
-                not config.train.eval_every and end_of_epoch
-            )
-            do_ckpt = bool(config.train.checkpoint_every and step % config.train.checkpoint_every == 0)
-            if step == total_steps:
-                do_eval = do_ckpt = False  # the final report below does both
-            if do_eval or do_ckpt:
+            state.train_seconds += now - step_start
+            state.samples += w.global_batch
+            window.add(value)
+            step = state.step
+            if s.log(step):
+                mean = window.mean_over_ranks(w.device)
+                state.loss_curve.append([step, mean])
+                w.log(f"step {step}/{s.total_steps} epoch {epoch} loss {mean:.4f} samples/s {window.rate(now, w.global_batch):,.0f}")
+                window.reset()
+            if s.evaluate(step) or s.checkpoint(step):
                 row: dict[str, Any] = {"step": step, "epoch": epoch}
-                if do_eval:
-                    val = evaluate(model, val_shard, spec, per_rank_eval, device)
+                if s.evaluate(step):
+                    val = evaluate(model, w.validation, w.device)
                     row.update({"val_auc": val["auc"], "val_logloss": val["logloss"]})
-                    log(f"step {step} validation AUC {val['auc']:.4f} logloss {val['logloss']:.4f} ({val['rows']:,} rows)")
-                    state["history"].append(row)
-                report(dict(row), with_checkpoint=do_ckpt)
-                window_start = time.perf_counter()
-            if step >= total_steps:
+                    w.log(f"step {step} validation AUC {val['auc']:.4f} logloss {val['logloss']:.4f} ({val['rows']:,} rows)")
+                    state.history.append(row)
+                report(dict(row), with_checkpoint=s.checkpoint(step))
+                window.restart()
+            if step >= s.total_steps:
                 break
             step_start = time.perf_counter()
-        else:
-            if step % steps_per_epoch:  # a shard ran dry early (should not happen with equal splits)
-                log(f"epoch {epoch} ended at step {step}, before its {steps_per_epoch} steps")
-                step = (epoch + 1) * steps_per_epoch
-                state["step"] = step
 
-    # -- final evaluation and checkpoint ------------------------------------------------------
-    val = evaluate(model, val_shard, spec, per_rank_eval, device)
-    test = evaluate(model, ray.train.get_dataset_shard("test"), spec, per_rank_eval, device)
-    log(f"validation AUC {val['auc']:.4f} logloss {val['logloss']:.4f}; test AUC {test['auc']:.4f} logloss {test['logloss']:.4f}")
-    state["history"].append({"step": step, "val_auc": val["auc"], "val_logloss": val["logloss"]})
+    val = evaluate(model, w.validation, w.device)
+    test = evaluate(model, w.test, w.device)
+    w.log(f"validation AUC {val['auc']:.4f} logloss {val['logloss']:.4f}; test AUC {test['auc']:.4f} logloss {test['logloss']:.4f}")
+    state.history.append({"step": state.step, "val_auc": val["auc"], "val_logloss": val["logloss"]})
     final = {
         "final": True,
-        "step": step,
-        "steps": step,
+        "step": state.step,
+        "steps": state.step,
         "auc": test["auc"],
         "logloss": test["logloss"],
         "test_rows": test["rows"],
+        "val_rows": val["rows"],
         "val_auc": val["auc"],
         "val_logloss": val["logloss"],
-        "samples": state["samples"],
-        "train_seconds": state["train_seconds"],
-        "samples_per_s": state["samples"] / state["train_seconds"] if state["train_seconds"] else float("nan"),
-        "world_size": world,
-        "resumed_from_step": state["resumed_from_step"],
+        "samples": state.samples,
+        "train_seconds": state.train_seconds,
+        "samples_per_s": state.samples / state.train_seconds if state.train_seconds else float("nan"),
+        "world_size": w.world,
+        "resumed_from_step": state.resumed_from_step,
     }
-    state["sharding_plan"] = plan_rows  # travels in the checkpoint's train_state.json, not in the logs
     report(final, with_checkpoint=True)
+
+
+class _Window:
+    """Mean loss and throughput since the last log line."""
+
+    def __init__(self) -> None:
+        self.restart()
+        self.reset()
+
+    def reset(self) -> None:
+        self.loss, self.steps = 0.0, 0
+        self.start = time.perf_counter()
+
+    def restart(self) -> None:
+        """After an evaluation or checkpoint: keep the losses, restart the clock."""
+        self.start = time.perf_counter()
+
+    def add(self, loss: float) -> None:
+        self.loss += loss
+        self.steps += 1
+
+    def mean_over_ranks(self, device: torch.device) -> float:
+        mean = torch.tensor([self.loss / max(self.steps, 1)], device=device)
+        dist.all_reduce(mean)
+        return mean.item() / dist.get_world_size()
+
+    def rate(self, now: float, global_batch: int) -> float:
+        return self.steps * global_batch / max(now - self.start, 1e-9)
 
 
 def _log(message: str) -> None:
     """One line on the driver's console (Ray Train's patched ``print`` would tee it twice)."""
     print(message, file=sys.__stdout__, flush=True)
-
-
-def _maybe_inject_fault(config: TrainConfig, run_dir: str, step: int, rank: int, world: int) -> None:
-    """TESTS ONLY (``train.fail_at_step``): one worker process dies once, at the given step."""
-    if config.train.fail_at_step != step or rank != (1 if world > 1 else 0):
-        return
-    marker = Path(run_dir) / FAULT_MARKER
-    if marker.exists():
-        return
-    marker.write_text(f"worker rank {rank} killed at step {step}\n", encoding="utf-8")
-    # Ray registers a reported checkpoint at its next poll of the workers (every 2 s): wait for it,
-    # so the restart demonstrably resumes from the last checkpoint rather than from scratch.
-    time.sleep(5)
-    print(f"fault injection: rank {rank} exits at step {step}", flush=True)
-    os._exit(1)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -23,12 +23,12 @@ from recsys.data.batch import check_ranges
 from recsys.data.loader import validated_files
 from recsys.embeddings import EmbeddingPlan, compile_plan
 from recsys.features.spec import DatasetSpec, load_spec
-from recsys.train.checkpoint import read_train_state
+from recsys.train import checkpoint, checks
+from recsys.train.checkpoint import RAY_RUN_NAME, read_train_state
 from recsys.train.config import ConfigError, TrainConfig, resolve_spec
 from recsys.train.sharding import CPU_SHARDING_TYPES
 
 RESULTS = "results.json"
-RAY_RUN_NAME = "ray"  # Ray's experiment folder inside the run directory
 
 
 @dataclass
@@ -43,6 +43,10 @@ class Prepared:
     manifest: dict[str, Any]
     notes: list[str]
     plan: EmbeddingPlan  # the embedding plan of ``spec``: physical tables, bytes, ratio
+    files: dict[str, list[Path]] = field(default_factory=dict)  # per split, its parquet files
+    rows: dict[str, int] = field(default_factory=dict)  # per split, its rows
+    resume_from: Path | None = None  # the newest intact checkpoint (resume=true)
+    warnings: list[str] = field(default_factory=list)  # printed once, loudly, before training
 
 
 def default_run_dir(config_name: str) -> Path:
@@ -55,10 +59,15 @@ def prepare(config: TrainConfig, *, config_name: str = "run") -> Prepared:
     Raises:
         ConfigError: a feature named by the config is not in the data set; a spec override is
             invalid; a sharding constraint names an unknown table or needs CUDA on CPU.
-        ValueError: a split file's columns do not match the spec; an id is out of range; the
-            run directory already holds a run (without ``resume=true``) or none (with it).
+        ValueError: ``run_dir`` is a file; a split is empty (or has fewer rows than workers); the
+            batch does not divide by the workers or exceeds the data; a split file's columns do not
+            match the spec; a label is not 0/1; an id is out of range or a dense value not finite;
+            the run directory already holds a run (without ``resume=true``) or no checkpoint (with
+            it); a resumed config differs from its checkpoint's.
         FileNotFoundError: no data set / split files at ``data.path``.
     """
+    run_dir = Path(config.run_dir) if config.run_dir else default_run_dir(config_name)
+    checks.check_run_dir(run_dir)
     root = Path(config.data.path)
     manifest = layout.read_manifest(root)
     data_spec = load_spec(config.data.spec) if config.data.spec else layout.dataset_spec(root)
@@ -68,6 +77,7 @@ def prepare(config: TrainConfig, *, config_name: str = "run") -> Prepared:
     wants_counts = "mixed_dim" in kinds or (budget is not None and budget.method == "mixed_dim")
     counts = layout.vocab_counts(root, data_spec.sparse) if wants_counts else {}
     spec, notes = resolve_spec(config, data_spec, counts)
+    spec, counts = _pin_mixed_dim(spec, counts, notes)
 
     errors = []
     plan = compile_plan(spec, counts)
@@ -85,18 +95,69 @@ def prepare(config: TrainConfig, *, config_name: str = "run") -> Prepared:
     _check_model(config, spec, counts)
 
     files = {split: validated_files(root, split, spec) for split in layout.SPLITS}
+    rows = checks.split_rows(files)
+    checks.check_splits(rows, batch_size=config.data.batch_size, num_workers=config.ray.num_workers, root=root)
+    checks.check_labels(files, spec)
+    warnings = []
     if config.data.check_ranges:
         for split in layout.SPLITS:
             check_ranges(files[split], spec)
-    train_rows = sum(pq.ParquetFile(p).metadata.num_rows for p in files["train"])
+        checks.check_dense_finite(files, spec)
+    else:
+        warnings.append(
+            "WARNING: data.check_ranges=false: ids are NOT checked against [0, cardinality) and dense values "
+            "not for NaN / inf. FBGEMM reads an out-of-range id as row 0 without any error, silently training "
+            "the wrong rows; leave data.check_ranges on unless this data set was checked before."
+        )
 
-    run_dir = Path(config.run_dir) if config.run_dir else default_run_dir(config_name)
-    has_run = (run_dir / RAY_RUN_NAME).exists()
-    if config.resume and not has_run:
-        raise ValueError(f"resume=true but {run_dir} holds no run to resume; give the run_dir of an earlier run")
-    if not config.resume and has_run:
+    resume_from = None
+    registered = checkpoint.checkpoint_folders(run_dir)
+    if config.resume:
+        if not registered:
+            raise ValueError(f"resume=true but {run_dir} holds no checkpoint to resume; give the run_dir of an earlier run")
+        chosen, damaged = checkpoint.newest_intact(run_dir)
+        notes.extend(damaged)
+        if chosen is None:
+            raise ValueError(f"resume=true but no checkpoint under {run_dir / RAY_RUN_NAME} is intact: {'; '.join(damaged)}")
+        step, resume_from = chosen
+        if damaged:
+            notes.append(f"resuming from the newest intact checkpoint instead: {resume_from} (step {step})")
+        saved = checkpoint.read_resolved_config(resume_from)
+        notes.extend(
+            checks.check_resume(resume_from, saved, config.model_dump(mode="json"), spec.to_dict(), config.resume_allow_changes)
+        )
+    elif registered:
         raise ValueError(f"run_dir {run_dir} already holds a run; pass resume=true to continue it, or a new run_dir")
-    return Prepared(config, spec, counts, run_dir.resolve(), train_rows, manifest, notes, plan)
+    return Prepared(
+        config, spec, counts, run_dir.resolve(), rows["train"], manifest, notes, plan,
+        files=files, rows=rows, resume_from=resume_from.resolve() if resume_from else None, warnings=warnings,
+    )
+
+
+def _pin_mixed_dim(spec: DatasetSpec, counts: dict[str, np.ndarray], notes: list[str]) -> tuple[DatasetSpec, dict[str, np.ndarray]]:
+    """Write every mixed_dim feature's block boundaries and dims into the spec.
+
+    They are derived from the data set's vocabulary counts; once in the resolved spec (which
+    travels into the workers and every checkpoint's ``config.json``), the model is rebuilt without
+    the counts (for Criteo ~270 MB that no longer travel in the Ray payload).
+    """
+    from recsys.embeddings.builder import mixed_dim_layout
+
+    if not counts:
+        return spec, counts
+    raw = spec.to_dict()
+    pinned = []
+    for f, item in zip(spec.features, raw["features"]):
+        c = getattr(f, "compression", None)
+        if c is None or c.kind != "mixed_dim" or c.block_dims is not None:
+            continue
+        starts, dims, source = mixed_dim_layout(f, c, counts.get(f.name))
+        item["compression"] = {**item["compression"], "block_boundaries": list(starts[1:]), "block_dims": list(dims)}
+        pinned.append(f"{f.name} {dims} (from {source})")
+    if not pinned:
+        return spec, counts
+    notes.append("mixed_dim block dims written into the resolved spec: " + "; ".join(pinned))
+    return DatasetSpec.model_validate(raw), {}
 
 
 def _check_model(config: TrainConfig, spec: DatasetSpec, counts: dict[str, np.ndarray]) -> None:
@@ -108,18 +169,23 @@ def _check_model(config: TrainConfig, spec: DatasetSpec, counts: dict[str, np.nd
         collection = build_embedding_collection(spec, device="meta", counts=counts)
         build_ctr_model(config.model, spec, collection, device="meta")
     except ValueError as exc:
-        raise ConfigError("model", [f"model: {exc}"]) from None
+        text = str(exc)
+        field, sep, _ = text.partition(":")
+        # "dense_layers: the last size ..." -> "model.dense_layers: ..." (the config's dotted path)
+        line = f"model.{text}" if sep and field.isidentifier() else f"model: {text}"
+        raise ConfigError("model", [line]) from None
 
 
-def _ray_init(config: TrainConfig) -> None:
+def _ray_init(config: TrainConfig) -> bool:
+    """Connect to a cluster or start a local Ray; True if this call did either."""
     import ray
 
     if ray.is_initialized():
-        return
+        return False
     address = config.ray.address or os.environ.get("RAY_ADDRESS")
     if address:
         ray.init(address=address)
-        return
+        return True
     # Local: leave logical CPUs for Ray Data's read tasks next to the training workers.
     need = math.ceil(config.ray.num_workers * config.ray.cpus_per_worker) + 2
     # Ray's Python loggers at RECSYS_RAY_LOG_LEVEL (default ERROR): without the dashboard the
@@ -131,30 +197,62 @@ def _ray_init(config: TrainConfig) -> None:
         include_dashboard=False,
         logging_config=ray.LoggingConfig(log_level=level),
     )
+    return True
 
 
-def launch(prepared: Prepared) -> dict[str, Any]:
-    """Run the Ray Train job and write ``results.json``; returns the results."""
+def _stopped_reason(error: BaseException) -> str | None:
+    """The message of a worker's :class:`~recsys.train.loop.TrainingStopped`, if that is what failed."""
+    from recsys.train.loop import TrainingStopped
+
+    seen: set[int] = set()
+    todo: list[Any] = [error]
+    while todo:
+        exc = todo.pop()
+        if exc is None or id(exc) in seen:
+            continue
+        seen.add(id(exc))
+        if isinstance(exc, TrainingStopped):
+            return str(exc)
+        todo.extend(getattr(exc, "worker_failures", {}).values())
+        todo.extend([getattr(exc, "cause", None), exc.__cause__, exc.__context__])
+        if "TrainingStopped" in type(exc).__name__ or "TrainingStopped:" in str(exc):
+            text = str(exc)
+            tail = text[text.rfind("TrainingStopped:") + len("TrainingStopped:"):] if "TrainingStopped:" in text else text
+            return tail.strip().splitlines()[0]
+    return None
+
+
+def launch(prepared: Prepared, *, shutdown: bool = True) -> dict[str, Any]:
+    """Run the Ray Train job and write ``results.json``; returns the results.
+
+    Args:
+        prepared: from :func:`prepare`.
+        shutdown: shut Ray down afterwards if this call started it (so nothing Ray prints comes
+            after the caller's summary).
+
+    Raises:
+        ValueError: the run stopped for a reason the workers named (e.g. a non-finite loss).
+    """
     import ray
-    import ray.data
     import ray.train
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    from recsys.data.loader import ray_dataset
     from recsys.train.loop import train_worker
 
     config = prepared.config
-    root = config.data.path
-    _ray_init(config)
-    ray.data.DataContext.get_current().enable_progress_bars = False  # the step log line is the progress report
+    started = _ray_init(config)
     prepared.run_dir.mkdir(parents=True, exist_ok=True)
+    stale = prepared.run_dir / RAY_RUN_NAME
+    if not config.resume and stale.exists():  # a run that failed before its first checkpoint
+        stale.rename(prepared.run_dir / f"{RAY_RUN_NAME}.failed-{datetime.now().strftime('%Y%m%d-%H%M%S')}")
     payload = {
         "config": config.model_dump(mode="json"),
         "spec": prepared.spec.to_dict(),
         "counts": prepared.counts,
-        "train_rows": prepared.train_rows,
+        "files": {split: [str(p.resolve()) for p in paths] for split, paths in prepared.files.items()},
         "run_dir": str(prepared.run_dir),
+        "resume_from": str(prepared.resume_from) if prepared.resume_from else None,
     }
     trainer = TorchTrainer(
         train_worker,
@@ -171,17 +269,22 @@ def launch(prepared: Prepared) -> dict[str, Any]:
             failure_config=FailureConfig(max_failures=config.ray.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=config.train.num_checkpoints),
         ),
-        datasets={
-            "train": ray_dataset(root, "train", prepared.spec, shuffle_files=config.data.shuffle_files),
-            "validation": ray_dataset(root, "validation", prepared.spec),
-            "test": ray_dataset(root, "test", prepared.spec),
-        },
     )
     start = time.perf_counter()
-    result = trainer.fit()
+    try:
+        result = trainer.fit()
+        error = result.error
+    except Exception as exc:  # Ray V2 raises TrainingFailedError from fit()
+        result, error = None, exc
+    finally:
+        if shutdown and started:
+            ray.shutdown()
     wall = time.perf_counter() - start
-    if result.error is not None:
-        raise result.error
+    if error is not None:
+        stopped = _stopped_reason(error)
+        if stopped is not None:
+            raise ValueError(stopped) from None
+        raise error
     metrics = dict(result.metrics or {})
     final_state = read_train_state(result.checkpoint.path) if result.checkpoint else {}
     plan = prepared.plan
@@ -202,10 +305,14 @@ def launch(prepared: Prepared) -> dict[str, Any]:
         "steps": metrics.get("steps"),
         "world_size": metrics.get("world_size"),
         "resumed_from_step": metrics.get("resumed_from_step"),
+        "test_rows": metrics.get("test_rows"),
+        "val_rows": metrics.get("val_rows"),
+        "split_rows": prepared.rows,
         "checkpoint": result.checkpoint.path if result.checkpoint else None,
         "history": final_state.get("history"),
         "loss_curve": final_state.get("loss_curve"),
         "config": config.model_dump(mode="json"),
+        "configs": final_state.get("configs"),  # every config the run used, with the step it took over
         "plan": {
             "tables": [
                 {"name": t.name, "rows": t.num_embeddings, "dim": t.embedding_dim, "bytes": t.num_bytes,

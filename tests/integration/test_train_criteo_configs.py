@@ -22,7 +22,8 @@ from recsys.train.run import prepare
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("ray_session")]
 
-CONFIGS = sorted((Path(__file__).resolve().parents[2] / "configs").glob("ctr_criteo_*.yaml"))
+# The Terabyte configs read the Terabyte spec (its cardinalities): `recsys plan` tests cover them.
+CONFIGS = sorted(p for p in (Path(__file__).resolve().parents[2] / "configs").glob("ctr_criteo_*.yaml") if "terabyte" not in p.stem)
 TINY = ["data.batch_size=256", "data.eval_batch_size=1024", "train.max_steps=4", "train.log_every=2",
         "train.eval_every=0", "train.checkpoint_every=2", "model.dense_layers=[32, 16]", "model.over_layers=[32, 1]"]
 
@@ -56,7 +57,8 @@ def criteo(tmp_path_factory) -> Path:
 
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.stem for p in CONFIGS])
 def test_criteo_config_passes_preflight(criteo, tmp_path, path):
-    prepared = prepare(load_config(path, [f"data.path={criteo}", f"run_dir={tmp_path / 'run'}"]))
+    # The shipped batch (8192) is for the real data set; 6,000 fixture lines hold less than one.
+    prepared = prepare(load_config(path, [f"data.path={criteo}", f"run_dir={tmp_path / 'run'}", "data.batch_size=512"]))
     assert len(prepared.spec.sparse) == 26 and len(prepared.spec.dense) == 13
     budget = prepared.config.embeddings.budget
     if budget is not None:
