@@ -60,6 +60,8 @@ class SparseFeature(_Spec):
         embedding_dim: output dimension of the feature's embedding (a multiple of 4 for FBGEMM).
         min_count: ids seen fewer times than this in the training split map to OOV.
         compression: how the ids become table rows (see :mod:`recsys.features.compression`).
+        history_of: for a history feature (a user's earlier items, built at ingest / synth), the
+            single-valued sparse feature whose ids it holds, in that feature's id encoding.
     """
 
     kind: Literal["sparse"]
@@ -73,6 +75,7 @@ class SparseFeature(_Spec):
     embedding_dim: Annotated[int, Field(ge=4, le=4096)] = 16
     min_count: Annotated[int, Field(ge=1)] = 1
     compression: CompressionSpec = FullCompression()
+    history_of: str | None = None
 
     @field_validator("embedding_dim")
     @classmethod
@@ -217,9 +220,28 @@ class DatasetSpec(_Spec):
         if not self.sparse:
             problems.append(Problem("features", "got no sparse feature; a data set needs at least one"))
         problems.extend(self._group_problems())
+        problems.extend(self._history_problems())
         if problems:
             raise Problems(problems)
         return self
+
+    def _history_problems(self) -> list[Problem]:
+        sparse = {f.name: f for f in self.sparse}
+        problems = []
+        for f in self.sparse:
+            if f.history_of is None:
+                continue
+            where = f"features[{f.name}].history_of"
+            target = sparse.get(f.history_of)
+            if target is None:
+                problems.append(Problem(where, f"got {f.history_of!r}, not a sparse feature; known: {sorted(sparse)}"))
+            elif target.multi_valued or target.history_of is not None:
+                problems.append(Problem(where, f"got {f.history_of!r}, which is multi-valued or a history itself; name a single-valued id feature"))
+            elif target.has_vocab != f.has_vocab:
+                problems.append(Problem(where, f"got {f.history_of!r}: one has a vocabulary and the other is 'raw'; both must encode ids alike"))
+            if not f.multi_valued:
+                problems.append(Problem(f"features[{f.name}].max_length", f"got {f.max_length}; a history feature is a list: give max_length > 1"))
+        return problems
 
     def _group_problems(self) -> list[Problem]:
         """Unified groups: every reference resolves, and a group's features agree on the dim."""
