@@ -54,9 +54,11 @@ __all__ = [
     "RetrievalEvaluator",
     "evaluate_retrieval",
     "exact_topk",
+    "exclusion_rows",
     "popularity_thirds",
     "popularity_vectors",
     "topk_lower_index",
+    "user_item_csr",
 ]
 
 DEFAULT_KS: tuple[int, ...] = (10, 50, 100)
@@ -195,6 +197,37 @@ def _rows(exclude: tuple[torch.Tensor, torch.Tensor] | None, start: int, stop: i
         return None
     indptr, indices = exclude
     return indptr[start : stop + 1], indices
+
+
+def user_item_csr(users: np.ndarray, items: np.ndarray, num_users: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each user's distinct items (e.g. of the train split) as CSR: ``(indptr (num_users + 1,), items)``.
+
+    Items of user ``u`` are ``indices[indptr[u]:indptr[u + 1]]``, ascending, without duplicates.
+    """
+    users = np.asarray(users, np.int64)
+    items = np.asarray(items, np.int64)
+    if users.size and (users.min() < 0 or users.max() >= num_users):
+        raise ValueError(f"users must be indices in [0, {num_users}); got {users.min()}..{users.max()}")
+    order = np.lexsort((items, users))
+    su, si = users[order], items[order]
+    keep = np.ones(su.size, bool)
+    keep[1:] = (su[1:] != su[:-1]) | (si[1:] != si[:-1])
+    su, si = su[keep], si[keep]
+    indptr = np.zeros(num_users + 1, np.int64)
+    np.cumsum(np.bincount(su, minlength=num_users), out=indptr[1:])
+    return indptr, si
+
+
+def exclusion_rows(csr: tuple[np.ndarray, np.ndarray], users: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The exclusion sets of evaluation rows, by their user index, as CSR over the rows."""
+    indptr, indices = csr
+    users = np.asarray(users, np.int64)
+    start = indptr[users]
+    lengths = indptr[users + 1] - start
+    row_indptr = np.zeros(users.size + 1, np.int64)
+    np.cumsum(lengths, out=row_indptr[1:])
+    within = np.arange(row_indptr[-1]) - np.repeat(row_indptr[:-1], lengths)
+    return row_indptr, indices[np.repeat(start, lengths) + within]
 
 
 def popularity_thirds(counts: np.ndarray | torch.Tensor) -> np.ndarray:

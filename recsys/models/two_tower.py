@@ -60,6 +60,14 @@ and ``item__<group>__sharedT`` (a group of one tower keeps its name). Sharing ON
 between the towers (and a history feature reading ``item_id``'s table) would need one collection
 over both towers' features; today a history feature (``history_item_id``) has its own table.
 
+**What a training loop calls.** Build: ``build_tower_collections(spec, device="meta", counts=...)``
+-> ``materialize_dense`` on each -> ``build_two_tower_model(config, spec, user_sparse=...,
+item_sparse=..., device=...)`` -> ``build_two_tower_task(config, model, spec, counts=...,
+catalogue=..., device=..., seed=...)``; the tables to plan are those of ``model.plans()``. Train:
+``loss, out = task(batch)``. Evaluate (eval mode, same forward): ``out.user`` and
+``out.item_ids`` (the targets) per batch, item vectors of the whole catalogue from
+:func:`embed_items`, then :class:`recsys.retrieval_metrics.RetrievalEvaluator`.
+
 Example::
 
     #        i = 0     i = 1    <-- batch index
@@ -87,9 +95,10 @@ from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from recsys.data.batch import Batch
 from recsys.data.catalogue import ItemCatalogue
-from recsys.embeddings import CompressedEmbeddingBagCollection, build_embedding_collection
+from recsys.embeddings import CompressedEmbeddingBagCollection, EmbeddingPlan, build_embedding_collection
 from recsys.embeddings.hashing import hash_ids, stable_seed
 from recsys.features.spec import DatasetSpec
+from recsys.retrieval_metrics import exact_topk
 
 __all__ = [
     "Tower",
@@ -198,6 +207,10 @@ class TwoTower(nn.Module):
     def embedding_dim(self) -> int:
         return self.user_tower.output_dim
 
+    def plans(self) -> dict[str, EmbeddingPlan]:
+        """``{"user": plan, "item": plan}`` of the towers' collections (tables, exact bytes, ratio)."""
+        return {"user": self.user_tower.sparse.plan(), "item": self.item_tower.sparse.plan()}
+
     def user_embeddings(self, kjt: KeyedJaggedTensor, dense: torch.Tensor | None = None) -> torch.Tensor:
         """``(B, D)`` normalised user vectors from a KJT holding (at least) the user features."""
         return self.user_tower(kjt, dense)
@@ -212,7 +225,9 @@ class TwoTower(nn.Module):
 
 
 @torch.no_grad()
-def embed_items(model: TwoTower, catalogue: ItemCatalogue, batch_size: int = 8192, device: torch.device | str | None = None) -> torch.Tensor:
+def embed_items(
+    model: TwoTower, catalogue: ItemCatalogue, batch_size: int = 8192, device: torch.device | str | None = None
+) -> torch.Tensor:
     """``(V, D)`` item vectors of EVERY catalogue row (row i = item index i), in eval mode, chunked."""
     was_training = model.training
     model.eval()
@@ -327,7 +342,9 @@ def sampled_softmax_loss(
     return F.cross_entropy(logits, target)
 
 
-def ssl_loss(view1: torch.Tensor, view2: torch.Tensor, item_ids: torch.Tensor, temperature: float, mask_duplicates: bool = True) -> torch.Tensor:
+def ssl_loss(
+    view1: torch.Tensor, view2: torch.Tensor, item_ids: torch.Tensor, temperature: float, mask_duplicates: bool = True
+) -> torch.Tensor:
     """InfoNCE between two views of the same B items: row i's positive is ``view2[i]``.
 
     Args:
@@ -374,6 +391,7 @@ class TwoTowerOutputs:
     Attributes:
         user: ``(B, D)`` user vectors.
         item: ``(B, D)`` the rows' item vectors.
+        item_ids: ``(B,)`` the rows' item ids (the evaluation targets).
         main_loss: the sampled-softmax loss (scalar).
         ssl_loss: the SSL loss (scalar; 0 without SSL).
         temperature: T in force.
@@ -381,6 +399,7 @@ class TwoTowerOutputs:
 
     user: torch.Tensor
     item: torch.Tensor
+    item_ids: torch.Tensor
     main_loss: torch.Tensor
     ssl_loss: torch.Tensor
     temperature: torch.Tensor
@@ -405,7 +424,10 @@ class TwoTowerTask(nn.Module):
         ssl_temperature (float): the SSL InfoNCE temperature. Default 0.1.
         ssl_mask_rate (float): probability that view 1 drops an item feature (view 2 drops the rest). Default 0.5.
         seed (int): seeds the negatives' and masks' generator. Default 0.
+        device (torch.device | str | None): where the temperature lives.
 
+    In eval mode the same forward gives the evaluation outputs: no mixed negatives, no SSL, the
+    streaming estimator is read but not updated, and the loss is the in-batch loss.
     Without ``item_log_probs`` and ``frequency_estimator`` there is no logQ correction.
 
     Raises:
@@ -427,6 +449,7 @@ class TwoTowerTask(nn.Module):
         ssl_temperature: float = 0.1,
         ssl_mask_rate: float = 0.5,
         seed: int = 0,
+        device: torch.device | str | None = None,
     ):
         super().__init__()
         self.model = model
@@ -436,12 +459,15 @@ class TwoTowerTask(nn.Module):
         if item_id_feature not in self.item_features:
             raise ValueError(f"item_id_feature: got {item_id_feature!r}, not an item tower feature {self.item_features}")
         if num_mixed_negatives and catalogue is None:
-            raise ValueError(f"num_mixed_negatives: got {num_mixed_negatives} but no catalogue; pass the ItemCatalogue of items.parquet or set it to 0")
+            raise ValueError(
+                f"num_mixed_negatives: got {num_mixed_negatives} but no catalogue; "
+                "pass the ItemCatalogue of items.parquet or set it to 0"
+            )
         if catalogue is not None and num_mixed_negatives:
             missing = [f for f in self.item_features if f not in catalogue.feature_names]
             if missing:
                 raise ValueError(f"the item catalogue lacks item features {missing}; it has {catalogue.feature_names}")
-        log_t = torch.tensor(math.log(temperature), dtype=torch.float32)
+        log_t = torch.tensor(math.log(temperature), dtype=torch.float32, device=device)
         if learnable_temperature:
             self.log_temperature = nn.Parameter(log_t)
         else:
@@ -483,14 +509,14 @@ class TwoTowerTask(nn.Module):
         user, item = kjt.permute(self._permutation[1]).split([len(self.user_features), len(self.item_features)])
         return user, item
 
-    def expected_count(self, ids: torch.Tensor, batch_size: int) -> torch.Tensor:
+    def expected_count(self, ids: torch.Tensor, batch_size: int, num_negatives: int = 0) -> torch.Tensor:
         """``(n,)`` Q: expected occurrences of each item among a row's candidates (module docstring)."""
         if self.item_log_probs is not None:
             q = batch_size * self.item_log_probs[ids].exp()
         else:
             q = self.frequency_estimator.expected_count(ids)
-        if self.num_mixed_negatives:
-            q = q + self.num_mixed_negatives / self.catalogue.num_sampleable
+        if num_negatives:
+            q = q + num_negatives / self.catalogue.num_sampleable
         return q
 
     def _ssl_views(self, item_kjt: KeyedJaggedTensor) -> tuple[KeyedJaggedTensor, KeyedJaggedTensor]:
@@ -507,8 +533,9 @@ class TwoTowerTask(nn.Module):
 
         parts = [item_kjt]
         negative_ids = None
-        if self.num_mixed_negatives:
-            negative_rows = self.catalogue.sample(self.num_mixed_negatives, self._generator)
+        num_negatives = self.num_mixed_negatives if self.training else 0
+        if num_negatives:
+            negative_rows = self.catalogue.sample(num_negatives, self._generator)
             negative_kjt = self.catalogue.kjt(negative_rows, device=device)
             negative_ids = negative_kjt[self.item_id_feature].values()  # (M,)
             parts.append(negative_kjt)
@@ -517,29 +544,29 @@ class TwoTowerTask(nn.Module):
             parts.extend(self._ssl_views(item_kjt))
         vectors = self.model.item_embeddings(_cat_rows(parts, self.item_features))  # (B [+ M] [+ 2B], D)
         item = vectors[:size]  # (B, D)
-        negatives = vectors[size : size + self.num_mixed_negatives] if self.num_mixed_negatives else None  # (M, D)
+        negatives = vectors[size : size + num_negatives] if num_negatives else None  # (M, D)
         user = self.model.user_embeddings(user_kjt)  # (B, D)
 
         log_q = negative_log_q = None
         if self.logq_correction:
             if self.training and self.frequency_estimator is not None:
                 self.frequency_estimator.update(item_ids)
-            log_q = self.expected_count(item_ids, size).log()  # (B,)
+            log_q = self.expected_count(item_ids, size, num_negatives).log()  # (B,)
             if negatives is not None:
-                negative_log_q = self.expected_count(negative_ids, size).log()  # (M,)
+                negative_log_q = self.expected_count(negative_ids, size, num_negatives).log()  # (M,)
         temperature = self.temperature
         main = sampled_softmax_loss(
             user, item, item_ids, temperature, log_q, negatives, negative_ids, negative_log_q, self.mask_accidental_hits
         )
         if use_ssl:
-            start = size + self.num_mixed_negatives
+            start = size + num_negatives
             view1, view2 = vectors[start : start + size], vectors[start + size :]  # (B, D) each
             aux = ssl_loss(view1, view2, item_ids, self.ssl_temperature, self.mask_accidental_hits)
             loss = main + self.ssl_weight * aux
         else:
             aux = main.new_zeros(())
             loss = main
-        out = TwoTowerOutputs(user.detach(), item.detach(), main.detach(), aux.detach(), temperature.detach())
+        out = TwoTowerOutputs(user.detach(), item.detach(), item_ids.detach(), main.detach(), aux.detach(), temperature.detach())
         return loss, out
 
 
@@ -596,8 +623,6 @@ class TwoTowerRetrieval(nn.Module):
 
     def forward(self, kjt: KeyedJaggedTensor, dense: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """``(scores (B, k), item indices (B, k))``, best first."""
-        from recsys.retrieval_metrics import exact_topk
-
         user = self.user_embeddings(kjt, dense)  # (B, D)
         return exact_topk(user, self.item_vectors, self.k, excluded_items=torch.arange(self.first_item))
 
@@ -801,4 +826,5 @@ def build_two_tower_task(
         ssl_temperature=config.ssl_temperature,
         ssl_mask_rate=config.ssl_mask_rate,
         seed=seed,
+        device=device,
     )

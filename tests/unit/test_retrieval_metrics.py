@@ -228,3 +228,19 @@ def test_errors_name_the_problem():
         evaluate_retrieval(torch.zeros(2, 2), v, [0, 1], exclude_indptr=[0, 1], exclude_indices=[0])
     with pytest.raises(ValueError, match="ks"):
         RetrievalEvaluator(v, ks=[])
+
+
+def test_training_items_as_exclusion_rows():
+    from recsys.retrieval_metrics import exclusion_rows, user_item_csr
+
+    rng = np.random.default_rng(0)
+    users, items = rng.integers(0, 6, 50), rng.integers(0, 9, 50)
+    csr = user_item_csr(users, items, num_users=7)  # user 6 has no items
+    for u in range(7):
+        assert csr[1][csr[0][u] : csr[0][u + 1]].tolist() == sorted(set(items[users == u].tolist()))
+    rows = np.array([3, 6, 3, 0])
+    indptr, indices = exclusion_rows(csr, rows)
+    for r, u in enumerate(rows):
+        assert indices[indptr[r] : indptr[r + 1]].tolist() == sorted(set(items[users == u].tolist()))
+    with pytest.raises(ValueError, match="users must be indices"):
+        user_item_csr([7], [0], num_users=7)
