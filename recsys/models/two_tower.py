@@ -463,7 +463,7 @@ class TwoTowerTask(nn.Module):
                 f"num_mixed_negatives: got {num_mixed_negatives} but no catalogue; "
                 "pass the ItemCatalogue of items.parquet or set it to 0"
             )
-        if catalogue is not None and num_mixed_negatives:
+        if catalogue is not None:
             missing = [f for f in self.item_features if f not in catalogue.feature_names]
             if missing:
                 raise ValueError(f"the item catalogue lacks item features {missing}; it has {catalogue.feature_names}")
@@ -793,9 +793,20 @@ def build_two_tower_task(
 
     Raises:
         ValueError: ``frequency_estimate: counts`` without counts (or for a raw-id item), mixed
-            negatives without a catalogue.
+            negatives without a catalogue or for raw-id items, SSL with a one-feature item tower,
+            a catalogue without every item feature.
     """
     id_feature = spec.feature(config.item_id_feature)
+    if config.num_mixed_negatives and not id_feature.has_vocab:
+        raise ValueError(
+            f"model.num_mixed_negatives: got {config.num_mixed_negatives} but {config.item_id_feature} has cardinality 'raw': "
+            "mixed negatives come from items.parquet, which indexes items by vocabulary; set num_mixed_negatives: 0"
+        )
+    if config.ssl_weight > 0 and len(model.item_tower.feature_names) < 2:
+        raise ValueError(
+            f"model.ssl_weight: got {config.ssl_weight} but the item tower has one feature {model.item_tower.feature_names}; "
+            "the SSL views mask complementary feature sets, so give items at least two features or set ssl_weight: 0"
+        )
     log_probs = estimator = None
     if config.logq_correction:
         mode = config.frequency_estimate

@@ -351,6 +351,18 @@ def test_config_and_builder_errors():
         build_two_tower_task(config, build_two_tower_model(config, spec), spec, counts={"item_id": counts_for_tests()})
     with pytest.raises(ValueError, match="counts"):
         build_two_tower_task(config.model_copy(update={"num_mixed_negatives": 0}), build_two_tower_model(config, spec), spec)
+    raw = tiny_spec(item_cardinality="raw")
+    with pytest.raises(ValueError, match="cardinality 'raw'"):
+        build_two_tower_task(config, build_two_tower_model(config, raw), raw, catalogue=tiny_catalogue())
+    one_item_feature = spec_from_dict({"name": "one", "features": [
+        {"name": "label", "kind": "label"}, {"name": "user_id", "kind": "sparse", "cardinality": 5, "tower": "user"},
+        {"name": "item_id", "kind": "sparse", "cardinality": 5, "tower": "item"}]})
+    ssl = TwoTowerConfig(arch="two_tower", user_layers=(8,), item_layers=(8,), ssl_weight=0.1)
+    with pytest.raises(ValueError, match="at least two features"):
+        build_two_tower_task(ssl, build_two_tower_model(ssl, one_item_feature), one_item_feature, counts={"item_id": np.ones(5)})
+    no_tags = ItemCatalogue.from_table(pa.table({"item_id": pa.array(np.arange(NUM_ITEMS), pa.int64())}), ["item_id"])
+    with pytest.raises(ValueError, match="lacks item features"):
+        build_two_tower_task(config, build_two_tower_model(config, spec), spec, counts={"item_id": counts_for_tests()}, catalogue=no_tags)
 
 
 def test_planted_problem_beats_popularity():
