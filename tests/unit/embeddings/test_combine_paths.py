@@ -147,3 +147,15 @@ def test_all_concat_features_return_the_pooled_output_itself():
     kt = collection(random_kjt(spec, batch=6))
     assert kt.values().data_ptr() == pooled["values"].data_ptr()  # no split, no copy
     assert [type(s) for s in collection.combine_plan.steps] == [ConcatRun]
+
+
+def test_meta_built_collection_recompiles_its_plan_once_materialised():
+    spec = _all_methods_spec(max_length=3, pooling="mean")
+    collection = build_embedding_collection(spec, device="meta")
+    collection.to_empty(device="cpu")  # the plan's buffers are now uninitialised memory
+    collection.reset_parameters()
+    _randomize(collection)
+    kjt = random_kjt(spec, batch=5, seed=3)
+    _check_against_naive(collection, NaiveEmbeddingBagCollection(collection), kjt, collection.table_weights())
+    assert collection.combine_plan.device == torch.device("cpu") and collection.combine_plan.calls == 1
+    assert not any("_repeats" in k for k in collection.state_dict())  # plans never enter checkpoints
