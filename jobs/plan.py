@@ -20,7 +20,10 @@ import argparse
 import json
 from pathlib import Path
 
-from recsys.train.config import load_config
+import numpy as np
+
+from recsys.features.spec import DatasetSpec
+from recsys.train.config import TrainConfig, load_config
 from recsys.train.simulate import DEVICE_PROFILES, SimulatedCluster, simulate_plan
 
 
@@ -60,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0 if report.fits else 1
 
 
-def load_plan_spec(config):
+def load_plan_spec(config: TrainConfig) -> tuple[DatasetSpec, dict[str, np.ndarray], list[str]]:
     """The resolved feature spec to plan: ``data.spec`` (no data needed) or the data set's manifest;
     vocab counts are read (from the data set) only where mixed_dim needs them."""
     from recsys.data import layout
@@ -71,7 +74,7 @@ def load_plan_spec(config):
     data_spec = load_spec(config.data.spec) if config.data.spec else layout.dataset_spec(root)
     kinds = {f.compression.kind for f in data_spec.sparse} | {c.kind for c in config.embeddings.compression.values()}
     budget = config.embeddings.budget
-    counts = {}
+    counts: dict[str, np.ndarray] = {}
     if "mixed_dim" in kinds or (budget is not None and budget.method == "mixed_dim"):
         if not root.exists():
             raise FileNotFoundError(

@@ -11,7 +11,7 @@ bandwidths), not the devices, so GPU plans run on a CPU-only machine.
 
 The report (:class:`ClusterPlan`) holds, per table, the sharding type, kernel, ranks and bytes the
 planner's storage estimator gives its shards (weights + optimizer state + buffers); per rank the
-table bytes, what the planner reserves (dense parameters x6, input batches, a 15% margin) and the
+table bytes, what the planner reserves (dense parameters x6, input batches, 15% of HBM) and the
 capacity; and the planner's step-time estimate (its ``NoopPerfModel``: the busiest rank's sum of
 embedding forward / backward compute and communication; dense layers are not included). A plan that
 cannot fit is diagnosed per memory tier: the shortfall in bytes and the largest tables that cover it.
