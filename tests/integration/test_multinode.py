@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -50,13 +51,15 @@ def cluster():
 
     saved = {k: os.environ.get(k) for k in ("RAY_TMPDIR", "RAY_ADDRESS")}
     # Short: Ray's socket paths live under it (108-byte limit).
-    os.environ["RAY_TMPDIR"] = tempfile.mkdtemp(prefix="rmn", dir="/tmp")
+    ray_tmp = tempfile.mkdtemp(prefix="rmn", dir="/tmp")
+    os.environ["RAY_TMPDIR"] = ray_tmp
     os.environ.pop("RAY_ADDRESS", None)
     c = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "resources": {"recsys_head": 1}})
     c.add_node(num_cpus=1, resources={"recsys_worker": 1})
     c.wait_for_nodes()
     yield c
     c.shutdown()
+    shutil.rmtree(ray_tmp, ignore_errors=True)
     for key, value in saved.items():
         if value is None:
             os.environ.pop(key, None)
