@@ -2,9 +2,10 @@
 
 Per worker, in order (each a small function below):
 
-1. :func:`setup` — the resolved config and spec from the driver's payload, rank, device, and
-   this rank's :class:`~recsys.data.loader.ShardReader` of each split;
-2. :func:`build_sharded` — the CTR model with its tables on ``meta`` -> fused table optimizer in
+1. :func:`setup` — the resolved config and spec from the driver's payload, rank, device, the
+   task (:mod:`recsys.train.tasks`: model, loss, metrics), and this rank's
+   :class:`~recsys.data.loader.ShardReader` of each split;
+2. :func:`build_sharded` — the task's model with its tables on ``meta`` -> fused table optimizer in
    backward -> TorchRec's planner -> ``DistributedModelParallel`` -> one ``CombinedOptimizer``;
 3. :func:`restore` — the newest intact checkpoint (Ray's latest, or the one the driver chose),
    into the model, optimizers and a typed :class:`TrainState`;
@@ -31,26 +32,20 @@ import torch
 import torch.distributed as dist
 from torchrec.distributed.planner.types import ParameterConstraints
 
-from recsys import metrics
 from recsys.data.loader import ShardReader
-from recsys.embeddings import build_embedding_collection
 from recsys.features.spec import DatasetSpec, spec_from_dict
-from recsys.models.ctr import CTRTask, build_ctr_model
 from recsys.train import checkpoint, faults, sharding
 from recsys.train.config import TrainConfig
+from recsys.train.tasks import Task, task_for
 
 
 class TrainingStopped(ValueError):
     """The run cannot go on (e.g. a non-finite loss); the message says why and at which step."""
 
 
-def build_task(config: TrainConfig, spec: DatasetSpec, counts: dict[str, np.ndarray] | None, device: torch.device) -> CTRTask:
-    """The unsharded model: tables on ``meta`` (DMP materialises shards), dense layers on ``device``."""
-    torch.manual_seed(config.train.seed)  # same dense init on every rank (DDP also broadcasts)
-    collection = build_embedding_collection(spec, device="meta", counts=counts)
-    sharding.materialize_dense(collection, device)
-    model = build_ctr_model(config.model, spec, collection, device=device)
-    return CTRTask(model)
+def build_task(config: TrainConfig, spec: DatasetSpec, counts: dict[str, np.ndarray] | None, device: torch.device) -> torch.nn.Module:
+    """The unsharded module of the config's task: tables on ``meta`` (DMP materialises shards)."""
+    return task_for(config.model.arch).build(config, spec, counts, device)
 
 
 def constraints_for(config: TrainConfig, tables: list[str], per_value: set[str] = frozenset()) -> dict[str, ParameterConstraints]:
@@ -155,6 +150,7 @@ class Worker:
     schedule: Schedule
     fault: faults.Fault | None
     payload: dict[str, Any]
+    task: Task
 
     @property
     def global_batch(self) -> int:
@@ -185,7 +181,10 @@ def setup(payload: dict[str, Any], rank: int, world: int, local_rank: int) -> Wo
     validation = ShardReader(files["validation"], spec, batch_size=per_rank_eval, **common)
     test = ShardReader(files["test"], spec, batch_size=per_rank_eval, **common)
     schedule = schedule_for(config, train.steps_per_epoch)
-    return Worker(config, spec, rank, world, device, train, validation, test, schedule, faults.load_fault(payload["run_dir"]), payload)
+    return Worker(
+        config, spec, rank, world, device, train, validation, test, schedule, faults.load_fault(payload["run_dir"]), payload,
+        task_for(config.model.arch),
+    )
 
 
 def build_sharded(w: Worker, local_world_size: int) -> tuple[torch.nn.Module, Any, list[dict[str, Any]]]:
@@ -248,22 +247,9 @@ def restore(w: Worker, model: torch.nn.Module, optimizer: Any) -> TrainState:
 # -- evaluation -------------------------------------------------------------------------------
 
 
-@torch.no_grad()
-def evaluate(model: torch.nn.Module, reader: ShardReader, device: torch.device) -> dict[str, float]:
-    """Exact AUC and logloss over a split: every row scored once, all ranks' predictions gathered."""
-    model.eval()
-    probs, labels = [], []
-    for batch, real in reader.eval_batches():
-        _, logits = model(batch.to(device, non_blocking=True))
-        probs.append(torch.sigmoid(logits[:real]).float().cpu())  # (real,)
-        labels.append(batch.labels[:real])
-    model.train()
-    local = (torch.cat(probs).numpy(), torch.cat(labels).numpy())
-    gathered: list[Any] = [None] * dist.get_world_size()
-    dist.all_gather_object(gathered, local)
-    p = np.concatenate([g[0] for g in gathered])
-    y = np.concatenate([g[1] for g in gathered])
-    return {"auc": metrics.auc(y, p), "logloss": metrics.logloss(y, p), "rows": int(y.size)}
+def evaluate(w: "Worker", model: torch.nn.Module, reader: ShardReader) -> dict[str, float]:
+    """The task's exact metrics of one split (collective: every rank calls it)."""
+    return w.task.evaluate(model, reader, w.device)
 
 
 # -- the loop ---------------------------------------------------------------------------------
@@ -334,9 +320,9 @@ def train_worker(payload: dict[str, Any]) -> None:
             if s.evaluate(step) or s.checkpoint(step):
                 row: dict[str, Any] = {"step": step, "epoch": epoch}
                 if s.evaluate(step):
-                    val = evaluate(model, w.validation, w.device)
-                    row.update({"val_auc": val["auc"], "val_logloss": val["logloss"]})
-                    w.log(f"step {step} validation AUC {val['auc']:.4f} logloss {val['logloss']:.4f} ({val['rows']:,} rows)")
+                    val = evaluate(w, model, w.validation)
+                    row.update({f"val_{k}": v for k, v in val.items()})
+                    w.log(f"step {step} validation {w.task.describe(val)} ({val['rows']:,} rows)")
                     state.history.append(row)
                 report(dict(row), with_checkpoint=s.checkpoint(step))
                 window.restart()
@@ -344,20 +330,19 @@ def train_worker(payload: dict[str, Any]) -> None:
                 break
             step_start = time.perf_counter()
 
-    val = evaluate(model, w.validation, w.device)
-    test = evaluate(model, w.test, w.device)
-    w.log(f"validation AUC {val['auc']:.4f} logloss {val['logloss']:.4f}; test AUC {test['auc']:.4f} logloss {test['logloss']:.4f}")
-    state.history.append({"step": state.step, "val_auc": val["auc"], "val_logloss": val["logloss"]})
+    val = evaluate(w, model, w.validation)
+    test = evaluate(w, model, w.test)
+    w.log(f"validation {w.task.describe(val)}; test {w.task.describe(test)}")
+    val_row = {f"val_{k}": v for k, v in val.items() if k != "rows"}
+    state.history.append({"step": state.step, **val_row})
     final = {
         "final": True,
         "step": state.step,
         "steps": state.step,
-        "auc": test["auc"],
-        "logloss": test["logloss"],
+        **{k: v for k, v in test.items() if k != "rows"},
+        **val_row,
         "test_rows": test["rows"],
         "val_rows": val["rows"],
-        "val_auc": val["auc"],
-        "val_logloss": val["logloss"],
         "samples": state.samples,
         "train_seconds": state.train_seconds,
         "samples_per_s": state.samples / state.train_seconds if state.train_seconds else float("nan"),

@@ -27,6 +27,7 @@ from recsys.train import checkpoint, checks
 from recsys.train.checkpoint import RAY_RUN_NAME, read_train_state
 from recsys.train.config import ConfigError, TrainConfig, resolve_spec
 from recsys.train.sharding import CPU_SHARDING_TYPES
+from recsys.train.tasks import task_for
 
 RESULTS = "results.json"
 
@@ -97,7 +98,7 @@ def prepare(config: TrainConfig, *, config_name: str = "run") -> Prepared:
     files = {split: validated_files(root, split, spec) for split in layout.SPLITS}
     rows = checks.split_rows(files)
     checks.check_splits(rows, batch_size=config.data.batch_size, num_workers=config.ray.num_workers, root=root)
-    checks.check_labels(files, spec)
+    task_for(config.model.arch).check_data(files, spec, root)
     warnings = []
     if config.data.check_ranges:
         for split in layout.SPLITS:
@@ -330,5 +331,10 @@ def launch(prepared: Prepared, *, shutdown: bool = True) -> dict[str, Any]:
         "sharding_plan": final_state.get("sharding_plan"),
         "feature_spec": prepared.spec.to_dict(),
     }
+    bookkeeping = {"final", "step", "epoch", "samples"}
+    for key, value in metrics.items():  # the task's other metrics (e.g. recall@k), as reported
+        if key not in results and key not in bookkeeping:
+            results[key] = value
+    results["oracle"] = oracle or None
     layout.write_json_atomic(prepared.run_dir / RESULTS, results)
     return results
