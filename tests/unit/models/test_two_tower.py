@@ -30,6 +30,15 @@ from recsys.retrieval_metrics import evaluate_retrieval, exact_topk, popularity_
 NUM_USERS, NUM_ITEMS, NUM_TAGS = 40, 30, 12  # cardinalities (index 0 = OOV)
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny matmuls: intra-op threads only add contention on a shared machine (10x slower under load)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def tiny_spec(item_cardinality=NUM_ITEMS, shared_group=False):
     item_compression = {"kind": "full"} if item_cardinality != "raw" else {"kind": "hashed", "num_buckets": 64}
     segment_compression, tag_compression = {"kind": "full"}, {"kind": "qr", "num_collisions": 4}
