@@ -17,7 +17,7 @@ import sys
 COMMANDS: dict[str, str] = {
     "ingest": "convert Criteo TSV / MovieLens / parquet into the recsys data layout",
     "synth": "generate the built-in synthetic data sets (ctr, interactions)",
-    "train": "train a CTR model (DLRM / DCN-v2) with compressed embeddings on Ray Train",
+    "train": "train a CTR (DLRM / DCN-v2) or two-tower retrieval model with compressed embeddings on Ray Train",
     "bench": "benchmarks that print figures (loader, lookup, train)",
     "plan": "TorchRec's sharding plan of a config for a simulated cluster (N GPUs / CPU ranks), no allocation",
 }

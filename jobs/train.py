@@ -1,10 +1,11 @@
-"""Train a CTR model (DLRM / DCN-v2) with compressed embeddings on Ray Train.
+"""Train a CTR model (DLRM / DCN-v2) or a two-tower retrieval model with compressed embeddings on Ray Train.
 
     recsys train configs/ctr_synthetic_full.yaml
     recsys train configs/ctr_synthetic_qr.yaml ray.num_workers=2 train.epochs=1 run_dir=runs/qr
     recsys train configs/ctr_synthetic_qr.yaml ray.num_workers=2 train.epochs=1 run_dir=runs/qr resume=true
     recsys train configs/ctr_synthetic_qr.yaml ... resume=true train.epochs=2 resume_allow_changes=[train.epochs]
     RAY_ADDRESS=ray://head:10001 recsys train configs/ctr_criteo_full.yaml ray.num_workers=8
+    recsys train configs/two_tower_synthetic_full.yaml
 
 Overrides are ``dotted.key=value`` with YAML values (``model.dense_layers=[64,16]``,
 ``embeddings.compression.C3={kind: hashed, num_buckets: 100000}``). Everything that can fail
@@ -51,10 +52,10 @@ def main(argv: list[str] | None = None) -> int:
         print(plan.format())
         return 0
     results = launch(prepared)
-    oracle = results["oracle_auc"]
-    vs = f" vs oracle {oracle:.4f} (gap {oracle - results['auc']:.4f})" if oracle is not None else ""
+    from recsys.train.tasks import task_for
+
     print(
-        f"test AUC {results['auc']:.4f}{vs}; logloss {results['logloss']:.4f}; memory ratio "
+        f"{task_for(c.model.arch).summary(results)}; memory ratio "
         f"{results['compression_ratio']:.4f} ({results['embedding_bytes']:,} B); {results['steps']} steps, "
         f"{results['samples_per_s']:,.0f} samples/s, {results['train_seconds']:.0f} s training"
     )

@@ -647,6 +647,12 @@ class TwoTowerConfig(BaseModel):
         mask_accidental_hits: remove the row's own item from the other columns.
         num_mixed_negatives: M uniform catalogue items per step (0: in-batch only).
         ssl_weight / ssl_temperature / ssl_mask_rate: the SSL auxiliary loss (0 weight: off).
+        user_id_feature: the user tower's single-valued id feature (whose training items
+            evaluation can exclude).
+        eval_ks: the cut-offs of the retrieval metrics.
+        eval_exclude_seen: evaluation leaves each user's training items out of its ranking (the
+            target itself always stays ranked); off to compare with the synthetic oracle, whose
+            ranking excludes nothing.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -666,6 +672,9 @@ class TwoTowerConfig(BaseModel):
     ssl_weight: Annotated[float, Field(ge=0.0)] = 0.0
     ssl_temperature: Annotated[float, Field(gt=0.0)] = 0.1
     ssl_mask_rate: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.5
+    user_id_feature: str = "user_id"
+    eval_ks: tuple[Annotated[int, Field(ge=1)], ...] = Field((10, 50, 100), min_length=1)
+    eval_exclude_seen: bool = True
 
     @model_validator(mode="after")
     def _same_output_dim(self) -> "TwoTowerConfig":

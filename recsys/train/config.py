@@ -25,7 +25,7 @@ set serves every compression family's config.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Union
 
 import numpy as np
 import yaml
@@ -35,8 +35,12 @@ from recsys.features.budget_options import BudgetOptions, budget_option_problems
 from recsys.features.compression import CompressionSpec, FeatureGroup
 from recsys.features.errors import Problem, Problems, SpecError, validation_problems
 from recsys.features.spec import DatasetSpec
-from recsys.models.ctr import DLRMConfig, ModelConfig
+from recsys.models.ctr import DCNConfig, DLRMConfig
+from recsys.models.two_tower import TwoTowerConfig
 from recsys.train.sharding import SHARDING_TYPES
+
+# The model section picks the task (recsys.train.tasks): dlrm / dcn -> CTR, two_tower -> retrieval.
+ModelConfig = Annotated[Union[DLRMConfig, DCNConfig, TwoTowerConfig], Field(discriminator="arch")]
 
 __all__ = ["ConfigError", "TrainConfig", "load_config", "config_from_dict", "parse_overrides", "resolve_spec"]
 
@@ -188,6 +192,9 @@ class RayConfig(_Section):
         cpus_per_worker: CPUs reserved per worker.
         max_failures: restarts of the worker group from the last checkpoint.
         address: Ray cluster address; default the ``RAY_ADDRESS`` environment variable, else local.
+        storage_path: where Ray keeps the run's checkpoints: a folder every node reaches (NFS or
+            another shared mount) for multi-node runs; the run goes to ``<storage_path>/<run_dir
+            name>/ray``. Default: the run directory itself (one machine).
     """
 
     num_workers: Annotated[int, Field(ge=1)] = 1
@@ -195,6 +202,7 @@ class RayConfig(_Section):
     cpus_per_worker: Annotated[float, Field(gt=0)] = 1.0
     max_failures: Annotated[int, Field(ge=0)] = 0
     address: str | None = None
+    storage_path: str | None = None
 
 
 class TrainConfig(_Section):

@@ -30,6 +30,7 @@ class Fault:
     step: int
     rank: int
     run_dir: Path
+    ray_root: Path  # where Ray registers the run's checkpoints (the run dir, or ray.storage_path/<name>)
 
     def _fire(self, what: str) -> None:
         marker = self.run_dir / FIRED_MARKER
@@ -45,7 +46,7 @@ class Fault:
         step ``last_saved`` (so the restart demonstrably resumes from it, not from an older one)."""
         if self._armed(step, rank, "exit_at_step"):
             if last_saved is not None:
-                _wait_for_registration(self.run_dir, last_saved)
+                _wait_for_registration(self.ray_root, last_saved)
             self._fire(f"exits before step {step}")
 
     def during_save(self, step: int, rank: int, shard_dir: Path, last_saved: int | None) -> None:
@@ -53,7 +54,7 @@ class Fault:
         checkpoint of step ``last_saved`` is registered: it is the one the restart must use)."""
         if self._armed(step, rank, "exit_during_save"):
             if last_saved is not None:
-                _wait_for_registration(self.run_dir, last_saved)
+                _wait_for_registration(self.ray_root, last_saved)
             for shard in sorted(shard_dir.glob("*.distcp")):
                 size = shard.stat().st_size
                 with open(shard, "r+b") as fh:
@@ -61,12 +62,13 @@ class Fault:
             self._fire(f"killed while writing the checkpoint of step {step}")
 
 
-def load_fault(run_dir: str | Path) -> Fault | None:
+def load_fault(run_dir: str | Path, ray_root: str | Path | None = None) -> Fault | None:
     path = Path(run_dir) / FAULTS_FILE
     if not path.exists():
         return None
     raw = json.loads(path.read_text(encoding="utf-8"))
-    return Fault(kind=raw["kind"], step=int(raw["step"]), rank=int(raw["rank"]), run_dir=Path(run_dir))
+    return Fault(kind=raw["kind"], step=int(raw["step"]), rank=int(raw["rank"]), run_dir=Path(run_dir),
+                 ray_root=Path(ray_root) if ray_root else Path(run_dir))
 
 
 def _wait_for_registration(run_dir: Path, step: int, timeout: float = 30.0) -> None:

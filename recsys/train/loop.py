@@ -36,7 +36,7 @@ from recsys.data.loader import ShardReader
 from recsys.features.spec import DatasetSpec, spec_from_dict
 from recsys.train import checkpoint, faults, sharding
 from recsys.train.config import TrainConfig
-from recsys.train.tasks import Task, task_for
+from recsys.train.tasks import Retrieval, Task, tables_of, task_for
 
 
 class TrainingStopped(ValueError):
@@ -45,7 +45,7 @@ class TrainingStopped(ValueError):
 
 def build_task(config: TrainConfig, spec: DatasetSpec, counts: dict[str, np.ndarray] | None, device: torch.device) -> torch.nn.Module:
     """The unsharded module of the config's task: tables on ``meta`` (DMP materialises shards)."""
-    return task_for(config.model.arch).build(config, spec, counts, device)
+    return task_for(config.model.arch, config.data.path).build(config, spec, counts, device)
 
 
 def constraints_for(config: TrainConfig, tables: list[str], per_value: set[str] = frozenset()) -> dict[str, ParameterConstraints]:
@@ -151,6 +151,7 @@ class Worker:
     fault: faults.Fault | None
     payload: dict[str, Any]
     task: Task
+    train_files: list[Path]
 
     @property
     def global_batch(self) -> int:
@@ -182,18 +183,18 @@ def setup(payload: dict[str, Any], rank: int, world: int, local_rank: int) -> Wo
     test = ShardReader(files["test"], spec, batch_size=per_rank_eval, **common)
     schedule = schedule_for(config, train.steps_per_epoch)
     return Worker(
-        config, spec, rank, world, device, train, validation, test, schedule, faults.load_fault(payload["run_dir"]), payload,
-        task_for(config.model.arch),
+        config, spec, rank, world, device, train, validation, test, schedule, faults.load_fault(payload["run_dir"], payload.get("ray_root")), payload,
+        task_for(config.model.arch, config.data.path), files["train"],
     )
 
 
 def build_sharded(w: Worker, local_world_size: int) -> tuple[torch.nn.Module, Any, list[dict[str, Any]]]:
     """The DMP-sharded model, its combined optimizer, and the sharding plan as rows."""
     config = w.config
-    task = build_task(config, w.spec, w.payload.get("counts"), w.device)
+    task = w.task.build(config, w.spec, w.payload.get("counts"), w.device)
     emb = config.optimizer.embedding
     sharding.apply_fused_optimizer(task, emb.kind, emb.lr, emb.eps, emb.weight_decay)
-    table_specs = task.model.sparse.plan().tables
+    table_specs = tables_of(task)
     per_value = {t.name for t in table_specs if t.per_value}
     plan = sharding.plan_sharding(
         task,
@@ -202,6 +203,8 @@ def build_sharded(w: Worker, local_world_size: int) -> tuple[torch.nn.Module, An
         compute_device=w.device.type,
         batch_size=w.train.batch_size,
         constraints=constraints_for(config, [t.name for t in table_specs], per_value),
+        # TorchRec assumes 32 GiB per GPU otherwise: plan for the card this worker has.
+        hbm_cap=torch.cuda.get_device_properties(w.device).total_memory if w.device.type == "cuda" else None,
     )
     model = sharding.shard_model(task, plan, w.device)
     dense = config.optimizer.dense
@@ -249,6 +252,8 @@ def restore(w: Worker, model: torch.nn.Module, optimizer: Any) -> TrainState:
 
 def evaluate(w: "Worker", model: torch.nn.Module, reader: ShardReader) -> dict[str, float]:
     """The task's exact metrics of one split (collective: every rank calls it)."""
+    if isinstance(w.task, Retrieval):
+        return w.task.evaluate_split(model, reader, w.device, w.config, w.train_files)
     return w.task.evaluate(model, reader, w.device)
 
 
@@ -264,6 +269,7 @@ def train_worker(payload: dict[str, Any]) -> None:
     """
     import ray.train
 
+    _quiet_ray_train_logs()
     ctx = ray.train.get_context()
     w = setup(payload, ctx.get_world_rank(), ctx.get_world_size(), ctx.get_local_rank())
     model, optimizer, plan_rows = build_sharded(w, ctx.get_local_world_size())
@@ -378,6 +384,18 @@ class _Window:
 
     def rate(self, now: float, global_batch: int) -> float:
         return self.steps * global_batch / max(now - self.start, 1e-9)
+
+
+def _quiet_ray_train_logs() -> None:
+    """Ray Train V2 logs every report (with all metrics) at INFO through a logger named after its
+    file, which Ray's logging config does not reach: hold it at RECSYS_RAY_LOG_LEVEL (ERROR)."""
+    import logging
+    import os
+
+    level = os.environ.get("RECSYS_RAY_LOG_LEVEL", "ERROR")
+    for name in list(logging.root.manager.loggerDict):
+        if "ray/train" in name or name.startswith("ray.train"):
+            logging.getLogger(name).setLevel(level)
 
 
 def _log(message: str) -> None:

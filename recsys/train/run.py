@@ -50,6 +50,14 @@ class Prepared:
     warnings: list[str] = field(default_factory=list)  # printed once, loudly, before training
 
 
+def storage_root(config: TrainConfig, run_dir: Path) -> Path:
+    """The folder Ray's experiment ``ray/`` (checkpoints) lives in: ``ray.storage_path / <run_dir
+    name>`` on shared storage for multi-node runs, else the run directory itself."""
+    if config.ray.storage_path:
+        return (Path(config.ray.storage_path) / Path(run_dir).resolve().name).resolve()
+    return Path(run_dir).resolve()
+
+
 def default_run_dir(config_name: str) -> Path:
     return Path("runs") / f"train-{config_name}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
 
@@ -98,7 +106,7 @@ def prepare(config: TrainConfig, *, config_name: str = "run") -> Prepared:
     files = {split: validated_files(root, split, spec) for split in layout.SPLITS}
     rows = checks.split_rows(files)
     checks.check_splits(rows, batch_size=config.data.batch_size, num_workers=config.ray.num_workers, root=root)
-    task_for(config.model.arch).check_data(files, spec, root)
+    task_for(config.model.arch, root).check_data(files, spec, root)
     warnings = []
     if config.data.check_ranges:
         for split in layout.SPLITS:
@@ -112,14 +120,18 @@ def prepare(config: TrainConfig, *, config_name: str = "run") -> Prepared:
         )
 
     resume_from = None
-    registered = checkpoint.checkpoint_folders(run_dir)
+    root_of_checkpoints = storage_root(config, run_dir)
+    registered = checkpoint.checkpoint_folders(root_of_checkpoints)
     if config.resume:
         if not registered:
-            raise ValueError(f"resume=true but {run_dir} holds no checkpoint to resume; give the run_dir of an earlier run")
-        chosen, damaged = checkpoint.newest_intact(run_dir)
+            raise ValueError(
+                f"resume=true but {root_of_checkpoints / RAY_RUN_NAME} holds no checkpoint to resume; give the run_dir "
+                "(and ray.storage_path) of an earlier run"
+            )
+        chosen, damaged = checkpoint.newest_intact(root_of_checkpoints)
         notes.extend(damaged)
         if chosen is None:
-            raise ValueError(f"resume=true but no checkpoint under {run_dir / RAY_RUN_NAME} is intact: {'; '.join(damaged)}")
+            raise ValueError(f"resume=true but no checkpoint under {root_of_checkpoints / RAY_RUN_NAME} is intact: {'; '.join(damaged)}")
         step, resume_from = chosen
         if damaged:
             notes.append(f"resuming from the newest intact checkpoint instead: {resume_from} (step {step})")
@@ -162,18 +174,21 @@ def _pin_mixed_dim(spec: DatasetSpec, counts: dict[str, np.ndarray], notes: list
 
 
 def _check_model(config: TrainConfig, spec: DatasetSpec, counts: dict[str, np.ndarray]) -> None:
-    """Build the model on the meta device (no memory), so its errors come before any worker starts."""
-    from recsys.embeddings import build_embedding_collection
-    from recsys.models.ctr import build_ctr_model
+    """Build the task's model on the meta device (no memory), so its errors come before any worker starts."""
+    import torch
 
     try:
-        collection = build_embedding_collection(spec, device="meta", counts=counts)
-        build_ctr_model(config.model, spec, collection, device="meta")
+        task_for(config.model.arch, config.data.path).build(config, spec, counts, torch.device("meta"))
     except ValueError as exc:
         text = str(exc)
         field, sep, _ = text.partition(":")
         # "dense_layers: the last size ..." -> "model.dense_layers: ..." (the config's dotted path)
-        line = f"model.{text}" if sep and field.isidentifier() else f"model: {text}"
+        if text.startswith("model."):
+            line = text
+        elif sep and field.isidentifier():
+            line = f"model.{text}"
+        else:
+            line = f"model: {text}"
         raise ConfigError("model", [line]) from None
 
 
@@ -244,15 +259,18 @@ def launch(prepared: Prepared, *, shutdown: bool = True) -> dict[str, Any]:
     config = prepared.config
     started = _ray_init(config)
     prepared.run_dir.mkdir(parents=True, exist_ok=True)
-    stale = prepared.run_dir / RAY_RUN_NAME
+    ray_root = storage_root(config, prepared.run_dir)
+    ray_root.mkdir(parents=True, exist_ok=True)
+    stale = ray_root / RAY_RUN_NAME
     if not config.resume and stale.exists():  # a run that failed before its first checkpoint
-        stale.rename(prepared.run_dir / f"{RAY_RUN_NAME}.failed-{datetime.now().strftime('%Y%m%d-%H%M%S')}")
+        stale.rename(ray_root / f"{RAY_RUN_NAME}.failed-{datetime.now().strftime('%Y%m%d-%H%M%S')}")
     payload = {
         "config": config.model_dump(mode="json"),
         "spec": prepared.spec.to_dict(),
         "counts": prepared.counts,
         "files": {split: [str(p.resolve()) for p in paths] for split, paths in prepared.files.items()},
         "run_dir": str(prepared.run_dir),
+        "ray_root": str(ray_root),
         "resume_from": str(prepared.resume_from) if prepared.resume_from else None,
     }
     trainer = TorchTrainer(
@@ -266,7 +284,7 @@ def launch(prepared: Prepared, *, shutdown: bool = True) -> dict[str, Any]:
         torch_config=TorchConfig(backend="nccl" if config.ray.use_gpu else "gloo"),
         run_config=RunConfig(
             name=RAY_RUN_NAME,
-            storage_path=str(prepared.run_dir),
+            storage_path=str(ray_root),
             failure_config=FailureConfig(max_failures=config.ray.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=config.train.num_checkpoints),
         ),

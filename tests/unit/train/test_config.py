@@ -230,7 +230,7 @@ def test_errors_across_sections_have_full_dotted_paths():
 @pytest.mark.parametrize(
     "override, line",
     [
-        ("model.arch=transformer", "model.arch: got 'transformer'; allowed: 'dlrm', 'dcn'"),
+        ("model.arch=transformer", "model.arch: got 'transformer'; allowed: 'dlrm', 'dcn', 'two_tower'"),
         ("embeddings.compression.C1={num_buckets: 10}", "embeddings.compression.C1.kind: required key is missing; allowed: 'full', 'hashed', 'multi_hash', 'qr', 'mixed_dim', 'unified'"),
         ("embeddings.compression.C1={kind: qr}", "embeddings.compression.C1: got neither num_collisions nor radices; give exactly one of num_collisions (2 partitions) or radices (k partitions)"),
         ("embeddings.compression.C1={kind: multi_hash, num_buckets: 10, num_weight_buckets: 5}", "embeddings.compression.C1.num_weight_buckets: got 5 but importance_weights is false; set importance_weights: true or remove num_weight_buckets"),
