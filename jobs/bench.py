@@ -180,5 +180,9 @@ def _positive(text: str) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    if argv and argv[0] in ("compression", "report"):  # the compression sweep: jobs/bench_compression.py
+        from jobs import bench_compression
+
+        return bench_compression.main(argv)
     args = build_parser().parse_args(argv)
     return int(args.run(args))

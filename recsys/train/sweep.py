@@ -1,0 +1,715 @@
+"""Compression sweeps: methods x memory budgets x seeds, each trial an ordinary training run.
+
+    recsys bench compression configs/bench_quick.yaml [--out SWEEP_DIR] [key=value ...]
+
+A sweep config names a data set, a base training config (plus overrides), the methods, the
+budgets as ratios of the full-table bytes (``1``, ``0.25`` or ``"1/16"``), the seeds and per-method
+budget options::
+
+    task: ctr
+    data: {path: data/synthetic_ctr_1m}
+    base: {config: configs/ctr_synthetic_full.yaml, overrides: [train.max_steps=300]}
+    methods: [full, hashed, qr, mixed_dim, unified]
+    budgets: [1, 1/4, 1/16, 1/64]
+    seeds: [0, 1]
+    keep_full_below: 2000
+    options: {unified: {num_chunks: 2}}
+    resources: {max_concurrent_trials: 1, trial_cpus: 1}
+
+It runs in three steps:
+
+1. :func:`plan_sweep` (no Ray): the base config is prepared once with its data checks; then each
+   (method, budget) is sized by the budget solver through :func:`recsys.train.run.prepare` (models
+   on ``meta``). A budget whose achieved ratio is off the target by more than the solver's
+   tolerance is ``unreachable`` with the solver's reason, never silently replaced by another size.
+   ``full`` is the reference: it runs at budget 1 only.
+2. :func:`run_sweep`: every trial without a finished ``results.json`` in its folder
+   ``SWEEP_DIR/trials/<trial_id>/`` runs as a Ray Tune trial of a function trainable that calls
+   ``prepare`` + ``launch`` (a Ray Train ``TorchTrainer``, Train V2's supported Train-in-Tune
+   pattern: the trial reserves ``resources.trial_cpus`` for its driver, the Train worker group its
+   own ``ray.num_workers x ray.cpus_per_worker``). Finished trials are never re-run: running the same
+   command again after a crash or Ctrl-C runs only the missing or failed ones.
+3. :func:`collect`: one row per trial into ``results.parquet``, from which
+   :mod:`recsys.train.report` writes ``report.md`` and ``pareto.png``.
+
+A task (``ctr`` now; retrieval when the two-tower job lands) says which metrics a trial yields
+and which one ranks methods: :data:`TASKS`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import statistics
+import time
+from dataclasses import asdict, dataclass, field
+from fractions import Fraction
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+
+from recsys.embeddings.budget import METHODS, TOLERANCE
+from recsys.features.budget_options import budget_option_problems
+from recsys.features.errors import Problem, Problems, SpecError, format_value, validation_problems
+from recsys.train.config import ConfigError, TrainConfig, config_from_dict, parse_overrides
+
+__all__ = [
+    "SweepConfig", "SweepConfigError", "TrialPlan", "Task", "TASKS", "budget_label", "load_sweep_config",
+    "sweep_config_from_dict", "plan_sweep", "run_sweep", "collect",
+]
+
+TRIALS = "trials"
+RESULTS = "results.json"
+LOOKUP = "lookup.json"
+FAILURE = "failure.json"
+PARQUET = "results.parquet"
+
+
+class SweepConfigError(SpecError):
+    """A sweep config failed validation; ``errors`` holds one line per problem."""
+
+    what = "sweep config"
+
+
+# -- tasks ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Metric:
+    name: str
+    higher_is_better: bool
+    label: str
+
+
+@dataclass(frozen=True)
+class Task:
+    """What a sweep measures for one kind of training job.
+
+    Args:
+        name: the sweep config's ``task``.
+        metrics: quality metrics read from a trial's ``results.json`` (the first ranks methods).
+    """
+
+    name: str
+    metrics: tuple[Metric, ...]
+
+    @property
+    def primary(self) -> Metric:
+        return self.metrics[0]
+
+
+TASKS: dict[str, Task] = {
+    "ctr": Task("ctr", (Metric("auc", True, "AUC"), Metric("logloss", False, "logloss"))),
+    # "retrieval": Task("retrieval", (Metric("recall_at_100", True, "recall@100"), Metric("ndcg_at_10", True, "NDCG@10"))),
+}
+
+
+# -- the sweep config -------------------------------------------------------------------------
+
+
+def _ratio(value: Any) -> Any:
+    """``"1/16"`` -> 0.0625; numbers pass through (bounds are checked by the field)."""
+    if isinstance(value, str):
+        try:
+            return float(Fraction(value.strip()))
+        except (ValueError, ZeroDivisionError):
+            raise ValueError("allowed: a ratio in (0, 1] as a number or a fraction such as '1/16'") from None
+    return value
+
+
+Ratio = Annotated[float, BeforeValidator(_ratio), Field(gt=0.0, le=1.0)]
+
+
+def budget_label(ratio: float) -> str:
+    """``0.0625`` -> ``"1/16"``, ``1.0`` -> ``"1"``; other ratios as ``"0.3"``."""
+    if ratio == 1:
+        return "1"
+    inverse = 1 / ratio
+    if abs(inverse - round(inverse)) < 1e-9 * inverse:
+        return f"1/{round(inverse)}"
+    return f"{ratio:g}"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SweepData(_Section):
+    """Args:
+        path: the data set folder (``recsys ingest`` / ``recsys synth``); replaces the base config's.
+    """
+
+    path: str
+
+
+class BaseTraining(_Section):
+    """Args:
+        config: a training config YAML (``configs/ctr_*.yaml``); its ``embeddings`` section must not
+            size features itself (the sweep's budget solver does).
+        overrides: ``dotted.key=value`` overrides of it, as for ``recsys train``.
+    """
+
+    config: str
+    overrides: list[str] = Field(default_factory=list)
+
+
+class SweepResources(_Section):
+    """Args:
+        max_concurrent_trials: trials at once; default: as many as the cluster's CPUs hold, each
+            trial taking ``trial_cpus`` plus its training's ``ray.num_workers x ray.cpus_per_worker``.
+        trial_cpus: CPUs reserved for a trial's own process (``tune.with_resources``): its training
+            driver and the lookup timing.
+    """
+
+    max_concurrent_trials: Annotated[int, Field(ge=1)] | None = None
+    trial_cpus: Annotated[float, Field(gt=0.0)] = 1.0
+
+
+class LookupTiming(_Section):
+    """The short lookup-throughput timing of each trial's embedding collection (forward only,
+    FBGEMM's fused kernel as in training, random Zipf ids at the spec's cardinalities).
+
+    Args:
+        enabled: time lookups (before the trial's training).
+        batch_size: rows per batch.
+        steps: timed forwards per round.
+        rounds: timing rounds; the median is reported.
+        warmup: untimed forwards first.
+    """
+
+    enabled: bool = True
+    batch_size: Annotated[int, Field(ge=1)] = 4096
+    steps: Annotated[int, Field(ge=1)] = 5
+    rounds: Annotated[int, Field(ge=1)] = 3
+    warmup: Annotated[int, Field(ge=0)] = 2
+
+
+class SweepConfig(_Section):
+    """The whole sweep config; see the module docstring."""
+
+    task: Literal["ctr"] = "ctr"
+    data: SweepData
+    base: BaseTraining
+    methods: Annotated[list[Literal[METHODS]], Field(min_length=1)]  # type: ignore[valid-type]
+    budgets: Annotated[list[Ratio], Field(min_length=1)]
+    seeds: Annotated[list[int], Field(min_length=1)] = [0]
+    keep_full_below: Annotated[int, Field(ge=0)] = 0
+    options: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    resources: SweepResources = SweepResources()
+    lookup: LookupTiming = LookupTiming()
+    keep_checkpoints: bool = False
+    """Keep each trial's final checkpoint (default: deleted once its results.json is written)."""
+
+    @field_validator("methods", "budgets", "seeds")
+    @classmethod
+    def _unique(cls, values: list[Any], info: ValidationInfo) -> list[Any]:
+        seen, problems = set(), []
+        for i, v in enumerate(values):
+            if v in seen:
+                problems.append(Problem(f"[{i}]", f"got {format_value(v)}; each {info.field_name[:-1]} may appear once"))
+            seen.add(v)
+        if problems:
+            raise Problems(problems)
+        return values
+
+    @field_validator("options")
+    @classmethod
+    def _typed_options(cls, options: dict[str, dict[str, Any]], info: ValidationInfo) -> dict[str, dict[str, Any]]:
+        methods = info.data.get("methods")
+        problems = []
+        for method, opts in options.items():
+            if method not in METHODS:
+                problems.append(Problem(method, f"unknown method; allowed: {list(METHODS)}"))
+                continue
+            if methods is not None and method not in methods:
+                problems.append(Problem(method, f"method {method!r} is not in methods {methods}; add it or remove its options"))
+                continue
+            problems.extend(budget_option_problems(method, opts, path=method)[1])
+        if problems:
+            raise Problems(problems)
+        return options
+
+
+def _set(raw: dict, path: list[str], value: Any, errors: list[str]) -> None:
+    node = raw
+    for i, key in enumerate(path[:-1]):
+        child = node.setdefault(key, {})
+        if not isinstance(child, dict):
+            errors.append(f"override {'.'.join(path)}: {'.'.join(path[: i + 1])} is {child!r}, not a section")
+            return
+        node = child
+    node[path[-1]] = value
+
+
+def sweep_config_from_dict(raw: Any, overrides: list[str] | None = None, source: str = "<dict>") -> tuple[SweepConfig, TrainConfig]:
+    """Validate a parsed sweep config and its base training config; every error at once.
+
+    Returns:
+        The sweep config and the base training config (with the sweep's ``data.path``).
+
+    Raises:
+        SweepConfigError: lines with dotted paths; the base training config's own problems come
+            under ``base.`` (``base.train.epochs: got 0; allowed: >= 1``).
+    """
+    if not isinstance(raw, dict):
+        raise SweepConfigError(source, [f"<config>: got {type(raw).__name__}; expected a mapping of sections"])
+    raw = yaml.safe_load(yaml.safe_dump(raw))  # a deep copy
+    parsed, errors = parse_overrides(list(overrides or []))
+    for path, value in parsed:
+        _set(raw, path, value, errors)
+    sweep = None
+    try:
+        sweep = SweepConfig.model_validate(raw)
+    except ValidationError as exc:
+        errors += [p.line("<config>") for p in validation_problems(exc, raw, SweepConfig)]
+    base = None
+    base_raw = raw.get("base") if isinstance(raw.get("base"), dict) else {}
+    data_raw = raw.get("data") if isinstance(raw.get("data"), dict) else {}
+    if isinstance(base_raw.get("config"), str) and isinstance(base_raw.get("overrides", []), list):
+        base, base_errors = _base_config(base_raw["config"], [str(o) for o in base_raw.get("overrides", [])], data_raw.get("path"))
+        errors += base_errors
+    if errors:
+        raise SweepConfigError(source, errors)
+    assert sweep is not None and base is not None
+    return sweep, base
+
+
+def _base_config(path: str, overrides: list[str], data_path: Any) -> tuple[TrainConfig | None, list[str]]:
+    """The base training config with the sweep's data path; its problems under ``base.``."""
+    file = Path(path)
+    try:
+        raw = yaml.safe_load(file.read_text(encoding="utf-8")) or {}
+    except OSError as exc:
+        return None, [f"base.config: cannot read {path}: {exc.strerror}"]
+    except yaml.YAMLError as exc:
+        return None, [f"base.config: {path} is not valid YAML: {str(exc).splitlines()[0]}"]
+    if isinstance(data_path, str) and isinstance(raw, dict):
+        raw.setdefault("data", {})
+        if isinstance(raw["data"], dict):
+            raw["data"]["path"] = data_path
+    try:
+        config = config_from_dict(raw, overrides, source=path)
+    except ConfigError as exc:
+        return None, [f"base.{line}" if not line.startswith("override") else f"base.overrides: {line}" for line in exc.errors]
+    errors = []
+    emb = config.embeddings
+    if emb.budget is not None or emb.compression or emb.groups:
+        errors.append(
+            f"base.config: {path} sets embeddings.{'budget' if emb.budget else 'compression' if emb.compression else 'groups'}; "
+            "the sweep sizes every feature with the budget solver: use a base config without an embeddings section"
+        )
+    if config.run_dir or config.resume:
+        errors.append("base.config: run_dir / resume are set by the sweep (one run folder per trial); remove them")
+    return config, errors
+
+
+def load_sweep_config(path: str | Path, overrides: list[str] | None = None) -> tuple[SweepConfig, TrainConfig]:
+    """Load a sweep YAML and apply ``key=value`` overrides; see :func:`sweep_config_from_dict`."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise SweepConfigError(str(path), [f"cannot read file: {exc.strerror}"]) from None
+    except yaml.YAMLError as exc:
+        raise SweepConfigError(str(path), [f"not valid YAML: {exc}"]) from None
+    return sweep_config_from_dict(raw if raw is not None else {}, overrides, source=str(path))
+
+
+# -- planning ---------------------------------------------------------------------------------
+
+
+@dataclass
+class TrialPlan:
+    """One trial of the sweep, decided before anything runs."""
+
+    trial_id: str
+    method: str
+    budget: str  # label, e.g. "1/16"
+    target_ratio: float
+    seed: int
+    status: str  # "pending" (to run), "done" (results.json exists), "unreachable", "failed" (at planning)
+    reason: str = ""
+    achieved_ratio: float | None = None
+    embedding_bytes: int | None = None
+    full_table_bytes: int | None = None
+    config: dict[str, Any] = field(default_factory=dict)  # the trial's TrainConfig as JSON
+
+
+def trial_id(method: str, ratio: float, seed: int) -> str:
+    """``hashed-1_16-s0``: a folder name that sorts nothing away and reads back."""
+    return f"{method}-{budget_label(ratio).replace('/', '_').replace('.', 'p')}-s{seed}"
+
+
+def _reach_reason(notes: list[str], achieved: float, target: float) -> str:
+    """Why a method missed its budget: the solver's notes that say so, else the numbers."""
+    said = [n.strip().removeprefix("note: ") for text in notes for n in text.splitlines()
+            if n.strip().startswith("note:") and ("floor" in n or "spans" in n or "cannot" in n)]
+    said = [s for s in said if "could not land" not in s] or said
+    numbers = f"achieved ratio {achieved:.4g} vs target {target:.4g} (tolerance {TOLERANCE:.0%})"
+    return f"{numbers}: {'; '.join(said)}" if said else numbers
+
+
+def plan_sweep(sweep: SweepConfig, base: TrainConfig, sweep_dir: Path, *, log=print) -> list[TrialPlan]:
+    """Size every (method, budget) with the budget solver; mark finished, unreachable and failed ones.
+
+    Raises:
+        ValueError / FileNotFoundError / ConfigError: the base config does not prepare on the data
+            set (every trial would fail the same way).
+    """
+    from recsys.train.run import prepare
+
+    trials_dir = sweep_dir / TRIALS
+    scratch = sweep_dir / ".plan"  # never created: prepare only checks that no run is there
+    first = prepare(base.model_copy(update={"run_dir": str(scratch)}))  # the data checks, once
+    log(f"data {base.data.path}: {first.train_rows:,} training rows; full tables {first.plan.full_bytes:,} B; "
+        f"{'ids checked against the cardinalities' if base.data.check_ranges else 'ids NOT range-checked (data.check_ranges=false)'}")
+    options = sweep.options
+    plans: list[TrialPlan] = []
+    sized: dict[tuple[str, float], TrialPlan] = {}
+    for seed in sweep.seeds:
+        for ratio in sweep.budgets:
+            for method in sweep.methods:
+                if method == "full" and ratio != 1:
+                    continue  # the reference: full tables take ratio 1 by definition
+                key = (method, ratio)
+                if key not in sized:
+                    sized[key] = _size(base, method, ratio, sweep.keep_full_below, options.get(method, {}), scratch, prepare)
+                plans.append(_trial(sized[key], seed, trials_dir))
+    if "full" in sweep.methods and 1.0 not in sweep.budgets:  # still run the reference
+        ref = _size(base, "full", 1.0, 0, {}, scratch, prepare)
+        plans = [_trial(ref, seed, trials_dir) for seed in sweep.seeds] + plans
+    return plans
+
+
+def _size(base: TrainConfig, method: str, ratio: float, keep_full_below: int, options: dict, scratch: Path, prepare) -> TrialPlan:
+    budget = {"method": method, "ratio": ratio, "keep_full_below": keep_full_below, "options": options}
+    raw = base.model_dump(mode="json")
+    raw["embeddings"] = {"budget": budget}
+    raw["run_dir"] = str(scratch)
+    raw["data"]["check_ranges"] = False  # checked once by plan_sweep
+    plan = TrialPlan("", method, budget_label(ratio), ratio, 0, "pending")
+    try:
+        config = TrainConfig.model_validate(raw)
+        prepared = prepare(config)
+    except (ValueError, FileNotFoundError) as exc:
+        text = "; ".join(getattr(exc, "errors", None) or [str(exc)])
+        plan.status = "unreachable" if "embeddings.budget" in text else "failed"
+        plan.reason = text.splitlines()[0][:500]
+        return plan
+    achieved = prepared.plan.ratio
+    plan.achieved_ratio, plan.embedding_bytes, plan.full_table_bytes = achieved, prepared.plan.total_bytes, prepared.plan.full_bytes
+    if abs(achieved / ratio - 1) > TOLERANCE:
+        plan.status, plan.reason = "unreachable", _reach_reason(prepared.notes, achieved, ratio)
+    raw["run_dir"] = None
+    plan.config = raw
+    return plan
+
+
+def _trial(sized: TrialPlan, seed: int, trials_dir: Path) -> TrialPlan:
+    plan = TrialPlan(**{**asdict(sized), "seed": seed, "trial_id": trial_id(sized.method, sized.target_ratio, seed)})
+    if plan.config:
+        plan.config = json.loads(json.dumps(plan.config))
+        plan.config["train"]["seed"] = seed
+        plan.config["run_dir"] = str((trials_dir / plan.trial_id).resolve())
+    if plan.status == "pending" and (trials_dir / plan.trial_id / RESULTS).exists():
+        plan.status = "done"
+    return plan
+
+
+# -- one trial --------------------------------------------------------------------------------
+
+
+def one_line(exc: BaseException, limit: int = 400) -> str:
+    """An exception as one line: its type and the first lines that say something."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip() and not ln.strip().startswith(("Traceback", "File "))]
+    text = "; ".join(lines[:3]) or type(exc).__name__
+    text = text if isinstance(exc, ValueError) else f"{type(exc).__name__}: {text}"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def time_lookups(spec_raw: dict[str, Any], timing: dict[str, Any]) -> dict[str, Any]:
+    """Forward lookups/s of the spec's collection in FBGEMM's fused kernel (single process, gloo).
+
+    Reuses the timing helpers of :mod:`recsys.embeddings.bench`: random Zipf ids at the spec's
+    cardinalities, a sharded (world size 1) collection, interleaved rounds, the median.
+    """
+    import socket
+
+    import torch
+    import torch.distributed as dist
+
+    from recsys.embeddings.bench import fused_model, make_batches, time_interleaved, warm_up
+    from recsys.features.spec import spec_from_dict
+
+    spec = spec_from_dict(spec_raw, "resolved spec")
+    started = not dist.is_initialized()
+    if started:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
+    try:
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)  # as recsys bench lookup: one thread keeps timings stable on a shared machine
+        batches = make_batches(spec, timing["batch_size"], 4, seed=0)
+        model, _ = fused_model(spec)
+
+        def forward(kjt):
+            with torch.no_grad():
+                model(kjt).values()
+
+        warm_up(forward, batches, timing["warmup"])
+        seconds = time_interleaved({"forward": (forward, timing["steps"])}, batches, timing["rounds"])["forward"]
+        torch.set_num_threads(threads)
+        del model
+    finally:
+        if started:
+            dist.destroy_process_group()
+    lookups = timing["batch_size"] * len(spec.sparse)
+    return {"lookups_per_s": lookups / statistics.median(seconds), "seconds_per_batch": statistics.median(seconds),
+            "batch_size": timing["batch_size"], "features": len(spec.sparse)}
+
+
+def run_trial(trial: dict[str, Any]) -> dict[str, Any]:
+    """One trial, in its own run folder: lookup timing, then ``prepare`` + ``launch``.
+
+    ``trial`` holds ``config`` (the trial's TrainConfig as JSON, ``run_dir`` its folder), ``lookup``
+    (:class:`LookupTiming` as a dict) and ``keep_checkpoints``. A failure leaves ``failure.json``
+    (the one-line reason) and is raised again, so Ray Tune records the trial as errored.
+    """
+    from recsys.train.checkpoint import checkpoint_folders
+    from recsys.train.run import launch, prepare
+
+    run_dir = Path(trial["config"]["run_dir"])
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / FAILURE).unlink(missing_ok=True)
+    try:
+        raw = dict(trial["config"], resume=bool(checkpoint_folders(run_dir)))  # a crashed trial continues
+        prepared = prepare(TrainConfig.model_validate(raw))
+        if trial["lookup"]["enabled"] and not (run_dir / LOOKUP).exists():
+            _write_json(run_dir / LOOKUP, time_lookups(prepared.spec.to_dict(), trial["lookup"]))
+        results = launch(prepared, shutdown=False)
+        if not trial["keep_checkpoints"]:
+            for _, folder in checkpoint_folders(run_dir):
+                shutil.rmtree(folder, ignore_errors=True)
+    except BaseException as exc:
+        if not isinstance(exc, KeyboardInterrupt):
+            _write_json(run_dir / FAILURE, {"reason": one_line(exc), "type": type(exc).__name__})
+        raise
+    return results
+
+
+def _tune_trainable(param: dict[str, Any], trials: dict[str, dict[str, Any]]) -> None:
+    from ray import tune
+
+    results = run_trial(trials[param["trial_id"]])
+    tune.report({"status": "ok", **{k: results.get(k) for k in ("auc", "logloss", "compression_ratio", "samples_per_s")}})
+
+
+# -- running the sweep ------------------------------------------------------------------------
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    from recsys.data.layout import write_json_atomic
+
+    write_json_atomic(path, obj)
+
+
+def _ray_init(address: str | None, cpus_needed: float) -> bool:
+    import ray
+
+    if ray.is_initialized():
+        return False
+    level = os.environ.get("RECSYS_RAY_LOG_LEVEL", "ERROR")
+    # The trials' training lines stay in Ray's logs: the console shows the sweep's progress.
+    common = dict(logging_config=ray.LoggingConfig(log_level=level), log_to_driver=os.environ.get("RECSYS_TRIAL_LOGS") == "1")
+    if address:
+        ray.init(address=address, **common)
+    else:
+        ray.init(num_cpus=max(os.cpu_count() or 1, math.ceil(cpus_needed)), include_dashboard=False, **common)
+    return True
+
+
+class _Progress:
+    """Printed lines while the sweep runs: trials done / running / failed and the best per budget."""
+
+    def __init__(self, task: Task, plans: list[TrialPlan], log) -> None:
+        self.task, self.log = task, log
+        self.total = sum(p.status in ("pending", "done") for p in plans)
+        self.done = sum(p.status == "done" for p in plans)
+        self.running = self.failed = 0
+        self.best: dict[str, tuple[float, str]] = {}
+        self.by_id = {p.trial_id: p for p in plans}
+        self.order = {p.budget: -p.target_ratio for p in plans}
+        for p in plans:
+            if p.status == "done":
+                self._record(p, _read_json(Path(p.config["run_dir"]) / RESULTS))
+
+    def _record(self, plan: TrialPlan, results: dict[str, Any] | None) -> None:
+        m = self.task.primary
+        value = (results or {}).get(m.name)
+        if value is None or not math.isfinite(value):
+            return
+        old = self.best.get(plan.budget)
+        if old is None or (value > old[0] if m.higher_is_better else value < old[0]):
+            self.best[plan.budget] = (value, f"{plan.method} s{plan.seed}")
+
+    def line(self, head: str) -> None:
+        m = self.task.primary
+        best = ", ".join(f"{b}: {v[1]} {v[0]:.4f}" for b, v in sorted(self.best.items(), key=lambda kv: self.order[kv[0]]))
+        self.log(f"[{self.done}/{self.total} done, {self.running} running, {self.failed} failed] {head}"
+                 + (f" | best {m.label} so far: {best}" if best else ""), flush=True)
+
+    def started(self, tid: str) -> None:
+        self.running += 1
+        self.line(f"started {tid}")
+
+    def finished(self, tid: str, ok: bool) -> None:
+        self.running = max(0, self.running - 1)
+        plan = self.by_id[tid]
+        run_dir = Path(plan.config["run_dir"])
+        if ok:
+            self.done += 1
+            results = _read_json(run_dir / RESULTS) or {}
+            self._record(plan, results)
+            metrics = " ".join(f"{m.label} {results.get(m.name, float('nan')):.4f}" for m in self.task.metrics)
+            self.line(f"{tid}: {metrics}, ratio {results.get('compression_ratio', float('nan')):.4f}, "
+                      f"{results.get('samples_per_s') or 0:,.0f} samples/s, {results.get('wall_seconds') or 0:.0f} s")
+        else:
+            self.failed += 1
+            reason = (_read_json(run_dir / FAILURE) or {}).get("reason", "see Ray's log")
+            self.line(f"{tid} FAILED: {reason}")
+
+
+def _callback(progress: _Progress):
+    from ray.tune import Callback
+
+    class SweepProgress(Callback):
+        def on_trial_start(self, iteration, trials, trial, **info):
+            progress.started(trial.config["trial_id"])
+
+        def on_trial_complete(self, iteration, trials, trial, **info):
+            progress.finished(trial.config["trial_id"], ok=True)
+
+        def on_trial_error(self, iteration, trials, trial, **info):
+            progress.finished(trial.config["trial_id"], ok=False)
+
+    return SweepProgress()
+
+
+def run_sweep(sweep: SweepConfig, base: TrainConfig, plans: list[TrialPlan], sweep_dir: Path, *, log=print) -> None:
+    """Run every pending trial as a Ray Tune trial (local Ray, or the cluster at ``RAY_ADDRESS``)."""
+    import ray
+    from ray import tune
+
+    pending = [p for p in plans if p.status == "pending"]
+    progress = _Progress(TASKS[sweep.task], plans, log)
+    if not pending:
+        return
+    per_trial = sweep.resources.trial_cpus + base.ray.num_workers * base.ray.cpus_per_worker
+    concurrency = sweep.resources.max_concurrent_trials
+    started = _ray_init(base.ray.address or os.environ.get("RAY_ADDRESS"), per_trial * (concurrency or 1))
+    try:
+        cpus = ray.cluster_resources().get("CPU", 1)
+        if concurrency is None:
+            concurrency = max(1, int(cpus // per_trial))
+        log(f"{len(pending)} trial(s) to run, {concurrency} at once ({per_trial:g} CPUs each: {sweep.resources.trial_cpus:g} "
+            f"for the trial, {base.ray.num_workers} x {base.ray.cpus_per_worker:g} for its training; {cpus:g} CPUs in Ray)")
+        payload = {
+            p.trial_id: {"config": p.config, "lookup": sweep.lookup.model_dump(), "keep_checkpoints": sweep.keep_checkpoints}
+            for p in pending
+        }
+        trainable = tune.with_resources(tune.with_parameters(_tune_trainable, trials=payload), {"CPU": sweep.resources.trial_cpus})
+        attempt = 1 + sum(1 for _ in sweep_dir.glob("tune-*"))
+        tuner = tune.Tuner(
+            trainable,
+            param_space={"trial_id": tune.grid_search([p.trial_id for p in pending])},
+            tune_config=tune.TuneConfig(
+                max_concurrent_trials=concurrency,
+                reuse_actors=True,  # one trial process, imports paid once
+                trial_name_creator=lambda t: t.config["trial_id"],
+                trial_dirname_creator=lambda t: t.config["trial_id"],
+            ),
+            run_config=tune.RunConfig(
+                name=f"tune-{attempt}",
+                storage_path=str(sweep_dir.resolve()),
+                verbose=0,
+                callbacks=[_callback(progress)],
+                failure_config=tune.FailureConfig(max_failures=0, fail_fast=False),
+            ),
+        )
+        tuner.fit()
+    finally:
+        if started:
+            ray.shutdown()
+
+
+# -- collecting -------------------------------------------------------------------------------
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+COLUMNS = (
+    "task", "trial_id", "method", "budget", "target_ratio", "seed", "status", "reason",
+    "auc", "logloss", "val_auc", "val_logloss", "oracle_auc",
+    "embedding_bytes", "full_table_bytes", "achieved_ratio", "samples_per_s", "lookups_per_s",
+    "train_seconds", "wall_seconds", "steps", "run_dir",
+)
+
+
+def trial_row(task: str, plan: TrialPlan, sweep_dir: Path) -> dict[str, Any]:
+    """One row of ``results.parquet``: the plan, and what the trial's folder holds."""
+    row: dict[str, Any] = {c: None for c in COLUMNS}
+    row.update(task=task, trial_id=plan.trial_id, method=plan.method, budget=plan.budget, target_ratio=plan.target_ratio,
+               seed=plan.seed, status=plan.status, reason=plan.reason or None, achieved_ratio=plan.achieved_ratio,
+               embedding_bytes=plan.embedding_bytes, full_table_bytes=plan.full_table_bytes)
+    if plan.status in ("unreachable", "failed"):
+        return row
+    run_dir = sweep_dir / TRIALS / plan.trial_id
+    row["run_dir"] = str(Path(TRIALS) / plan.trial_id)
+    results = _read_json(run_dir / RESULTS)
+    if results is None:
+        failure = _read_json(run_dir / FAILURE)
+        row["status"], row["reason"] = ("failed", failure.get("reason")) if failure else ("not_run", "the sweep stopped before this trial finished")
+        return row
+    row["status"] = "ok"
+    for key in ("auc", "logloss", "val_auc", "val_logloss", "oracle_auc", "embedding_bytes", "full_table_bytes",
+                "samples_per_s", "train_seconds", "wall_seconds", "steps"):
+        row[key] = results.get(key)
+    row["achieved_ratio"] = results.get("compression_ratio")
+    row["lookups_per_s"] = (_read_json(run_dir / LOOKUP) or {}).get("lookups_per_s")
+    return row
+
+
+def collect(task: str, plans: list[TrialPlan], sweep_dir: Path) -> Path:
+    """Write ``results.parquet`` (one row per trial, in plan order); returns its path."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = [trial_row(task, p, sweep_dir) for p in plans]
+    types = {"seed": pa.int64(), "embedding_bytes": pa.int64(), "full_table_bytes": pa.int64(), "steps": pa.int64()}
+    floats = {"target_ratio", "auc", "logloss", "val_auc", "val_logloss", "oracle_auc", "achieved_ratio", "samples_per_s",
+              "lookups_per_s", "train_seconds", "wall_seconds"}
+    schema = pa.schema([(c, types.get(c, pa.float64() if c in floats else pa.string())) for c in COLUMNS])
+    table = pa.Table.from_pylist(rows, schema=schema)
+    path = sweep_dir / PARQUET
+    tmp = path.with_suffix(".parquet.tmp")
+    pq.write_table(table, tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def write_plan(plans: list[TrialPlan], sweep_dir: Path, sweep: SweepConfig) -> None:
+    """``sweep.json``: the resolved sweep config and every trial's plan (what a rerun compares)."""
+    _write_json(sweep_dir / "sweep.json", {"sweep": sweep.model_dump(mode="json"), "trials": [
+        {k: v for k, v in asdict(p).items() if k != "config"} for p in plans
+    ], "written": time.strftime("%Y-%m-%dT%H:%M:%S")})
