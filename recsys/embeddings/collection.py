@@ -74,7 +74,7 @@ class CompressedEmbeddingBagCollection(nn.Module):
         self._destination: dict[str, str] = {}
         bag_configs: list[EmbeddingBagConfig] = []
         per_value: dict[int, list[EmbeddingConfig]] = {}
-        for t in _probe_major(self._tables, [m.combiner() for m in methods]):
+        for t in _probe_major(self._tables, methods):
             common = dict(
                 name=t.name,
                 num_embeddings=t.num_embeddings,
@@ -107,17 +107,19 @@ class CompressedEmbeddingBagCollection(nn.Module):
         self._seen_keys: list[str] | None = None  # the keys list object the current plan was checked against
 
     def _plan_for(self, pooled_kt: KeyedTensor | None, device: torch.device) -> CombinePlan:
-        """The plan for this pooled layout, compiled once per layout (and device)."""
-        plan = self.combine_plan
+        """The plan for this pooled layout: compiled once per layout and device, then reused.
+
+        TorchRec's collections hand out the same keys list with every output, so a batch whose keys
+        object is the one already checked costs one identity test.
+        """
         keys = pooled_kt.keys() if pooled_kt is not None else []
-        if plan.device == device and (keys is self._seen_keys or tuple(keys) == plan.layout.keys):
-            if keys is self._seen_keys or tuple(pooled_kt.length_per_key() if pooled_kt is not None else ()) == plan.layout.widths:
-                self._seen_keys = keys
-                return plan
-        layout = Layout.of(pooled_kt)
-        plan = CombinePlan.compile(self._entries, layout, ordered=layout == self._build_layout, device=device)
-        self.combine_plan = plan
-        self._seen_keys = keys
+        plan = self.combine_plan
+        if keys is not self._seen_keys or plan.device != device:
+            layout = Layout.of(pooled_kt)
+            if layout != plan.layout or plan.device != device:
+                plan = CombinePlan.compile(self._entries, layout, ordered=layout == self._build_layout, device=device)
+                self.combine_plan = plan
+            self._seen_keys = keys
         return plan
 
     def physical_features(self, features: KeyedJaggedTensor) -> tuple[dict[str, KeyedJaggedTensor], list[torch.Tensor]]:
@@ -242,26 +244,25 @@ class CompressedEmbeddingBagCollection(nn.Module):
         return EmbeddingPlan(features=tuple(features), tables=tuple(self._tables), projections=tuple(projections), notes=tuple(notes))
 
 
-def _probe_major(tables: list[TableSpec], combiners: list) -> list[TableSpec]:
+def _probe_major(tables: list[TableSpec], methods: Sequence[FeatureMethod]) -> list[TableSpec]:
     """The tables in build order, except that each run of consecutive ``Sum`` / ``Product``
-    features (one table per key) is laid out probe-major: every feature's key 0, then every
-    feature's key 1, ... So the plan's reduction reads k wide pieces (one elementwise op on
+    features of one shape (one table per key) is laid out probe-major: every feature's key 0, then
+    every feature's key 1, ... So the plan's reduction reads k wide pieces (one elementwise op on
     ``(B, n * d)`` blocks) instead of strided ``(B, n, k, d)`` views, measured ~30% faster here."""
-    owner: dict[str, tuple[int, int]] = {}  # physical key -> (feature index, probe index)
-    run_of: list[int] = []
-    previous = None
-    for i, c in enumerate(combiners):
-        sig = (type(c).__name__, len(c.keys)) if isinstance(c, (Sum, Product)) else None
-        run_of.append(run_of[-1] if sig is not None and sig == previous else i)
-        previous = sig
-        for j, key in enumerate(combiner_keys(c)):
-            owner[key] = (i, j)
+    combiners = [m.combiner() for m in methods]
+    shapes = [(type(c), len(c.keys), m.output_dim) if isinstance(c, (Sum, Product)) else None for c, m in zip(combiners, methods)]
+    run_start: list[int] = []  # the first feature of each feature's run
+    for i, shape in enumerate(shapes):
+        run_start.append(run_start[-1] if shape is not None and i > 0 and shapes[i - 1] == shape else i)
+    owner = {key: (i, j) for i, c in enumerate(combiners) for j, key in enumerate(combiner_keys(c))}
 
     def order(item: tuple[int, TableSpec]) -> tuple[int, int, int, int]:
         index, table = item
-        feature, probe = owner.get(table.feature_names[0], (len(combiners), 0))
-        if isinstance(combiners[feature] if feature < len(combiners) else None, (Sum, Product)) and len(table.feature_names) == 1:
-            return (run_of[feature], probe, feature, index)
-        return (run_of[feature] if feature < len(combiners) else feature, 0, feature, index)
+        feature, probe = owner.get(table.feature_names[0], (len(methods), 0))
+        if feature == len(methods):  # read by no combiner (cannot happen for built collections)
+            return (feature, 0, feature, index)
+        if shapes[feature] is not None and len(table.feature_names) == 1:
+            return (run_start[feature], probe, feature, index)
+        return (run_start[feature], 0, feature, index)
 
     return [t for _, t in sorted(enumerate(tables), key=order)]
