@@ -3,6 +3,8 @@
     recsys ingest criteo PATH --out DIR [--spec features/criteo.yaml] [--split 0.8,0.1,0.1] [--skip-bad-rows] [--chunk-rows N]
     recsys ingest movielens PATH --out DIR [--spec features/movielens.yaml] [--split 0.8,0.1,0.1 | leave_last_out] [--min-rating R] [--skip-bad-rows]
     recsys ingest parquet PATH --spec features/X.yaml --out DIR [--split 0.8,0.1,0.1] [--timestamp-split] [--skip-bad-rows]
+    recsys ingest avazu PATH --out DIR [--spec features/avazu.yaml] [--split 0.8,0.1,0.1] [--skip-bad-rows]
+    recsys ingest csv PATH --spec features/X.yaml --out DIR [--delimiter ,] [--label COL] [--split 0.8,0.1,0.1] [--skip-bad-rows]
 
 ``movielens`` takes ml-1m, ml-100k and the CSV releases (ml-latest, ml-25m, ml-32m), and writes
 ``items.parquet`` / ``users.parquet``; ``--split leave_last_out`` splits per user (last rating ->
@@ -12,7 +14,9 @@ test, the one before -> validation). Fractions must each be > 0; a bad ``--split
 Each writes ``DIR/manifest.json`` (plus splits and vocabularies) and prints a short summary;
 bad input raises ``ValueError`` naming file, line and field, which the ``recsys`` command turns
 into a one-line reason and exit code 1. The sources are :mod:`recsys.data.criteo`,
-:mod:`recsys.data.movielens` and :mod:`recsys.data.parquet_source`.
+:mod:`recsys.data.movielens`, :mod:`recsys.data.parquet_source`, :mod:`recsys.data.avazu` (the
+Kaggle CSV; ``hour`` -> day-of-week and hour-of-day; split by row = time order) and
+:mod:`recsys.data.csv_source` (any delimited file with a header whose columns the spec names).
 """
 
 from __future__ import annotations
@@ -22,7 +26,9 @@ import sys
 import time
 from typing import Any
 
+from recsys.data.avazu import ingest_avazu
 from recsys.data.criteo import ingest_criteo
+from recsys.data.csv_source import ingest_csv, parse_delimiter
 from recsys.data.layout import MANIFEST, SPLITS
 from recsys.data.movielens import USER_SIDE, check_min_rating, ingest_movielens, movielens_files
 from recsys.data.parquet_source import (
@@ -64,18 +70,24 @@ def parse_split(text: str, source: str = "movielens") -> tuple[float, float, flo
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="recsys ingest", description=__doc__.split("\n\n")[0])
-    sub = parser.add_subparsers(dest="source", required=True, metavar="{criteo,movielens,parquet}")
+    sub = parser.add_subparsers(dest="source", required=True, metavar="{criteo,movielens,parquet,avazu,csv}")
     default_split = ",".join(str(f) for f in DEFAULT_FRACTIONS)
     helps = {
         "criteo": "Criteo TSV: a file (train.txt, day_N, .gz) or a folder of day_N files",
         "movielens": "MovieLens ml-1m / ml-100k / ml-latest (ml-25m, ml-32m) folder (or one of its files)",
         "parquet": "parquet file or folder whose columns match --spec (raw ids)",
+        "avazu": "Avazu Kaggle CSV (train.csv / train.gz) with its header",
+        "csv": "delimited text with a header whose columns --spec names (strings -> stable ids)",
     }
     for name, help_ in helps.items():
         p = sub.add_parser(name, help=help_, description=help_)
         p.add_argument("path", metavar="PATH", help="input file or folder")
         p.add_argument("--out", required=True, metavar="DIR", help="output folder (empty, new, or an earlier data set)")
-        if name == "parquet":
+        if name == "csv":
+            p.add_argument("--spec", required=True, metavar="YAML", help="feature spec naming the header's columns")
+            p.add_argument("--delimiter", default=",", help="field separator: ',' (default), '\\t' or tab, ';', '|'")
+            p.add_argument("--label", default=None, metavar="COL", help="the column holding the spec's label (default: the label's name)")
+        elif name == "parquet":
             p.add_argument("--spec", required=True, metavar="YAML", help="feature spec of the columns")
             p.add_argument("--timestamp-split", action="store_true",
                            help="split by time quantiles of the spec's timestamp column (default: row order)")
@@ -150,10 +162,16 @@ def main(argv: list[str] | None = None) -> int:
                                     skip_bad_rows=args.skip_bad_rows, chunk_rows=args.chunk_rows)
         print(summary(manifest, args.out, time.perf_counter() - start))
         return 0
+    if args.source == "csv":
+        parse_delimiter(args.delimiter)  # before any data is read
     spec = load_spec(args.spec)
     common = dict(fractions=split, skip_bad_rows=args.skip_bad_rows, chunk_rows=args.chunk_rows)
     if args.source == "criteo":
         manifest = ingest_criteo(args.path, args.out, spec, **common)
+    elif args.source == "avazu":
+        manifest = ingest_avazu(args.path, args.out, spec, **common)
+    elif args.source == "csv":
+        manifest = ingest_csv(args.path, args.out, spec, delimiter=args.delimiter, label=args.label, **common)
     else:
         manifest = ingest_parquet(args.path, args.out, spec, timestamp_split=args.timestamp_split, **common)
     print(summary(manifest, args.out, time.perf_counter() - start))
