@@ -184,7 +184,7 @@ def setup(payload: dict[str, Any], rank: int, world: int, local_rank: int) -> Wo
     schedule = schedule_for(config, train.steps_per_epoch)
     return Worker(
         config, spec, rank, world, device, train, validation, test, schedule, faults.load_fault(payload["run_dir"], payload.get("ray_root")), payload,
-        task_for(config.model.arch, config.data.path), files["train"],
+        task_for(config.model.arch, payload.get("data_root", config.data.path)), files["train"],
     )
 
 

@@ -270,6 +270,7 @@ def launch(prepared: Prepared, *, shutdown: bool = True) -> dict[str, Any]:
         "counts": prepared.counts,
         "files": {split: [str(p.resolve()) for p in paths] for split, paths in prepared.files.items()},
         "run_dir": str(prepared.run_dir),
+        "data_root": str(Path(config.data.path).resolve()),  # workers run in Ray's own working directory
         "ray_root": str(ray_root),
         "resume_from": str(prepared.resume_from) if prepared.resume_from else None,
     }
@@ -354,5 +355,11 @@ def launch(prepared: Prepared, *, shutdown: bool = True) -> dict[str, Any]:
         if key not in results and key not in bookkeeping:
             results[key] = value
     results["oracle"] = oracle or None
+    # Synthetic interactions: the planted ranking's recall@k, and the ranking by TRUE popularity
+    # (not the training counts that the popularity_* baseline ranks by).
+    for k, v in (oracle.get("recall") or {}).items():
+        results[f"oracle_recall@{k}"] = v
+    for k, v in (oracle.get("popularity_recall") or {}).items():
+        results[f"oracle_true_popularity_recall@{k}"] = v
     layout.write_json_atomic(prepared.run_dir / RESULTS, results)
     return results

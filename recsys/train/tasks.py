@@ -259,15 +259,10 @@ class Retrieval:
     def summary(self, results: dict[str, Any]) -> str:
         ks = sorted(int(k.split("@")[1]) for k in results if k.startswith("recall@") and "/" not in k)
         parts = []
-        oracle = results.get("oracle") or {}
         for k in (ks[0], ks[-1]) if ks else ():
-            line = f"recall@{k} {results[f'recall@{k}']:.4f}"
-            if f"popularity_recall@{k}" in results:
-                line += f" (popularity {results[f'popularity_recall@{k}']:.4f}"
-                if oracle.get(f"recall@{k}") is not None:
-                    line += f", oracle {oracle[f'recall@{k}']:.4f}"
-                line += ")"
-            parts.append(line)
+            extra = [f"{name} {results[key]:.4f}" for name, key in (("popularity", f"popularity_recall@{k}"), ("oracle", f"oracle_recall@{k}"))
+                     if results.get(key) is not None]
+            parts.append(f"recall@{k} {results[f'recall@{k}']:.4f}" + (f" ({', '.join(extra)})" if extra else ""))
         return "test " + "; ".join(parts) + f"; mrr {results.get('mrr', float('nan')):.4f}"
 
 
