@@ -89,7 +89,10 @@ def prepare(config: TrainConfig, *, config_name: str = "run") -> Prepared:
     spec, counts = _pin_mixed_dim(spec, counts, notes)
 
     errors = []
-    plan = compile_plan(spec, counts)
+    try:
+        plan = task_for(config.model.arch, root).plan(spec, counts)
+    except ValueError as exc:  # e.g. a two-tower spec with a tower without features
+        raise ConfigError("model", [f"model: {exc}"]) from None
     tables = {t.name for t in plan.tables}
     for name in config.sharding.tables:
         if name not in tables:

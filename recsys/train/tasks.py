@@ -33,6 +33,7 @@ from recsys.features.spec import DatasetSpec
 
 if TYPE_CHECKING:
     from recsys.data.loader import ShardReader
+    from recsys.embeddings import EmbeddingPlan
     from recsys.train.config import TrainConfig
 
 
@@ -42,6 +43,9 @@ class Task(Protocol):
 
     def check_data(self, files: dict[str, list[Path]], spec: DatasetSpec, root: Path) -> None:
         """Driver side, before Ray starts: raise ``ValueError`` naming file / row / field."""
+
+    def plan(self, spec: DatasetSpec, counts: dict[str, np.ndarray] | None) -> "EmbeddingPlan":
+        """The embedding plan of the model this task builds (every physical table, exact bytes)."""
 
     def build(self, config: "TrainConfig", spec: DatasetSpec, counts: dict[str, np.ndarray] | None, device: torch.device) -> torch.nn.Module:
         """The unsharded module, tables on ``meta``: ``module(batch) -> (loss, outputs)``."""
@@ -61,6 +65,11 @@ class CTR:
 
     name = "ctr"
     primary = "auc"
+
+    def plan(self, spec: DatasetSpec, counts: dict[str, np.ndarray] | None) -> "EmbeddingPlan":
+        from recsys.embeddings import compile_plan
+
+        return compile_plan(spec, counts)
 
     def check_data(self, files: dict[str, list[Path]], spec: DatasetSpec, root: Path) -> None:
         from recsys.train.checks import check_labels
@@ -142,6 +151,19 @@ class Retrieval:
         if self._catalogue is None:
             self._catalogue = ItemCatalogue.from_parquet(layout.catalogue_path(self.root, "items"), spec)
         return self._catalogue
+
+    def plan(self, spec: DatasetSpec, counts: dict[str, np.ndarray] | None) -> "EmbeddingPlan":
+        """Both towers' collections as one plan: a unified group read by both towers is counted
+        twice, since each tower holds its own copy."""
+        from recsys.embeddings import EmbeddingPlan
+        from recsys.models.two_tower import build_tower_collections
+
+        user, item = (c.plan() for c in build_tower_collections(spec, device="meta", counts=counts))
+        return EmbeddingPlan(
+            features=user.features + item.features, tables=user.tables + item.tables,
+            projections=user.projections + item.projections,
+            notes=tuple(f"user tower: {n}" for n in user.notes) + tuple(f"item tower: {n}" for n in item.notes),
+        )
 
     def check_data(self, files: dict[str, list[Path]], spec: DatasetSpec, root: Path) -> None:
         from recsys.data import layout
