@@ -245,7 +245,8 @@ def plot_pareto(rows: list[dict[str, Any]], path: Path) -> None:
         ax.set_ylabel(f"test {metric.label} ({'higher' if metric.higher_is_better else 'lower'} is better)")
         ax.set_title(f"{task.name}: {metric.label} vs memory (mean ± std over seeds)")
         ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=8)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=100, metadata={"Software": None})
     plt.close(fig)

@@ -391,6 +391,10 @@ def _size(base: TrainConfig, method: str, ratio: float, keep_full_below: int, op
     raw["embeddings"] = {"budget": budget}
     raw["run_dir"] = str(scratch)
     raw["data"]["check_ranges"] = False  # checked once by plan_sweep
+    # Absolute paths: a Tune trial runs in its own working directory (and maybe on another node).
+    raw["data"]["path"] = str(Path(raw["data"]["path"]).resolve())
+    if raw["data"].get("spec"):
+        raw["data"]["spec"] = str(Path(raw["data"]["spec"]).resolve())
     plan = TrialPlan("", method, budget_label(ratio), ratio, 0, "pending")
     try:
         config = TrainConfig.model_validate(raw)
