@@ -33,7 +33,7 @@ import pyarrow.parquet as pq
 
 from recsys.data import layout
 from recsys.data.batch import batch_columns, collate
-from recsys.data.loader import ParquetBatchReader, iter_batches, ray_dataset
+from recsys.data.loader import ParquetBatchReader, ShardReader, iter_batches, ray_dataset
 from recsys.embeddings.bench import add_lookup_arguments, bench_lookup
 from recsys.features.spec import DatasetSpec
 from recsys.train.bench import print_table, write_criteo_like
@@ -92,6 +92,18 @@ def bench_loader(args: argparse.Namespace) -> int:
         results = [
             _timed("pyarrow read only", _pyarrow_only(files, batch_columns(spec), bs), lambda rb: rb.num_rows),
             _timed("ParquetBatchReader + collate", ParquetBatchReader(root, args.split, spec, bs), lambda b: b.batch_size),
+            # What `recsys train` runs on each worker: seeded row-group order, shuffle window, prefetch thread.
+            _timed(
+                "ShardReader (training, 1 rank, file order) + collate",
+                ShardReader(files, spec, rank=0, world_size=1, batch_size=bs).train_batches(epoch=0),
+                lambda b: b.batch_size,
+            ),
+            _timed(
+                "ShardReader (training, shuffle window 4 batches) + collate",
+                ShardReader(files, spec, rank=0, world_size=1, batch_size=bs, seed=0, shuffle_files=True,
+                            shuffle_buffer_rows=4 * bs).train_batches(epoch=0),
+                lambda b: b.batch_size,
+            ),
         ]
         tables = []
         for table in ParquetBatchReader(root, args.split, spec, bs).iter_tables():
