@@ -219,6 +219,28 @@ def _ray_init(config: TrainConfig) -> bool:
     return True
 
 
+def _bytes_by_tower(plan: EmbeddingPlan, spec: DatasetSpec) -> dict[str, dict[str, Any]]:
+    """Embedding bytes, full-table bytes and ratio per tower (``context`` for CTR features): a
+    table counts for the tower of the features that read it."""
+    tower_of = {f.name: f.tower for f in spec.sparse}
+    table_tower = {t: tower_of.get(f.feature, "context") for f in plan.features for t in f.tables}
+    out: dict[str, dict[str, Any]] = {}
+
+    def entry(tower: str) -> dict[str, Any]:
+        return out.setdefault(tower, {"embedding_bytes": 0, "full_table_bytes": 0})
+
+    for f in plan.features:
+        entry(tower_of.get(f.feature, "context"))["full_table_bytes"] += f.full_bytes or 0
+    for t in plan.tables:
+        entry(table_tower.get(t.name, "context"))["embedding_bytes"] += t.num_bytes
+    for p in plan.projections:
+        owner = next((tower_of[f.feature] for f in plan.features if p.name.startswith(f.feature)), "context")
+        entry(owner)["embedding_bytes"] += p.num_bytes
+    for e in out.values():
+        e["compression_ratio"] = e["embedding_bytes"] / e["full_table_bytes"] if e["full_table_bytes"] else None
+    return out
+
+
 def _stopped_reason(error: BaseException) -> str | None:
     """The message of a worker's :class:`~recsys.train.loop.TrainingStopped`, if that is what failed."""
     from recsys.train.loop import TrainingStopped
@@ -353,6 +375,7 @@ def launch(prepared: Prepared, *, shutdown: bool = True) -> dict[str, Any]:
         "sharding_plan": final_state.get("sharding_plan"),
         "feature_spec": prepared.spec.to_dict(),
     }
+    results["towers"] = _bytes_by_tower(plan, prepared.spec)
     bookkeeping = {"final", "step", "epoch", "samples"}
     for key, value in metrics.items():  # the task's other metrics (e.g. recall@k), as reported
         if key not in results and key not in bookkeeping:

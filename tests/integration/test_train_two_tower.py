@@ -57,6 +57,10 @@ def test_two_workers_beat_popularity_and_score_every_row(data, tmp_path):
     tables = {t["name"] for t in results["plan"]["tables"]}
     assert {"user_id__full", "item_id__full"} <= tables
     assert {r["table"] for r in results["sharding_plan"]} == tables
+    towers = results["towers"]
+    assert set(towers) == {"user", "item"}
+    assert towers["user"]["embedding_bytes"] + towers["item"]["embedding_bytes"] == results["embedding_bytes"]
+    assert towers["user"]["compression_ratio"] == pytest.approx(1.0)
 
 
 def test_two_tower_resume_continues(data, tmp_path):
