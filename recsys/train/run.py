@@ -102,6 +102,18 @@ def prepare(config: TrainConfig, *, config_name: str = "run") -> Prepared:
         cuda_only = sorted(types - set(CPU_SHARDING_TYPES))
         if cuda_only:
             errors.append(f"sharding: {cuda_only} need CUDA (ray.use_gpu=true); on CPU use {list(CPU_SHARDING_TYPES)}")
+    for t in plan.tables:
+        if not t.per_value:
+            continue
+        table = config.sharding.tables.get(t.name)
+        types = (table.sharding_types if table and table.sharding_types else None) or config.sharding.sharding_types
+        if list(types) == ["data_parallel"]:
+            where = f"sharding.tables.{t.name}.sharding_types" if table and table.sharding_types else "sharding.sharding_types"
+            errors.append(
+                f"{where}: got ['data_parallel'] for per-value table {t.name} (an EmbeddingCollection: qr mult or weighted "
+                "multi_hash on a multi-valued feature); TorchRec's data-parallel EmbeddingCollection fails on CPU "
+                "(pytorch/torchrec#1255): allow table_wise or column_wise for it"
+            )
     if errors:
         raise ConfigError("sharding", errors)
     _check_model(config, spec, counts)

@@ -306,3 +306,12 @@ def test_resume_needs_a_checkpoint(data, tmp_path):
     config = config_from_dict({"data": {"path": str(data), "batch_size": 256}, "run_dir": str(tmp_path / "none"), "resume": True})
     with pytest.raises(ValueError, match="holds no checkpoint to resume"):
         prepare(config)
+
+
+def test_data_parallel_only_for_per_value_tables_is_refused(data):
+    config = config_from_dict(
+        {"data": {"path": str(data), "batch_size": 256}},
+        ["embeddings.compression.M1={kind: qr, num_collisions: 4}", "sharding.sharding_types=[data_parallel]"],
+    )
+    with pytest.raises(ConfigError, match=r"sharding.sharding_types: got \['data_parallel'\] for per-value table M1__qr0"):
+        prepare(config)
