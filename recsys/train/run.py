@@ -217,13 +217,16 @@ def _ray_init(config: TrainConfig) -> bool:
     if address:
         ray.init(address=address)
         return True
-    # Local: leave logical CPUs for Ray Data's read tasks next to the training workers.
+    # Local: a Ray instance of this run's own (address="local"), even when other Ray instances run
+    # on the machine (without it ray.init() refuses: "Found multiple active Ray instances"); a
+    # couple of logical CPUs spare next to the training workers.
     need = math.ceil(config.ray.num_workers * config.ray.cpus_per_worker) + 2
     # Ray's Python loggers at RECSYS_RAY_LOG_LEVEL (default ERROR): without the dashboard the
     # Train placement-group cleaner warns every few seconds that the state API is unavailable,
     # and FBGEMM logs every table's full argument list; the step lines are printed, not logged.
     level = os.environ.get("RECSYS_RAY_LOG_LEVEL", "ERROR")
     ray.init(
+        address="local",
         num_cpus=max(os.cpu_count() or 1, need),
         include_dashboard=False,
         logging_config=ray.LoggingConfig(log_level=level),
