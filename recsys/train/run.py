@@ -16,12 +16,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pyarrow.parquet as pq
 
 from recsys.data import layout
 from recsys.data.batch import check_ranges
 from recsys.data.loader import validated_files
-from recsys.embeddings import EmbeddingPlan, compile_plan
+from recsys.embeddings import EmbeddingPlan
 from recsys.features.spec import DatasetSpec, load_spec
 from recsys.train import checkpoint, checks
 from recsys.train.checkpoint import RAY_RUN_NAME, read_train_state

@@ -220,7 +220,6 @@ class Retrieval:
         self, model: torch.nn.Module, reader: "ShardReader", device: torch.device, config: "TrainConfig", train_files: list[Path]
     ) -> dict[str, float]:
         from recsys.data.loader import rank_rows
-        from recsys.models.two_tower import embed_items
         from recsys.retrieval_metrics import RetrievalEvaluator, exclusion_rows, popularity_vectors
 
         m = config.model
