@@ -1,0 +1,115 @@
+"""Retriever: exact equals recsys.retrieval_metrics.exact_topk (ties, exclusions); ANN recall against exact."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from recsys.retrieval_metrics import exact_topk
+from serving.retriever import Retriever, build_index, default_index_settings, sign_codes
+from serving.testing import clustered_queries, clustered_vectors, recall_at_k
+
+
+def tied_catalogue(seed=0, num_items=400, dim=8):
+    """Vectors with many exact duplicates (so scores tie) and integer-valued queries."""
+    rng = np.random.default_rng(seed)
+    base = rng.integers(-2, 3, (40, dim)).astype(np.float32)
+    vectors = base[rng.integers(0, 40, num_items)]
+    queries = rng.integers(-2, 3, (30, dim)).astype(np.float32)
+    return vectors, queries
+
+
+@pytest.mark.parametrize("k", [1, 7, 100, 399, 400, 500])
+def test_exact_is_exact_topk_with_the_lower_index_tie_rule(k):
+    vectors, queries = tied_catalogue()
+    scores, items = Retriever(vectors, "exact").search(queries, k)
+    ref_scores, ref_items = exact_topk(torch.from_numpy(queries), torch.from_numpy(vectors), k, excluded_items=[0])
+    valid = ref_items.numpy() >= 0
+    kk = ref_items.shape[1]
+    np.testing.assert_array_equal(items[:, :kk][valid], ref_items.numpy()[valid])
+    np.testing.assert_array_equal(scores[:, :kk][valid], ref_scores.numpy()[valid])
+    assert not (items == 0).any()  # the OOV row never comes back
+
+
+def test_exclusions_leave_the_ranking_and_lists_shrink_only_when_items_run_out():
+    vectors, queries = tied_catalogue(num_items=50)
+    exclude = [np.array([3, 4, 5]), np.array([], np.int64), np.arange(1, 45)]
+    r = Retriever(vectors, "exact")
+    scores, items = r.search(queries[:3], 10, exclude)
+    for row, ex in enumerate(exclude):
+        assert not np.isin(items[row], ex).any()
+    assert (items[2][:5] >= 45).all() and (items[2][5:] == -1).all() and np.isneginf(scores[2][5:]).all()
+    mask = np.zeros((3, 50), bool)
+    for row, ex in enumerate(exclude):
+        mask[row, ex] = True
+    indptr = np.cumsum([0] + [len(e) for e in exclude])
+    ref_s, ref_i = exact_topk(torch.from_numpy(queries[:3]), torch.from_numpy(vectors), 10, exclude_indptr=indptr,
+                              exclude_indices=np.concatenate(exclude), excluded_items=[0])
+    np.testing.assert_array_equal(items, ref_i.numpy())
+
+
+@pytest.mark.parametrize("kind", ["ivf", "hnsw", "binary"])
+def test_ann_results_are_exactly_scored_ordered_and_honour_exclusions(kind):
+    vectors = clustered_vectors(3000, 16, clusters=32)
+    queries = clustered_queries(vectors, 20)
+    r = Retriever(vectors, kind)
+    exclude = [np.arange(1, 200)] * 20
+    scores, items = r.search(queries, 50, exclude)
+    assert (items >= 200).all()
+    np.testing.assert_allclose(scores, np.einsum("bd,bkd->bk", queries, vectors[items]), rtol=1e-6, atol=1e-6)
+    assert (np.diff(scores, axis=1) <= 0).all()
+
+
+def test_ann_recall_against_exact_on_a_clustered_catalogue():
+    """Recall@100 of the default settings on 20k clustered items (the 100k run is the slow test below)."""
+    vectors = clustered_vectors(20_000, 32)
+    queries = clustered_queries(vectors, 200)
+    _, ref = Retriever(vectors, "exact").search(queries, 100)
+    for kind in ("ivf", "hnsw", "binary"):
+        settings = default_index_settings(kind, len(vectors))
+        _, got = Retriever(vectors, kind, settings).search(queries, 100)
+        recall = recall_at_k(got, ref)
+        print(f"{kind} {settings}: recall@100 {recall:.4f}")
+        assert recall >= (0.95 if kind != "binary" else 0.9)
+
+
+@pytest.mark.slow
+def test_ann_recall_on_100k_items():
+    vectors = clustered_vectors(100_000, 32)
+    queries = clustered_queries(vectors, 500)
+    _, ref = Retriever(vectors, "exact").search(queries, 100)
+    for kind in ("ivf", "hnsw", "binary"):
+        _, got = Retriever(vectors, kind).search(queries, 100)
+        recall = recall_at_k(got, ref)
+        print(f"100k {kind}: recall@100 {recall:.4f}")
+        assert recall >= 0.95
+
+
+def test_serve_time_settings_and_their_errors():
+    vectors = clustered_vectors(2000, 16, clusters=16)
+    r = Retriever(vectors, "ivf", {"nlist": 32, "nprobe": 1, "train_size": 2000})
+    queries = clustered_queries(vectors, 20)
+    _, ref = Retriever(vectors, "exact").search(queries, 20)
+    _, few = r.search(queries, 20)
+    _, all_cells = r.with_settings({"nprobe": 32}).search(queries, 20)
+    assert recall_at_k(all_cells, ref) == 1.0 >= recall_at_k(few, ref)
+    assert r.settings["nprobe"] == 1  # the original is unchanged
+    with pytest.raises(ValueError, match=r"\['nlist'\] are not settings of the ivf index; allowed: \['nprobe'\]"):
+        r.with_settings({"nlist": 4})
+    with pytest.raises(ValueError, match="ef_search: got 0; give a positive integer"):
+        build_index("hnsw", vectors, {"m": 8, "ef_construction": 20, "ef_search": 0})
+    with pytest.raises(ValueError, match="index: got 'lsh'"):
+        Retriever(vectors, "lsh")
+
+
+def test_hnsw_returns_k_items_even_above_ef_search():
+    vectors = clustered_vectors(3000, 16, clusters=16)
+    r = Retriever(vectors, "hnsw", {"m": 8, "ef_construction": 40, "ef_search": 10})
+    _, items = r.search(clustered_queries(vectors, 5), 300)
+    assert (items >= 1).all() and all(len(set(row)) == 300 for row in items.tolist())
+
+
+def test_sign_codes_pack_the_sign_bits():
+    v = np.array([[1.0, -1, 0.5, -0.1, 2, 3, -4, 5, 1, -1]], np.float32)
+    assert sign_codes(v).tolist() == [[0b10101101, 0b10000000]]
