@@ -353,7 +353,7 @@ def _reach_reason(notes: list[str], achieved: float, target: float) -> str:
     return f"{numbers}: {'; '.join(said)}" if said else numbers
 
 
-def plan_sweep(sweep: SweepConfig, base: TrainConfig, sweep_dir: Path, *, log=print) -> list[TrialPlan]:
+def plan_sweep(sweep: SweepConfig, base: TrainConfig, sweep_dir: Path, *, log=None) -> list[TrialPlan]:
     """Size every (method, budget) with the budget solver; mark finished, unreachable and failed ones.
 
     Raises:
@@ -362,6 +362,7 @@ def plan_sweep(sweep: SweepConfig, base: TrainConfig, sweep_dir: Path, *, log=pr
     """
     from recsys.train.run import prepare
 
+    log = log or say
     trials_dir = sweep_dir / TRIALS
     scratch = sweep_dir / ".plan"  # never created: prepare only checks that no run is there
     first = prepare(base.model_copy(update={"run_dir": str(scratch)}))  # the data checks, once
@@ -517,6 +518,12 @@ def _tune_trainable(param: dict[str, Any], trials: dict[str, dict[str, Any]]) ->
 # -- running the sweep ------------------------------------------------------------------------
 
 
+def say(text: str, **kwargs: Any) -> None:
+    """``print``, looked up when called: Ray Train patches ``builtins.print`` in the driver, and Tune
+    pickles its callbacks, which must not hold the replaced function."""
+    print(text, **kwargs)
+
+
 def _write_json(path: Path, obj: Any) -> None:
     from recsys.data.layout import write_json_atomic
 
@@ -605,11 +612,12 @@ def _callback(progress: _Progress):
     return SweepProgress()
 
 
-def run_sweep(sweep: SweepConfig, base: TrainConfig, plans: list[TrialPlan], sweep_dir: Path, *, log=print) -> None:
+def run_sweep(sweep: SweepConfig, base: TrainConfig, plans: list[TrialPlan], sweep_dir: Path, *, log=None) -> None:
     """Run every pending trial as a Ray Tune trial (local Ray, or the cluster at ``RAY_ADDRESS``)."""
     import ray
     from ray import tune
 
+    log = log or say
     pending = [p for p in plans if p.status == "pending"]
     progress = _Progress(TASKS[sweep.task], plans, log)
     if not pending:
