@@ -19,6 +19,8 @@ COMMANDS: dict[str, str] = {
     "synth": "generate the built-in synthetic data sets (ctr, interactions)",
     "train": "train a CTR (DLRM / DCN-v2) or two-tower retrieval model with compressed embeddings on Ray Train",
     "bench": "benchmarks that print figures (loader, lookup, train)",
+    "export": "export a trained two-tower run as a serving bundle (user tower program, item vectors, index, vocabularies)",
+    "serve": "serve a bundle over HTTP: POST /v1/retrieve -> top-k items (FastAPI + uvicorn)",
     "plan": "TorchRec's sharding plan of a config for a simulated cluster (N GPUs / CPU ranks), no allocation",
 }
 

@@ -188,3 +188,49 @@ def synthetic_bundle(out: str | Path, num_items: int, *, dim: int = 32, index: s
         "vocab": {"item_id": f"{fmt.VOCAB_DIR}/item_id.parquet"},
     }
     return fmt.write_bundle(out, manifest, fill)
+
+
+def free_port() -> int:
+    """A free TCP port on the loopback address (bound and released)."""
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class ServerThread:
+    """The real service (uvicorn) on a free loopback port in a background thread.
+
+    Example::
+
+        with ServerThread(create_app(bundle)) as server:
+            httpx.post(f"{server.url}/v1/retrieve", json={...})
+    """
+
+    def __init__(self, app, port: int | None = None, timeout_s: float = 30.0):
+        import uvicorn
+
+        self.port = port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning",
+                                                    access_log=False, lifespan="on"))
+        self.timeout_s = timeout_s
+        self._thread = None
+
+    def __enter__(self) -> "ServerThread":
+        import threading
+        import time
+
+        self._thread = threading.Thread(target=self.server.run, name="recsys-uvicorn", daemon=True)
+        self._thread.start()
+        deadline = time.monotonic() + self.timeout_s
+        while not self.server.started:
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError(f"uvicorn did not start on {self.url}")
+            time.sleep(0.02)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.server.should_exit = True
+        self._thread.join(timeout=self.timeout_s)

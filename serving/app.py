@@ -1,0 +1,338 @@
+"""The retrieval HTTP service: FastAPI app over a :class:`~serving.service.LoadedService`.
+
+    recsys serve bundles/tt --port 8000
+    .venv/bin/python -m pytest tests/integration/test_serving.py -q
+
+Endpoints::
+
+    POST /v1/retrieve        {"user": {<feature>: id or [ids]}, "k": 100, "exclude": [ids], "exclude_history": false}
+                             -> {"items": [{"item_id": id, "score": s}], "bundle": id, "oov_features": [...]}
+    POST /v1/retrieve/batch  {"requests": [<retrieve body>, ...]} -> {"results": [<retrieve answer>], "bundle": id}
+    GET  /healthz            200 while the process serves
+    GET  /readyz             200 with a bundle loaded, else 503
+    GET  /v1/metadata        the bundle's summary and the request limits
+    GET  /metrics            Prometheus text: requests, errors, latency, batch sizes, OOV rate
+    POST /admin/reload       {"path": BUNDLE} (default: the bundle's own path): verify, then swap
+                             atomically; loopback clients only unless admin_anywhere
+
+Bad requests get a 4xx and ``{"error": ..., "errors": [{"field": "user.user_id", "message": ...}]}``:
+400 body not JSON, 413 body too large, 422 a field (unknown feature, wrong type, k or batch above
+the limit), 403 admin from a non-loopback address. Nothing a request sends stops the service.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from serving.features import FieldError, RequestError
+from serving.service import LoadedService, MicroBatcher, Query
+
+LOOPBACK = {"127.0.0.1", "::1", "localhost"}
+_RETRIEVE_KEYS = ("user", "k", "exclude", "exclude_history")
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    """Limits and batching of the service (``recsys serve`` flags).
+
+    Args:
+        max_k: the largest ``k`` a request may ask for.
+        max_batch_requests: requests in one ``/v1/retrieve/batch`` body at most.
+        max_exclude: items in one ``exclude`` list at most.
+        max_body_bytes: request bodies above it get 413.
+        max_batch: queries per micro-batch (one tower forward + one search).
+        max_wait_ms: how long a micro-batch waits for more queries after its first.
+        admin_anywhere: allow ``/admin/*`` from non-loopback clients.
+        index_overrides: serve-time index settings (``nprobe``, ``ef_search``, ``rerank``).
+    """
+
+    max_k: int = 1000
+    max_batch_requests: int = 256
+    max_exclude: int = 10000
+    max_body_bytes: int = 1 << 20
+    max_batch: int = 32
+    max_wait_ms: float = 1.0
+    admin_anywhere: bool = False
+    index_overrides: dict[str, Any] = field(default_factory=dict)
+
+
+class Metrics:
+    """The service's Prometheus metrics, in a registry of their own (one per app)."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter("recsys_requests", "HTTP requests by endpoint and status", ["endpoint", "status"], registry=r)
+        self.errors = Counter("recsys_request_errors", "requests answered with an error, by endpoint and reason", ["endpoint", "reason"], registry=r)
+        self.latency = Histogram(
+            "recsys_request_latency_seconds", "request latency by endpoint", ["endpoint"], registry=r,
+            buckets=(0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
+        )
+        self.batch_size = Histogram("recsys_batch_size", "queries per micro-batch", registry=r, buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256))
+        self.batch_latency = Histogram(
+            "recsys_batch_latency_seconds", "tower forward + search per micro-batch", registry=r,
+            buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25),
+        )
+        self.feature_values = Counter("recsys_feature_values", "user feature ids received", registry=r)
+        self.oov_values = Counter("recsys_oov_values", "user feature ids not in their vocabulary (mapped to the OOV index)", registry=r)
+        self.oov_features = Counter("recsys_oov_features", "queries with an unknown id, by feature", ["feature"], registry=r)
+        self.oov_rate = Gauge("recsys_oov_rate", "oov_values / feature_values since start", registry=r)
+        self.reloads = Counter("recsys_reloads", "bundle reloads by result", ["result"], registry=r)
+        self.bundle_info = Gauge("recsys_bundle_info", "the serving bundle (1)", ["bundle_id"], registry=r)
+        self._values = 0
+        self._oov = 0
+
+    def observe_users(self, users) -> None:
+        for u in users:
+            self._values += u.num_values
+            self._oov += u.num_oov
+            for f in u.oov_features:
+                self.oov_features.labels(f).inc()
+        self.feature_values.inc(sum(u.num_values for u in users))
+        self.oov_values.inc(sum(u.num_oov for u in users))
+        self.oov_rate.set(self._oov / self._values if self._values else 0.0)
+
+
+def _error(status: int, error: str, errors: list[FieldError] | None = None) -> JSONResponse:
+    return JSONResponse({"error": error, "errors": [e.to_json() for e in errors or []]}, status_code=status)
+
+
+class App:
+    """The app's state: the current service (swapped atomically), the batcher, config, metrics."""
+
+    def __init__(self, bundle_path: str | Path | None, config: ServeConfig):
+        self.config = config
+        self.metrics = Metrics()
+        self.bundle_path = Path(bundle_path) if bundle_path is not None else None
+        self.service: LoadedService | None = None
+        if self.bundle_path is not None:
+            self._set(LoadedService.from_path(self.bundle_path, config.index_overrides or None))
+        self.batcher = MicroBatcher(config.max_batch, config.max_wait_ms / 1000.0, on_batch=self._on_batch)
+        self._reload_lock = asyncio.Lock()
+
+    def _on_batch(self, size: int, seconds: float) -> None:
+        self.metrics.batch_size.observe(size)
+        self.metrics.batch_latency.observe(seconds)
+
+    def _set(self, service: LoadedService) -> None:
+        old = self.service
+        self.service = service  # one reference assignment: requests admitted from now on use it
+        if old is not None:
+            self.metrics.bundle_info.remove(old.bundle_id)
+        self.metrics.bundle_info.labels(service.bundle_id).set(1)
+
+    # -- request parsing --------------------------------------------------------------------
+
+    async def read_json(self, request: Request) -> Any:
+        limit = self.config.max_body_bytes
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            raise RequestError([FieldError("body", f"{int(declared):,} bytes; at most {limit:,} (max_body_bytes)")], 413)
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise RequestError([FieldError("body", f"more than {limit:,} bytes; at most {limit:,} (max_body_bytes)")], 413)
+            chunks.append(chunk)
+        try:
+            return json.loads(b"".join(chunks))
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise RequestError([FieldError("body", f"not JSON ({exc})")], 400) from None
+
+    def parse_query(self, service: LoadedService, body: Any, path: str) -> Query:
+        """A retrieve body -> :class:`Query` (raises :class:`RequestError` with every problem)."""
+        prefix = f"{path}." if path else ""
+        if not isinstance(body, dict):
+            raise RequestError([FieldError(path or "body", f"got {type(body).__name__}; give an object with keys {list(_RETRIEVE_KEYS)}")])
+        errors = [FieldError(f"{prefix}{key}", f"unknown field; allowed: {list(_RETRIEVE_KEYS)}") for key in body if key not in _RETRIEVE_KEYS]
+        k = body.get("k", 100)
+        if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= self.config.max_k:
+            errors.append(FieldError(f"{prefix}k", f"got {k!r}; give an integer in [1, {self.config.max_k}] (max_k)"))
+        exclude = body.get("exclude", [])
+        if not isinstance(exclude, list) or any(isinstance(x, bool) or not isinstance(x, (int, str)) for x in exclude):
+            errors.append(FieldError(f"{prefix}exclude", "give a list of raw item ids (integers or the source's string tokens)"))
+        elif len(exclude) > self.config.max_exclude:
+            errors.append(FieldError(f"{prefix}exclude", f"got {len(exclude)} ids; at most {self.config.max_exclude} (max_exclude)"))
+        exclude_history = body.get("exclude_history", False)
+        if not isinstance(exclude_history, bool):
+            errors.append(FieldError(f"{prefix}exclude_history", f"got {exclude_history!r}; give true or false"))
+        if "user" not in body:
+            errors.append(FieldError(f"{prefix}user", "missing; give an object {feature: id or list of ids}"))
+            raise RequestError(errors)
+        try:
+            user = service.encoder.parse(body["user"], f"{prefix}user")
+        except RequestError as exc:
+            errors.extend(exc.errors)
+        if errors:
+            raise RequestError(errors)
+        excluded = service.item_indices(exclude) if exclude else np.empty(0, np.int64)
+        if exclude_history and user.history_items is not None:
+            excluded = np.union1d(excluded, user.history_items)
+        return Query(user, k, excluded)
+
+    @staticmethod
+    def answer_json(answer, service: LoadedService, oov: list[str]) -> dict[str, Any]:
+        return {
+            "items": [{"item_id": i, "score": s} for i, s in zip(answer.items, answer.scores)],
+            "bundle": service.bundle_id,
+            "oov_features": oov,
+        }
+
+    # -- endpoints --------------------------------------------------------------------------
+
+    async def retrieve(self, request: Request) -> Response:
+        service = self.service
+        if service is None:
+            return _error(503, "no bundle loaded")
+        body = await self.read_json(request)
+        query = self.parse_query(service, body, "")
+        self.metrics.observe_users([query.user])
+        answer = await self.batcher.submit(service, query)
+        return JSONResponse(self.answer_json(answer, service, query.user.oov_features))
+
+    async def retrieve_batch(self, request: Request) -> Response:
+        service = self.service
+        if service is None:
+            return _error(503, "no bundle loaded")
+        body = await self.read_json(request)
+        if not isinstance(body, dict) or set(body) != {"requests"} or not isinstance(body["requests"], list):
+            raise RequestError([FieldError("requests", "give {\"requests\": [<retrieve body>, ...]}, no other keys")])
+        requests = body["requests"]
+        limit = self.config.max_batch_requests
+        if not 1 <= len(requests) <= limit:
+            raise RequestError([FieldError("requests", f"got {len(requests)} requests; give 1 to {limit} (max_batch_requests)")])
+        errors, queries = [], []
+        for i, item in enumerate(requests):
+            try:
+                queries.append(self.parse_query(service, item, f"requests[{i}]"))
+            except RequestError as exc:
+                errors.extend(exc.errors)
+        if errors:
+            raise RequestError(errors)
+        self.metrics.observe_users([q.user for q in queries])
+        answers = await asyncio.gather(*(self.batcher.submit(service, q) for q in queries))
+        return JSONResponse({
+            "results": [self.answer_json(a, service, q.user.oov_features) for a, q in zip(answers, queries)],
+            "bundle": service.bundle_id,
+        })
+
+    def metadata(self) -> Response:
+        service = self.service
+        if service is None:
+            return _error(503, "no bundle loaded")
+        c = self.config
+        return JSONResponse({
+            **service.bundle.summary(),
+            "request": {"features": service.encoder.describe(), "max_k": c.max_k, "max_batch_requests": c.max_batch_requests,
+                        "max_exclude": c.max_exclude, "max_body_bytes": c.max_body_bytes},
+            "batching": {"max_batch": c.max_batch, "max_wait_ms": c.max_wait_ms},
+            "index_settings": service.retriever.settings,
+        })
+
+    async def reload(self, request: Request) -> Response:
+        host = request.client.host if request.client else ""
+        if not self.config.admin_anywhere and host not in LOOPBACK:
+            return _error(403, f"admin endpoints answer loopback clients only (this client: {host}); start with --admin-anywhere to allow others")
+        raw = await self.read_json(request) if int(request.headers.get("content-length") or 0) else {}
+        if not isinstance(raw, dict) or set(raw) - {"path"}:
+            raise RequestError([FieldError("body", "give {\"path\": BUNDLE} or an empty body (reload the current path)")])
+        path = raw.get("path", str(self.bundle_path) if self.bundle_path else None)
+        if not isinstance(path, str):
+            raise RequestError([FieldError("path", "give the bundle folder as a string")])
+        result = await self.reload_path(Path(path))
+        return JSONResponse(result, status_code=200 if result["ok"] else 409)
+
+    async def reload_path(self, path: Path) -> dict[str, Any]:
+        """Load + verify ``path`` off the event loop, then swap; a bad bundle leaves the old one serving."""
+        async with self._reload_lock:
+            old = self.service.bundle_id if self.service else None
+            try:
+                service = await asyncio.to_thread(LoadedService.from_path, path, self.config.index_overrides or None)
+            except Exception as exc:  # BundleError names the file; anything else is reported as is
+                self.metrics.reloads.labels("refused").inc()
+                return {"ok": False, "reason": str(exc), "bundle": old}
+            self._set(service)
+            self.bundle_path = path
+            self.metrics.reloads.labels("ok").inc()
+            return {"ok": True, "bundle": service.bundle_id, "previous": old}
+
+
+def create_app(bundle_path: str | Path | None, config: ServeConfig | None = None) -> FastAPI:
+    """The FastAPI app serving ``bundle_path`` (loaded and verified here: a bad bundle raises)."""
+    state = App(bundle_path, config or ServeConfig())
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI):
+        state.batcher.start()
+        yield
+        await state.batcher.stop()
+
+    app = FastAPI(title="recsys retrieval", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.recsys = state
+    m = state.metrics
+
+    @app.middleware("http")
+    async def observe(request: Request, call_next):
+        start = time.perf_counter()
+        endpoint = request.url.path if request.url.path in _ENDPOINTS else "other"
+        try:
+            response = await call_next(request)
+        except Exception:  # never reached for RequestError (handled below); a bug answers 500, the service goes on
+            m.errors.labels(endpoint, "internal").inc()
+            m.requests.labels(endpoint, "500").inc()
+            return _error(500, "internal error")
+        m.latency.labels(endpoint).observe(time.perf_counter() - start)
+        m.requests.labels(endpoint, str(response.status_code)).inc()
+        if response.status_code >= 400:
+            m.errors.labels(endpoint, str(response.status_code)).inc()
+        return response
+
+    @app.exception_handler(RequestError)
+    async def request_error(_request: Request, exc: RequestError):
+        return _error(exc.status, "bad request" if exc.status != 413 else "body too large", exc.errors)
+
+    @app.post("/v1/retrieve")
+    async def retrieve(request: Request):
+        return await state.retrieve(request)
+
+    @app.post("/v1/retrieve/batch")
+    async def retrieve_batch(request: Request):
+        return await state.retrieve_batch(request)
+
+    @app.get("/healthz")
+    async def healthz():
+        return {"status": "ok"}
+
+    @app.get("/readyz")
+    async def readyz():
+        if state.service is None:
+            return _error(503, "no bundle loaded")
+        return {"ready": True, "bundle": state.service.bundle_id}
+
+    @app.get("/v1/metadata")
+    async def metadata():
+        return state.metadata()
+
+    @app.get("/metrics")
+    async def metrics():
+        return Response(generate_latest(m.registry), media_type=CONTENT_TYPE_LATEST)
+
+    @app.post("/admin/reload")
+    async def reload(request: Request):
+        return await state.reload(request)
+
+    return app
+
+
+_ENDPOINTS = {"/v1/retrieve", "/v1/retrieve/batch", "/healthz", "/readyz", "/v1/metadata", "/metrics", "/admin/reload"}

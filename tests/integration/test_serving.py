@@ -1,0 +1,140 @@
+"""The real service over HTTP (uvicorn on a free loopback port): every endpoint, bad requests, OOV ids,
+a corrupt bundle refused at start; answers equal offline exact top-k. Load and hot swap: test_serving_load.py."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import httpx
+import numpy as np
+import pytest
+import torch
+
+from recsys.retrieval_metrics import exact_topk
+from serving.app import ServeConfig, create_app
+from serving.bundle import BundleError, load_bundle
+from serving.export import export_bundle, load_trained_run
+from serving.features import UserEncoder
+from serving.testing import ServerThread, make_run, user_rows
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("serving_http")
+    data, run_dir = make_run(root)
+    exact = export_bundle(run_dir, root / "exact")
+    return data, run_dir, exact, None
+
+
+@pytest.fixture(scope="module")
+def server(run):
+    config = ServeConfig(max_k=200, max_batch_requests=16, max_body_bytes=20_000, max_batch=16, max_wait_ms=1.0)
+    with ServerThread(create_app(run[2], config)) as s:
+        yield s
+
+
+def users_of(run, limit=64):
+    data, run_dir, exact, _ = run
+    trained = load_trained_run(run_dir)
+    names = trained.model.user_tower.feature_names
+    return user_rows(data, trained.spec, names, limit)
+
+
+def test_http_answers_equal_offline_exact_topk(run, server):
+    users, kjt = users_of(run, 40)
+    trained = load_trained_run(run[1])
+    bundle = load_bundle(run[2])
+    with torch.no_grad():
+        u = trained.model.user_tower(kjt)
+    ref_scores, ref_items = exact_topk(u, torch.from_numpy(bundle.item_vectors), 100, excluded_items=[0])
+    raw = bundle.vocabs["item_id"].raw_by_index
+    with httpx.Client(base_url=server.url, timeout=30) as client:
+        for i, user in enumerate(users):
+            r = client.post("/v1/retrieve", json={"user": user, "k": 100})
+            assert r.status_code == 200, r.text
+            body = r.json()
+            assert body["bundle"] == bundle.bundle_id and body["oov_features"] == []
+            assert [x["item_id"] for x in body["items"]] == raw[ref_items[i].numpy()].tolist()
+            np.testing.assert_allclose([x["score"] for x in body["items"]], ref_scores[i].numpy(), atol=1e-5)
+        # the batch endpoint answers the same, in order
+        r = client.post("/v1/retrieve/batch", json={"requests": [{"user": u, "k": 10} for u in users[:8]]})
+        assert r.status_code == 200
+        for i, res in enumerate(r.json()["results"]):
+            assert [x["item_id"] for x in res["items"]] == raw[ref_items[i, :10].numpy()].tolist()
+
+
+def test_exclusions_history_and_oov(run, server):
+    users, _ = users_of(run, 5)
+    user = dict(users[0])
+    with httpx.Client(base_url=server.url, timeout=30) as client:
+        top = [x["item_id"] for x in client.post("/v1/retrieve", json={"user": user, "k": 20}).json()["items"]]
+        r = client.post("/v1/retrieve", json={"user": user, "k": 20, "exclude": top[:5] + [987654321]}).json()
+        assert [x["item_id"] for x in r["items"]][:15] == top[5:]
+        history = user["history_item_id"]
+        assert history, "the test row has a history"
+        r = client.post("/v1/retrieve", json={"user": user, "k": 100, "exclude_history": True}).json()
+        assert not set(history) & {x["item_id"] for x in r["items"]}
+        r = client.post("/v1/retrieve", json={"user": {**user, "user_id": 10**12, "history_item_id": [10**12]}, "k": 5}).json()
+        assert r["oov_features"] == ["user_id", "history_item_id"] and len(r["items"]) == 5
+        metrics = client.get("/metrics").text
+        assert 'recsys_oov_features_total{feature="user_id"}' in metrics and "recsys_oov_rate" in metrics
+
+
+@pytest.mark.parametrize("body,status,field,message", [
+    ({"user": {"nope": 1}}, 422, "user.nope", "unknown feature; the user tower takes"),
+    ({"user": {"user_id": "x", "user_segment": 1.5}}, 422, "user.user_segment", "got float 1.5"),
+    ({"user": {"user_id": 1, "user_segment": 1}, "k": 201}, 422, "k", r"give an integer in \[1, 200\] \(max_k\)"),
+    ({"user": {"user_id": 1, "user_segment": 1}, "k": "ten"}, 422, "k", "got 'ten'"),
+    ({"user": {"user_id": 1, "user_segment": 1}, "exclude": "all"}, 422, "exclude", "list of raw item ids"),
+    ({"user": {"user_id": 1, "user_segment": 1}, "top": 3}, 422, "top", "unknown field; allowed"),
+    ({"k": 3}, 422, "user", "missing"),
+    ({"user": {"user_id": 1, "user_segment": 1, "history_item_id": list(range(10000))}}, 413, "body", r"bytes; at most 20,000 \(max_body_bytes\)"),
+])
+def test_bad_requests_get_4xx_with_the_field_and_the_service_keeps_serving(server, body, status, field, message):
+    import re
+
+    with httpx.Client(base_url=server.url, timeout=30) as client:
+        r = client.post("/v1/retrieve", json=body)
+        assert r.status_code == status, r.text
+        errors = r.json()["errors"]
+        assert any(e["field"] == field and re.search(message, e["message"]) for e in errors), errors
+        assert client.post("/v1/retrieve", json={"user": {"user_id": 1, "user_segment": 1}, "k": 3}).status_code == 200
+
+
+def test_batch_limits_bad_json_and_other_endpoints(run, server):
+    ok_user = {"user": {"user_id": 1, "user_segment": 1}, "k": 3}
+    with httpx.Client(base_url=server.url, timeout=30) as client:
+        r = client.post("/v1/retrieve/batch", json={"requests": [ok_user] * 17})
+        assert r.status_code == 422 and "give 1 to 16 (max_batch_requests)" in r.json()["errors"][0]["message"]
+        r = client.post("/v1/retrieve/batch", json={"requests": [ok_user, {"user": {"bad": 1}}]})
+        assert r.status_code == 422 and r.json()["errors"][0]["field"].startswith("requests[1].user")
+        r = client.post("/v1/retrieve", content=b"{not json", headers={"content-type": "application/json"})
+        assert r.status_code == 400 and r.json()["errors"][0]["field"] == "body"
+        assert client.get("/healthz").json() == {"status": "ok"}
+        assert client.get("/readyz").json()["ready"] is True
+        meta = client.get("/v1/metadata").json()
+        assert meta["items"]["count"] == 301 and meta["index"]["kind"] == "exact" and meta["request"]["max_k"] == 200
+        assert set(meta["request"]["features"]) == {"user_id", "user_segment", "history_item_id"}
+        text = client.get("/metrics").text
+        for name in ("recsys_requests_total", "recsys_request_errors_total", "recsys_request_latency_seconds_bucket",
+                     "recsys_batch_size_bucket", "recsys_oov_rate", "recsys_bundle_info"):
+            assert name in text
+
+
+def test_no_bundle_is_not_ready():
+    with ServerThread(create_app(None)) as s:
+        assert httpx.get(f"{s.url}/healthz").status_code == 200
+        assert httpx.get(f"{s.url}/readyz").status_code == 503
+        assert httpx.post(f"{s.url}/v1/retrieve", json={"user": {}}).status_code == 503
+
+
+def test_corrupt_bundle_refused_at_start(run, tmp_path):
+    bad = tmp_path / "bad"
+    shutil.copytree(run[2], bad)
+    (bad / "vocab" / "item_id.parquet").unlink()
+    with pytest.raises(BundleError, match=r"vocab/item_id.parquet: missing"):
+        create_app(bad)
