@@ -215,7 +215,11 @@ def time_lookups(spec_raw: dict[str, Any], timing: dict[str, Any]) -> dict[str, 
         threads = torch.get_num_threads()
         torch.set_num_threads(1)  # as recsys bench lookup: one thread keeps timings stable on a shared machine
         batches = make_batches(spec, timing["batch_size"], 4, seed=0)
-        model, _ = fused_model(spec)
+        try:
+            model, _ = fused_model(spec)
+            path = "fused (tables on meta, sharded)"
+        except RuntimeError:  # an EmbeddingCollection (per-value QR bags) cannot be sharded from meta
+            model, path = _fused_from_cpu(spec), "fused (tables built on CPU, sharded)"
 
         def forward(kjt):
             with torch.no_grad():
@@ -230,7 +234,33 @@ def time_lookups(spec_raw: dict[str, Any], timing: dict[str, Any]) -> dict[str, 
             dist.destroy_process_group()
     lookups = timing["batch_size"] * len(spec.sparse)
     return {"lookups_per_s": lookups / statistics.median(seconds), "seconds_per_batch": statistics.median(seconds),
-            "batch_size": timing["batch_size"], "features": len(spec.sparse)}
+            "batch_size": timing["batch_size"], "features": len(spec.sparse), "path": path}
+
+
+def _fused_from_cpu(spec):
+    """:func:`recsys.embeddings.bench.fused_model` with the collection built on CPU first.
+
+    TorchRec 1.8's EmbeddingCollection sharder copies the unsharded weights, which fails from
+    ``meta`` ("Cannot copy out of meta tensor"); tables built on CPU shard fine.
+    """
+    import torch
+    import torch.distributed as dist
+    from fbgemm_gpu.split_table_batched_embeddings_ops_training import OptimType
+    from torchrec.distributed.embedding import EmbeddingCollectionSharder
+    from torchrec.distributed.embeddingbag import EmbeddingBagCollectionSharder
+    from torchrec.distributed.model_parallel import DistributedModelParallel
+    from torchrec.distributed.planner import EmbeddingShardingPlanner, ParameterConstraints, Topology
+    from torchrec.distributed.types import ShardingEnv
+
+    from recsys.embeddings.builder import build_embedding_collection
+
+    fused_params = {"learning_rate": 0.01, "optimizer": OptimType.EXACT_SGD}
+    sharders = [EmbeddingBagCollectionSharder(fused_params=fused_params), EmbeddingCollectionSharder(fused_params=fused_params)]
+    module = build_embedding_collection(spec, device="cpu")
+    constraints = {t.name: ParameterConstraints(sharding_types=["table_wise"], compute_kernels=["fused"]) for t in module.plan().tables}
+    plan = EmbeddingShardingPlanner(topology=Topology(world_size=1, compute_device="cpu"), constraints=constraints).plan(module, sharders)
+    env = ShardingEnv.from_process_group(dist.GroupMember.WORLD)
+    return DistributedModelParallel(module, env=env, device=torch.device("cpu"), plan=plan, sharders=sharders)
 
 
 def run_trial(trial: dict[str, Any]) -> dict[str, Any]:
@@ -250,7 +280,11 @@ def run_trial(trial: dict[str, Any]) -> dict[str, Any]:
         raw = dict(trial["config"], resume=bool(checkpoint_folders(run_dir)))  # a crashed trial continues
         prepared = prepare(TrainConfig.model_validate(raw))
         if trial["lookup"]["enabled"] and not (run_dir / LOOKUP).exists():
-            _write_json(run_dir / LOOKUP, time_lookups(prepared.spec.to_dict(), trial["lookup"]))
+            try:
+                timed = time_lookups(prepared.spec.to_dict(), trial["lookup"])
+            except Exception as exc:  # the timing is a side measurement: it never fails the trial
+                timed = {"lookups_per_s": None, "error": one_line(exc)}
+            _write_json(run_dir / LOOKUP, timed)
         results = launch(prepared, shutdown=False)
         if not trial["keep_checkpoints"]:
             for _, folder in checkpoint_folders(run_dir):

@@ -2,10 +2,11 @@
 
     .venv/bin/python -m pytest tests/integration/test_bench_compression.py -q
 
-One sweep of 2 methods x 2 budgets x 1 seed: hashed at 1/2 and 1/64 train; mixed_dim at 1/2 fails
-once inside its training (a worker dies at step 2, by the training job's fault injection);
-mixed_dim at 1/64 is below its floor of ~4/16 and is reported unreachable without running. Running
-the same command again re-runs only the failed trial. Four short trainings in all.
+One sweep of 2 methods x 2 budgets x 1 seed: qr at 1/8 trains; mixed_dim at 1 fails once inside
+its training (a worker dies at step 2, by the training job's fault injection); qr at 1 (2
+partitions reach at most ~1/2) and mixed_dim at 1/8 (below its floor of ~4/16) are reported
+unreachable without running. Running the same command again re-runs only the failed trial. Three
+short trainings in all (each costs ~30 s of Ray start-up on an idle 2-core machine).
 """
 
 from __future__ import annotations
@@ -46,8 +47,8 @@ def sweep_config(path: Path, data: Path) -> Path:
     path.write_text("# recsys bench compression tiny.yaml\n" + yaml.safe_dump({
         "data": {"path": str(data)},
         "base": {"config": str(ROOT / "configs" / "ctr_synthetic_full.yaml"), "overrides": TINY},
-        "methods": ["hashed", "mixed_dim"],
-        "budgets": ["1/2", 1 / 64],
+        "methods": ["qr", "mixed_dim"],
+        "budgets": [1, "1/8"],
         "seeds": [0],
         "keep_full_below": 200,
         "lookup": {"batch_size": 256, "steps": 2, "rounds": 2, "warmup": 1},
@@ -63,41 +64,41 @@ def statuses(sweep_dir: Path) -> dict[str, str]:
 def test_sweep_runs_resumes_and_reports(data, tmp_path, capsys):
     config = sweep_config(tmp_path / "tiny.yaml", data)
     sweep_dir = tmp_path / "sweep"
-    failing = sweep_dir / "trials" / "mixed_dim-1_2-s0"
+    failing = sweep_dir / "trials" / "mixed_dim-1-s0"
     failing.mkdir(parents=True)
     (failing / FAULTS_FILE).write_text(json.dumps({"kind": "exit_at_step", "step": 2, "rank": 0}))
 
     assert bench.main(["compression", str(config), "--out", str(sweep_dir)]) == 0
     out = capsys.readouterr().out
     assert out.strip().splitlines()[-1] == f"sweep_dir: {sweep_dir.resolve()}"
-    assert statuses(sweep_dir) == {
-        "hashed-1_2-s0": "ok", "mixed_dim-1_2-s0": "failed", "hashed-1_64-s0": "ok", "mixed_dim-1_64-s0": "unreachable",
-    }
-    assert "[2/3 done, 0 running, 1 failed]" in out and "best AUC so far: 1/2: hashed s0" in out
+    assert statuses(sweep_dir) == {"qr-1-s0": "unreachable", "mixed_dim-1-s0": "failed", "qr-1_8-s0": "ok",
+                                   "mixed_dim-1_8-s0": "unreachable"}
+    assert "[1/2 done, 0 running, 1 failed]" in out and "best AUC so far: 1/8: qr s0" in out
     rows = {r["trial_id"]: r for r in pq.read_table(sweep_dir / "results.parquet").to_pylist()}
-    ok = rows["hashed-1_64-s0"]
-    results = json.loads((sweep_dir / "trials" / "hashed-1_64-s0" / "results.json").read_text())
+    ok = rows["qr-1_8-s0"]
+    results = json.loads((sweep_dir / "trials" / "qr-1_8-s0" / "results.json").read_text())
     assert ok["auc"] == results["auc"] and ok["embedding_bytes"] == results["embedding_bytes"] > 0
-    assert ok["achieved_ratio"] == pytest.approx(1 / 64, rel=0.05) and ok["lookups_per_s"] > 0 and ok["samples_per_s"] > 0
+    assert ok["achieved_ratio"] == pytest.approx(1 / 8, rel=0.05) and ok["lookups_per_s"] > 0 and ok["samples_per_s"] > 0
     assert ok["steps"] == 4 and ok["train_seconds"] > 0 and ok["wall_seconds"] >= ok["train_seconds"]
-    assert "floor" in rows["mixed_dim-1_64-s0"]["reason"] and rows["mixed_dim-1_64-s0"]["run_dir"] is None
-    assert not (sweep_dir / "trials" / "mixed_dim-1_64-s0").exists()  # decided before anything ran
-    assert rows["mixed_dim-1_2-s0"]["reason"]  # the one-line reason of the failed training
+    assert "floor" in rows["mixed_dim-1_8-s0"]["reason"] and "spans" in rows["qr-1-s0"]["reason"]
+    assert rows["qr-1-s0"]["run_dir"] is None and not (sweep_dir / "trials" / "qr-1-s0").exists()  # decided before anything ran
+    assert rows["mixed_dim-1-s0"]["reason"]  # the one-line reason of the failed training
     report = (sweep_dir / "report.md").read_text()
-    assert "| mixed_dim | failed | unreachable |" in report and "| mixed_dim-1_64-s0 | unreachable |" in report
+    assert "| qr | unreachable | " in report and "| mixed_dim | failed | unreachable |" in report
+    assert "| mixed_dim-1_8-s0 | unreachable |" in report and "| mixed_dim-1-s0 | failed |" in report
     assert (sweep_dir / "pareto.png").read_bytes()[:4] == b"\x89PNG"
-    assert not [p for p in (sweep_dir / "trials" / "hashed-1_2-s0" / "ray").glob("checkpoint_*") if p.is_dir()]  # keep_checkpoints: false
+    assert not [p for p in (sweep_dir / "trials" / "qr-1_8-s0" / "ray").glob("checkpoint_*") if p.is_dir()]  # keep_checkpoints: false
 
     # Run the same command again: only the failed trial runs (its fault fired once); the others are kept.
-    kept = (sweep_dir / "trials" / "hashed-1_2-s0" / "results.json").stat().st_mtime_ns
+    kept = (sweep_dir / "trials" / "qr-1_8-s0" / "results.json").stat().st_mtime_ns
     assert bench.main(["compression", str(config), "--out", str(sweep_dir)]) == 0
     out = capsys.readouterr().out
     assert "1 trial(s) to run" in out
-    assert statuses(sweep_dir) == {
-        "hashed-1_2-s0": "ok", "mixed_dim-1_2-s0": "ok", "hashed-1_64-s0": "ok", "mixed_dim-1_64-s0": "unreachable",
-    }
-    assert (sweep_dir / "trials" / "hashed-1_2-s0" / "results.json").stat().st_mtime_ns == kept
-    assert sorted(p.name for p in (sweep_dir / "tune-2").iterdir() if p.is_dir()) == ["mixed_dim-1_2-s0"]
+    assert statuses(sweep_dir) == {"qr-1-s0": "unreachable", "mixed_dim-1-s0": "ok", "qr-1_8-s0": "ok",
+                                   "mixed_dim-1_8-s0": "unreachable"}
+    assert (sweep_dir / "trials" / "qr-1_8-s0" / "results.json").stat().st_mtime_ns == kept
+    assert sorted(p.name for p in (sweep_dir / "tune-2").iterdir() if p.is_dir()) == ["mixed_dim-1-s0"]
+    assert "| 1 | full " not in out and "| mixed_dim | 0." in (sweep_dir / "report.md").read_text()
 
     # `recsys bench report` rewrites both files from results.parquet alone, byte for byte.
     first = ((sweep_dir / "report.md").read_bytes(), (sweep_dir / "pareto.png").read_bytes())
