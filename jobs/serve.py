@@ -1,7 +1,7 @@
 """Serve a bundle over HTTP: top-k items for a user's raw features.
 
     recsys serve bundles/tt
-    recsys serve bundles/tt --host 127.0.0.1 --port 8000 --max-batch 32 --max-wait-ms 1 --threads 1
+    recsys serve bundles/tt --host 127.0.0.1 --port 8000 --max-batch 32 --max-wait-ms 0 --threads 1
     recsys serve bundles/tt_hnsw --index-setting ef_search=128
     curl -s localhost:8000/v1/retrieve -d '{"user": {"user_id": 110, "user_segment": 3}, "k": 10}'
 
@@ -22,7 +22,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--port", type=int, default=8000, help="port (default 8000)")
     parser.add_argument("--threads", type=int, default=1, help="threads of torch / faiss / OpenBLAS each (default 1)")
     parser.add_argument("--max-batch", type=int, default=32, help="queries per micro-batch (default 32)")
-    parser.add_argument("--max-wait-ms", type=float, default=1.0, help="micro-batch wait after its first query (default 1)")
+    parser.add_argument("--max-wait-ms", type=float, default=0.0, help="micro-batch wait after its first query (default 0)")
+    parser.add_argument("--batch-thread", action="store_true", help="compute micro-batches on a worker thread, not on the event loop")
     parser.add_argument("--max-k", type=int, default=1000, help="largest k a request may ask (default 1000)")
     parser.add_argument("--max-batch-requests", type=int, default=256, help="requests per /v1/retrieve/batch (default 256)")
     parser.add_argument("--max-body-bytes", type=int, default=1 << 20, help="largest request body (default 1 MiB)")
@@ -49,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
 
     config = ServeConfig(
         max_k=args.max_k, max_batch_requests=args.max_batch_requests, max_body_bytes=args.max_body_bytes,
-        max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, admin_anywhere=args.admin_anywhere,
+        max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, batch_thread=args.batch_thread, admin_anywhere=args.admin_anywhere,
         index_overrides=parse_settings(args.index_setting),
     )
     app = create_app(args.bundle, config)

@@ -52,7 +52,9 @@ class ServeConfig:
         max_exclude: items in one ``exclude`` list at most.
         max_body_bytes: request bodies above it get 413.
         max_batch: queries per micro-batch (one tower forward + one search).
-        max_wait_ms: how long a micro-batch waits for more queries after its first.
+        max_wait_ms: how long a micro-batch waits for more queries after its first (0: batches
+            form from what queued up while the previous one computed).
+        batch_thread: compute batches on a worker thread instead of inline on the event loop.
         admin_anywhere: allow ``/admin/*`` from non-loopback clients.
         index_overrides: serve-time index settings (``nprobe``, ``ef_search``, ``rerank``).
     """
@@ -62,7 +64,8 @@ class ServeConfig:
     max_exclude: int = 10000
     max_body_bytes: int = 1 << 20
     max_batch: int = 32
-    max_wait_ms: float = 1.0
+    max_wait_ms: float = 0.0
+    batch_thread: bool = False
     admin_anywhere: bool = False
     index_overrides: dict[str, Any] = field(default_factory=dict)
 
@@ -118,7 +121,7 @@ class App:
         self.service: LoadedService | None = None
         if self.bundle_path is not None:
             self._set(LoadedService.from_path(self.bundle_path, config.index_overrides or None))
-        self.batcher = MicroBatcher(config.max_batch, config.max_wait_ms / 1000.0, on_batch=self._on_batch)
+        self.batcher = MicroBatcher(config.max_batch, config.max_wait_ms / 1000.0, on_batch=self._on_batch, thread=config.batch_thread)
         self._reload_lock = asyncio.Lock()
 
     def _on_batch(self, size: int, seconds: float) -> None:
@@ -281,22 +284,7 @@ def create_app(bundle_path: str | Path | None, config: ServeConfig | None = None
     app = FastAPI(title="recsys retrieval", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.recsys = state
     m = state.metrics
-
-    @app.middleware("http")
-    async def observe(request: Request, call_next):
-        start = time.perf_counter()
-        endpoint = request.url.path if request.url.path in _ENDPOINTS else "other"
-        try:
-            response = await call_next(request)
-        except Exception:  # never reached for RequestError (handled below); a bug answers 500, the service goes on
-            m.errors.labels(endpoint, "internal").inc()
-            m.requests.labels(endpoint, "500").inc()
-            return _error(500, "internal error")
-        m.latency.labels(endpoint).observe(time.perf_counter() - start)
-        m.requests.labels(endpoint, str(response.status_code)).inc()
-        if response.status_code >= 400:
-            m.errors.labels(endpoint, str(response.status_code)).inc()
-        return response
+    app.add_middleware(ObserveMiddleware, metrics=m)
 
     @app.exception_handler(RequestError)
     async def request_error(_request: Request, exc: RequestError):
@@ -333,6 +321,37 @@ def create_app(bundle_path: str | Path | None, config: ServeConfig | None = None
         return await state.reload(request)
 
     return app
+
+
+class ObserveMiddleware:
+    """Counts and times every request (a plain ASGI middleware: Starlette's BaseHTTPMiddleware
+    costs a task and a stream per request)."""
+
+    def __init__(self, app, metrics: Metrics):
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        start = time.perf_counter()
+        endpoint = scope["path"] if scope["path"] in _ENDPOINTS else "other"
+        status = 500
+
+        async def send_status(message):
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_status)
+        finally:
+            m = self.metrics
+            m.latency.labels(endpoint).observe(time.perf_counter() - start)
+            m.requests.labels(endpoint, str(status)).inc()
+            if status >= 400:
+                m.errors.labels(endpoint, str(status)).inc()
 
 
 _ENDPOINTS = {"/v1/retrieve", "/v1/retrieve/batch", "/healthz", "/readyz", "/v1/metadata", "/metrics", "/admin/reload"}

@@ -32,7 +32,7 @@ def run(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def server(run):
-    config = ServeConfig(max_k=200, max_batch_requests=16, max_body_bytes=20_000, max_batch=16, max_wait_ms=1.0)
+    config = ServeConfig(max_k=200, max_batch_requests=16, max_body_bytes=20_000, max_batch=16, max_wait_ms=1.0, batch_thread=True)
     with ServerThread(create_app(run[2], config)) as s:
         yield s
 

@@ -28,7 +28,7 @@ def run(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def server(run):
-    with ServerThread(create_app(run[2], ServeConfig(max_batch=16, max_wait_ms=1.0))) as s:
+    with ServerThread(create_app(run[2], ServeConfig(max_batch=16))) as s:
         yield s
 
 
