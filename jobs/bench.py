@@ -196,5 +196,9 @@ def main(argv: list[str] | None = None) -> int:
         from jobs import bench_compression
 
         return bench_compression.main(argv)
+    if argv and argv[0] == "serve":  # the serving load benchmark: jobs/bench_serve.py
+        from jobs import bench_serve
+
+        return bench_serve.main(argv[1:])
     args = build_parser().parse_args(argv)
     return int(args.run(args))
