@@ -162,3 +162,26 @@ def test_report_and_plot_regenerate_identically(tmp_path):
     write_report(tmp_path)
     assert (report.read_bytes(), pareto.read_bytes()) == first
     assert math.isfinite(ROWS[0]["auc"])
+
+
+def test_trial_rows_say_what_each_folder_holds(tmp_path):
+    import json
+
+    from recsys.train.sweep import TrialPlan, trial_row
+
+    def plan(tid, status="pending", reason=""):
+        return TrialPlan(tid, "hashed", "1/4", 0.25, 0, status, reason, 0.25, 250, 1000)
+
+    trials = tmp_path / "trials"
+    (trials / "done").mkdir(parents=True)
+    (trials / "done" / "results.json").write_text(json.dumps({"auc": 0.7, "logloss": 0.5, "compression_ratio": 0.25,
+                                                               "embedding_bytes": 250, "steps": 3}))
+    (trials / "done" / "lookup.json").write_text(json.dumps({"lookups_per_s": 1e6}))
+    (trials / "broke").mkdir()
+    (trials / "broke" / "failure.json").write_text(json.dumps({"reason": "loss is nan at step 3"}))
+    rows = {tid: trial_row("ctr", plan(tid, *rest), tmp_path) for tid, *rest in
+            [("done",), ("broke",), ("never",), ("far", "unreachable", "below the floor")]}
+    assert rows["done"]["status"] == "ok" and rows["done"]["auc"] == 0.7 and rows["done"]["lookups_per_s"] == 1e6
+    assert (rows["broke"]["status"], rows["broke"]["reason"]) == ("failed", "loss is nan at step 3")
+    assert rows["never"]["status"] == "not_run"  # interrupted before it finished: the next run does it
+    assert (rows["far"]["status"], rows["far"]["reason"], rows["far"]["run_dir"]) == ("unreachable", "below the floor", None)
