@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
+from starlette.routing import Route
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from serving.features import FieldError, RequestError
@@ -290,13 +291,10 @@ def create_app(bundle_path: str | Path | None, config: ServeConfig | None = None
     async def request_error(_request: Request, exc: RequestError):
         return _error(exc.status, "bad request" if exc.status != 413 else "body too large", exc.errors)
 
-    @app.post("/v1/retrieve")
-    async def retrieve(request: Request):
-        return await state.retrieve(request)
-
-    @app.post("/v1/retrieve/batch")
-    async def retrieve_batch(request: Request):
-        return await state.retrieve_batch(request)
+    # The hot endpoints as plain Starlette routes: FastAPI's per-request dependency solving cost
+    # ~0.7 ms of CPU here, and these parse their bodies themselves.
+    app.router.routes.append(Route("/v1/retrieve", state.retrieve, methods=["POST"]))
+    app.router.routes.append(Route("/v1/retrieve/batch", state.retrieve_batch, methods=["POST"]))
 
     @app.get("/healthz")
     async def healthz():

@@ -109,7 +109,8 @@ class LoadedService:
             idx = items[row, : q.k]
             keep = idx >= 0
             idx, sc = idx[keep], scores[row, : q.k][keep]
-            answers.append(Answer([self.raw_item(int(i)) for i in idx], sc.tolist(), idx))
+            raw = [self.raw_item(int(i)) for i in idx] if self._tokens else self._raw[idx].tolist()
+            answers.append(Answer(raw, sc.tolist(), idx))
         return answers
 
 
