@@ -219,7 +219,10 @@ class Bundle:
         path: the folder.
         manifest: its manifest.
         user_tower: the loaded ``torch.export`` program's module.
-        item_vectors: ``(V, D)`` float32, dequantised from the stored precision (what search scores with).
+        stored_vectors: ``(V, D)`` item vectors in their stored dtype (float32 | float16 | int8):
+            the service keeps them so, at the bundle's precision, and dequantises only the rows a
+            search reads (:class:`serving.retriever.Retriever`).
+        item_scales: ``(V,)`` float32 per-item scales of int8 vectors, else None.
         item_codes: ``(V, ceil(D/8))`` uint8 for the binary index, else None.
         index_bytes: the serialised faiss index (ivf / hnsw), else None.
         vocabs: feature -> :class:`Vocabulary`.
@@ -228,10 +231,16 @@ class Bundle:
     path: Path
     manifest: dict[str, Any]
     user_tower: Any
-    item_vectors: np.ndarray
+    stored_vectors: np.ndarray
+    item_scales: np.ndarray | None
     item_codes: np.ndarray | None
     index_bytes: bytes | None
     vocabs: dict[str, Vocabulary]
+
+    @property
+    def item_vectors(self) -> np.ndarray:
+        """``(V, D)`` float32 dequantised vectors (what search scores with): a new full copy per call."""
+        return dequantize(self.stored_vectors, self.item_scales)
 
     @property
     def bundle_id(self) -> str:
@@ -239,11 +248,11 @@ class Bundle:
 
     @property
     def num_items(self) -> int:
-        return int(self.item_vectors.shape[0])
+        return int(self.stored_vectors.shape[0])
 
     @property
     def dim(self) -> int:
-        return int(self.item_vectors.shape[1])
+        return int(self.stored_vectors.shape[1])
 
     def summary(self) -> dict[str, Any]:
         """What ``GET /v1/metadata`` shows: no config dump, the facts a client needs."""
@@ -306,4 +315,9 @@ def load_bundle(path: str | Path, *, verify: bool = True) -> Bundle:
             vocabs[name] = Vocabulary.from_parquet(name, path / rel)
         except Exception as exc:
             raise BundleError(f"{path / rel}: vocabulary unreadable ({type(exc).__name__}: {exc})") from None
-    return Bundle(path, manifest, program.module(), dequantize(stored, scales), codes, index_bytes, vocabs)
+    if stored.dtype not in (np.float32, np.float16, np.int8):
+        raise BundleError(f"{path / ITEM_VECTORS}: dtype {stored.dtype}; a bundle stores float32, float16 or int8 vectors")
+    if stored.dtype == np.int8 and (scales is None or scales.shape != (items["count"],)):
+        raise BundleError(f"{path / ITEM_SCALES}: int8 item vectors need one float32 scale per item (shape ({items['count']},))")
+    return Bundle(path, manifest, program.module(), stored, None if scales is None else scales.astype(np.float32, copy=False),
+                  codes, index_bytes, vocabs)

@@ -179,13 +179,22 @@ def build_index(kind: str, vectors: np.ndarray, settings: dict[str, Any]) -> Ind
 class Retriever:
     """Top-k search of one index kind over a bundle's item vectors (module docstring).
 
+    The vectors stay in their stored dtype (float32, float16, or int8 with per-item scales), so a
+    service holds them at the bundle's precision; a search dequantises only what it reads: the
+    candidate rows of an ANN / binary rerank, or the catalogue in chunks of ``chunk_rows`` for
+    exact search. Scores are ``<u, v>`` in float32 of the dequantised vectors either way, equal to
+    a search over :func:`serving.bundle.dequantize`'s float32 copy.
+
     Args:
-        vectors (np.ndarray): ``(V, D)`` float32 item vectors, row i = item index i.
+        vectors (np.ndarray): ``(V, D)`` float32 | float16 | int8 item vectors, row i = item index i.
         kind (str): ``exact`` | ``ivf`` | ``hnsw`` | ``binary``.
         settings (dict): the index settings (the bundle's, with any serve-time overrides).
+        scales (np.ndarray | None): ``(V,)`` float32 per-item scales, int8 vectors only.
         index_bytes (bytes | None): the serialised faiss index (ivf / hnsw).
         codes (np.ndarray | None): the binary codes (binary; built from ``vectors`` when None).
         first_item (int): rows below it are never returned. Default 1.
+        chunk_rows (int): items per block of exact search (one ``(B, chunk) `` score block at a
+            time). Default 65,536.
     """
 
     def __init__(
@@ -194,30 +203,46 @@ class Retriever:
         kind: str,
         settings: dict[str, Any] | None = None,
         *,
+        scales: np.ndarray | None = None,
         index_bytes: bytes | None = None,
         codes: np.ndarray | None = None,
         first_item: int = 1,
+        chunk_rows: int = 1 << 16,
     ):
         if kind not in INDEX_KINDS:
             raise ValueError(f"index: got {kind!r}; choose one of {list(INDEX_KINDS)}")
+        vectors = np.asarray(vectors)
+        if vectors.dtype not in (np.float32, np.float16, np.int8):
+            vectors = vectors.astype(np.float32)
+        if (vectors.dtype == np.int8) != (scales is not None):
+            raise ValueError("scales: give (V,) float32 per-item scales with int8 vectors, and only with them")
         self.kind = kind
         self.settings = dict(settings or default_index_settings(kind, len(vectors)))
-        self.vectors = np.ascontiguousarray(vectors, dtype=np.float32)
-        self._vectors_t = torch.from_numpy(self.vectors)
+        self.vectors = np.ascontiguousarray(vectors)  # stored dtype
+        self.scales = None if scales is None else np.ascontiguousarray(scales, dtype=np.float32)
         self.first_item = first_item
+        self.chunk_rows = chunk_rows
         self._index = None
         if kind in ("ivf", "hnsw"):
             import faiss
 
             if index_bytes is None:
-                index_bytes = build_index(kind, self.vectors, self.settings).index_bytes
+                index_bytes = build_index(kind, self.rows(slice(None)), self.settings).index_bytes
             self._index = faiss.deserialize_index(np.frombuffer(index_bytes, dtype=np.uint8))
         elif kind == "binary":
             import faiss
 
+            # int8 / float16 signs are the dequantised vectors' signs (scales are positive)
             codes = sign_codes(self.vectors) if codes is None else np.ascontiguousarray(codes, dtype=np.uint8)
             self._index = faiss.IndexBinaryFlat(int(codes.shape[1]) * 8)
             self._index.add(codes)
+
+    def rows(self, index: Any) -> np.ndarray:
+        """float32 dequantised rows ``vectors[index]`` (the same values as :func:`serving.bundle.dequantize`)."""
+        block = self.vectors[index]
+        if self.scales is not None:
+            return block.astype(np.float32) * self.scales[index][..., None]
+        return block if block.dtype == np.float32 else block.astype(np.float32)
 
     @property
     def num_items(self) -> int:
@@ -265,14 +290,37 @@ class Retriever:
         return self._rerank(users_np, candidates.astype(np.int64), k, exclude)
 
     def _exact(self, users: np.ndarray, k: int, exclude: Sequence[np.ndarray] | None) -> tuple[np.ndarray, np.ndarray]:
-        scores = torch.from_numpy(users) @ self._vectors_t.T  # (B, V)
-        scores[:, : self.first_item] = float("-inf")
+        """``users @ vectors.T`` + the tie rule, one block of ``chunk_rows`` items at a time.
+
+        Each block's own top-k (by score, then lower index) holds every item of the overall
+        top-k that lies in it, so the top-k of the blocks' winners is the overall top-k.
+        """
+        users_t = torch.from_numpy(users)
+        num_queries, num_items = users.shape[0], self.num_items
         if exclude:
-            rows = np.repeat(np.arange(len(exclude)), [len(e) for e in exclude])
-            cols = np.concatenate([np.asarray(e, np.int64) for e in exclude]) if rows.size else np.empty(0, np.int64)
-            if rows.size:
-                scores[torch.from_numpy(rows), torch.from_numpy(cols)] = float("-inf")
-        values, items = _topk_tie_rule(scores, k)
+            ex_rows = np.repeat(np.arange(len(exclude)), [len(e) for e in exclude])
+            ex_cols = np.concatenate([np.asarray(e, np.int64) for e in exclude]) if ex_rows.size else np.empty(0, np.int64)
+        values_parts, items_parts = [], []
+        for start in range(0, num_items, self.chunk_rows):
+            stop = min(start + self.chunk_rows, num_items)
+            scores = users_t @ torch.from_numpy(self.rows(slice(start, stop))).T  # (B, stop - start)
+            if start < self.first_item:
+                scores[:, : self.first_item - start] = float("-inf")
+            if exclude and ex_rows.size:
+                hit = (ex_cols >= start) & (ex_cols < stop)
+                if hit.any():
+                    scores[torch.from_numpy(ex_rows[hit]), torch.from_numpy(ex_cols[hit] - start)] = float("-inf")
+            values, items = _topk_tie_rule(scores, k)
+            values_parts.append(values)
+            items_parts.append(items + start)
+        if len(values_parts) == 1:
+            values, items = values_parts[0], items_parts[0]
+        else:
+            values, items = torch.cat(values_parts, 1), torch.cat(items_parts, 1)  # (B, <= k * blocks)
+            by_item = torch.argsort(items, dim=1)  # positions in item order: the tie rule's lower index
+            values, items = values.gather(1, by_item), items.gather(1, by_item)
+            values, pos = _topk_tie_rule(values, k)
+            items = items.gather(1, pos)
         dropped = torch.isneginf(values)
         return values.numpy(), items.masked_fill(dropped, -1).numpy()
 
@@ -287,7 +335,7 @@ class Retriever:
                 if len(items):
                     valid[row] &= ~np.isin(candidates[row], items)
         safe = np.where(valid, candidates, 0)
-        scores = np.einsum("bd,bcd->bc", users, self.vectors[safe])  # (B, C)
+        scores = np.einsum("bd,bcd->bc", users, self.rows(safe))  # (B, C)
         scores[~valid] = -np.inf
         order_key = np.where(valid, safe, np.iinfo(np.int64).max)  # ties by lower item index
         order = np.lexsort((order_key, -scores), axis=1)[:, :k]  # (B, min(k, C))

@@ -60,9 +60,10 @@ class LoadedService:
         self.item_vocab = bundle.vocabs[m["items"]["id_feature"]]
         self.encoder = UserEncoder(m["user_tower"]["features"], bundle.vocabs, m["items"]["id_feature"])
         retriever = Retriever(
-            bundle.item_vectors, m["index"]["kind"], m["index"]["settings"],
+            bundle.stored_vectors, m["index"]["kind"], m["index"]["settings"], scales=bundle.item_scales,
             index_bytes=bundle.index_bytes, codes=bundle.item_codes, first_item=int(m["items"]["first_item"]),
         )
+        bundle.index_bytes = None  # the retriever holds the deserialised index; the bytes would be a second copy
         self.retriever = retriever.with_settings(index_overrides) if index_overrides else retriever
         self._raw = self.item_vocab.raw_by_index
         self._tokens = self.item_vocab.token_by_index

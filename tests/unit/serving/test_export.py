@@ -60,6 +60,10 @@ def test_quantised_bundles_recall_against_fp32_exact(trained_run, fp32_bundle, t
     assert bundle.manifest["user_tower"]["ops_libraries"] == ["fbgemm_gpu"]  # TorchRec's quantised tables
     stored = np.load(out / fmt.ITEM_VECTORS)
     assert stored.dtype == {"fp16": np.float16, "int8": np.int8}[precision]
+    from serving.service import LoadedService
+
+    served = LoadedService(load_bundle(out)).retriever
+    assert served.vectors.dtype == stored.dtype and served.vectors.nbytes == stored.nbytes  # held at the bundle's precision
     names = [f["name"] for f in ref.manifest["user_tower"]["features"]]
     users, _ = user_rows(data, load_trained_run(run_dir).spec, names)
     enc_ref = UserEncoder(ref.manifest["user_tower"]["features"], ref.vocabs, "item_id")

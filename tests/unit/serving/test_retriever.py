@@ -113,3 +113,43 @@ def test_hnsw_returns_k_items_even_above_ef_search():
 def test_sign_codes_pack_the_sign_bits():
     v = np.array([[1.0, -1, 0.5, -0.1, 2, 3, -4, 5, 1, -1]], np.float32)
     assert sign_codes(v).tolist() == [[0b10101101, 0b10000000]]
+
+
+@pytest.mark.parametrize("k", [1, 7, 100, 500])
+def test_exact_in_blocks_keeps_the_tie_rule_across_block_edges(k):
+    """Duplicated vectors tie across blocks of 37 items; integer values make every score exact."""
+    vectors, queries = tied_catalogue()
+    exclude = [np.arange(1, 60)] + [np.array([], np.int64)] * (len(queries) - 1)
+    want = Retriever(vectors, "exact").search(queries, k, exclude)
+    got = Retriever(vectors, "exact", chunk_rows=37).search(queries, k, exclude)
+    np.testing.assert_array_equal(got[1], want[1])
+    np.testing.assert_array_equal(got[0], want[0])
+
+
+@pytest.mark.parametrize("precision", ["fp16", "int8"])
+@pytest.mark.parametrize("kind", ["exact", "ivf", "binary"])
+def test_vectors_kept_at_the_stored_precision_score_as_the_float32_copy(precision, kind):
+    """The service keeps fp16 / int8 (+ scales) in memory; answers equal a search over the dequantised
+    float32 copy bit for bit (exact: 140k items, three blocks, against one matmul over all)."""
+    from serving.bundle import dequantize
+    from serving.export import quantize_vectors
+
+    num = 140_000 if kind == "exact" else 5_000
+    vectors = clustered_vectors(num, 16, clusters=64)
+    stored, scales = quantize_vectors(vectors, precision)
+    queries = clustered_queries(vectors, 12)
+    copy = dequantize(stored, scales)
+    settings = {"nlist": 32, "nprobe": 4, "train_size": num} if kind == "ivf" else None
+    index_bytes = build_index("ivf", copy, settings).index_bytes if kind == "ivf" else None
+    kept = Retriever(stored, kind, settings, scales=scales, index_bytes=index_bytes)
+    assert kept.vectors.dtype == stored.dtype and kept.vectors.nbytes == stored.nbytes  # no float32 copy held
+    reference = Retriever(copy, kind, settings, index_bytes=index_bytes, chunk_rows=1 << 30)
+    exclude = [np.arange(1, 30)] * len(queries)
+    got, want = kept.search(queries, 100, exclude), reference.search(queries, 100, exclude)
+    np.testing.assert_array_equal(got[1], want[1])
+    np.testing.assert_array_equal(got[0], want[0])
+    if kind == "exact":  # and the one-matmul float32 answer is exact_topk's
+        ref_scores, ref_items = exact_topk(torch.from_numpy(queries), torch.from_numpy(copy), 100, excluded_items=[0],
+                                           exclude_indptr=np.arange(0, 29 * len(queries) + 1, 29),
+                                           exclude_indices=np.concatenate(exclude))
+        np.testing.assert_array_equal(want[1], ref_items.numpy())
