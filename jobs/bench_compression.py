@@ -70,14 +70,15 @@ def compression(args: argparse.Namespace) -> int:
         print(f"continuing the sweep in {sweep_dir}: trials with a results.json are not run again")
     plans = plan_sweep(sweep, base, sweep_dir)
     by = {s: [p.trial_id for p in plans if p.status == s] for s in ("pending", "done", "unreachable", "failed")}
-    print(f"{len(plans)} trials ({len(sweep.methods)} methods x {len(sweep.budgets)} budgets x {len(sweep.seeds)} seeds, "
+    print(f"task {sweep.task}: {len(plans)} trials ({len(sweep.methods)} methods x {len(sweep.budgets)} budgets x {len(sweep.seeds)} seeds, "
           f"full at budget 1 only): {len(by['pending'])} to run, {len(by['done'])} done, {len(by['unreachable'])} unreachable, "
           f"{len(by['failed'])} failed at planning")
     for p in plans:
         if p.status in ("unreachable", "failed") and p.seed == sweep.seeds[0]:
             print(f"  {p.method} at {p.budget}: {p.status}: {p.reason}")
         elif p.status in ("pending", "done") and p.seed == sweep.seeds[0]:
-            print(f"  {p.method} at {p.budget}: ratio {p.achieved_ratio:.4f} ({p.embedding_bytes:,} B)")
+            solved = f"; solver at {p.solver_ratio:.4g}, the model holding a table twice" if p.solver_ratio is not None else ""
+            print(f"  {p.method} at {p.budget}: ratio {p.achieved_ratio:.4f} ({p.embedding_bytes:,} B{solved})")
     if args.dry_run:
         return 0
     sweep_dir.mkdir(parents=True, exist_ok=True)

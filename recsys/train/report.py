@@ -10,7 +10,10 @@ deviation over seeds); a row per (budget, method) with both metrics, the change 
 tables (``ΔAUC``: the method's mean minus full's, negative is worse), exact embedding bytes, the
 achieved ratio, training samples/s and lookups/s; the best method per budget, marked ``≈`` when its
 lead over the runner-up is within the seed spread (no larger than the larger of the two standard
-deviations; never with one seed); and every trial that did not finish, with its reason.
+deviations; never with one seed); and every trial that did not finish, with its reason. Where a
+metric has an oracle (:attr:`Metric.oracle`, e.g. the planted model's recall on synthetic
+interactions) and the trials recorded it, the report names it next to full tables and the plot
+draws it as a dotted line.
 """
 
 from __future__ import annotations
@@ -103,6 +106,13 @@ def _num(x: Any, fmt: str) -> str:
     return format(x, fmt) if _finite(x) else "—"
 
 
+def oracle_value(rows: list[dict[str, Any]], metric: Metric) -> float | None:
+    """The data set's oracle value of ``metric`` (the same in every trial that has it), if any."""
+    if metric.oracle is None:
+        return None
+    return next((r[metric.oracle] for r in rows if _finite(r.get(metric.oracle))), None)
+
+
 def _better(m: Metric, a: float, b: float) -> bool:
     return a > b if m.higher_is_better else a < b
 
@@ -155,6 +165,11 @@ def _task_section(task: Task, rows: list[dict[str, Any]]) -> list[str]:
     out = [f"## Task `{task.name}`", ""]
     if full is not None and ref is not None:
         out.append(f"Full tables: {m.label} {_pm(full, m.name)}, {_num(full.first('embedding_bytes'), ',')} B.")
+        out.append("")
+    oracles = [(x, oracle_value(rows, x)) for x in task.metrics]
+    if any(v is not None for _, v in oracles):
+        out.append("Oracle (the data set's planted model, the ceiling): "
+                   + ", ".join(f"{x.label} {v:.4f}" for x, v in oracles if v is not None) + ".")
         out.append("")
     out += [f"### {m.label} (mean ± std over seeds): method x budget", ""]
     out.append("| method | " + " | ".join(b for b, _ in budgets) + " |")
@@ -239,6 +254,9 @@ def plot_pareto(rows: list[dict[str, Any]], path: Path) -> None:
             ax.axhline(mean, color=COLOURS["full"], linestyle="--", linewidth=1, label="full tables")
             if std:
                 ax.axhspan(mean - std, mean + std, color=COLOURS["full"], alpha=0.08, linewidth=0)
+        oracle = oracle_value([r for r in rows if r["task"] == task.name], metric)
+        if oracle is not None:
+            ax.axhline(oracle, color="#7f7f7f", linestyle=":", linewidth=1.2, label="oracle")
         ax.set_xscale("log")
         ax.xaxis.set_minor_formatter(NullFormatter())  # minor labels of a short log range overlap
         ax.set_xlabel("embedding bytes (log)")

@@ -32,8 +32,13 @@ It runs in three steps:
 3. :func:`collect`: one row per trial into ``results.parquet``, from which
    :mod:`recsys.train.report` writes ``report.md`` and ``pareto.png``.
 
-A task (``ctr`` now; retrieval when the two-tower job lands) says which metrics a trial yields
-and which one ranks methods: :data:`TASKS`.
+A task says which base configs it takes, which metrics a trial yields and which one ranks
+methods (:data:`TASKS`): ``ctr`` (a DLRM / DCN base: AUC, logloss) or ``retrieval`` (a two-tower
+base: recall@100, recall@10, NDCG@10 over the whole catalogue, the oracle's recall beside them on
+synthetic data). The budget ratio is always of the full-table bytes of the model's tables, as the
+training run's plan reports them: where the model holds a table more than once (a ``unified``
+group read by both towers gets a copy per tower), the solver's ratio is scaled until the model's
+plan lands on the target (:func:`_size`).
 """
 
 from __future__ import annotations
@@ -90,6 +95,7 @@ class TrialPlan:
     achieved_ratio: float | None = None
     embedding_bytes: int | None = None
     full_table_bytes: int | None = None
+    solver_ratio: float | None = None  # the ratio the budget solver was given, where it differs from the target
     config: dict[str, Any] = field(default_factory=dict)  # the trial's TrainConfig as JSON
 
 
@@ -140,10 +146,18 @@ def plan_sweep(sweep: SweepConfig, base: TrainConfig, sweep_dir: Path, *, log=No
     return plans
 
 
+CALIBRATION_STEPS = 3  # solver re-runs where the model's plan counts bytes differently from the solver
+
+
 def _size(base: TrainConfig, method: str, ratio: float, keep_full_below: int, options: dict, scratch: Path, prepare) -> TrialPlan:
-    budget = {"method": method, "ratio": ratio, "keep_full_below": keep_full_below, "options": options}
+    """Size one (method, budget) through ``prepare`` (models on ``meta``).
+
+    The solver sizes the spec's features (each table once); the model's plan may hold a table
+    twice (a two-tower ``unified`` group: one copy per tower). Where the solver hit its own target
+    but the model's plan missed it, the solver's ratio is scaled by target / achieved and solved
+    again (at most :data:`CALIBRATION_STEPS` times), so the trial's bytes are the budget's.
+    """
     raw = base.model_dump(mode="json")
-    raw["embeddings"] = {"budget": budget}
     raw["run_dir"] = str(scratch)
     raw["data"]["check_ranges"] = False  # checked once by plan_sweep
     # Absolute paths: a Tune trial runs in its own working directory (and maybe on another node).
@@ -151,21 +165,38 @@ def _size(base: TrainConfig, method: str, ratio: float, keep_full_below: int, op
     if raw["data"].get("spec"):
         raw["data"]["spec"] = str(Path(raw["data"]["spec"]).resolve())
     plan = TrialPlan("", method, budget_label(ratio), ratio, 0, "pending")
-    try:
-        config = TrainConfig.model_validate(raw)
-        prepared = prepare(config)
-    except (ValueError, FileNotFoundError) as exc:
-        text = "; ".join(getattr(exc, "errors", None) or [str(exc)])
-        plan.status = "unreachable" if "embeddings.budget" in text else "failed"
-        plan.reason = text.splitlines()[0][:500]
-        return plan
-    achieved = prepared.plan.ratio
+    solve_at = ratio
+    for step in range(CALIBRATION_STEPS + 1):
+        raw["embeddings"] = {"budget": {"method": method, "ratio": solve_at, "keep_full_below": keep_full_below, "options": options}}
+        try:
+            config = TrainConfig.model_validate(raw)
+            prepared = prepare(config)
+        except (ValueError, FileNotFoundError) as exc:
+            text = "; ".join(getattr(exc, "errors", None) or [str(exc)])
+            plan.status = "unreachable" if "embeddings.budget" in text else "failed"
+            plan.reason = text.splitlines()[0][:500]
+            return plan
+        achieved = prepared.plan.ratio
+        if abs(achieved / ratio - 1) <= TOLERANCE or step == CALIBRATION_STEPS or not _solver_hit(prepared, solve_at):
+            break
+        scaled = solve_at * ratio / achieved
+        if scaled > 1:
+            break
+        solve_at = scaled
     plan.achieved_ratio, plan.embedding_bytes, plan.full_table_bytes = achieved, prepared.plan.total_bytes, prepared.plan.full_bytes
+    plan.solver_ratio = solve_at if solve_at != ratio else None
     if abs(achieved / ratio - 1) > TOLERANCE:
         plan.status, plan.reason = "unreachable", _reach_reason(prepared.notes, achieved, ratio)
     raw["run_dir"] = None
     plan.config = raw
     return plan
+
+
+def _solver_hit(prepared, solve_at: float) -> bool:
+    """Whether the spec's own plan (every table once, as the solver counts) is on the solver's target."""
+    from recsys.embeddings import compile_plan
+
+    return abs(compile_plan(prepared.spec, prepared.counts).ratio / solve_at - 1) <= TOLERANCE
 
 
 def _trial(sized: TrialPlan, seed: int, trials_dir: Path) -> TrialPlan:
@@ -299,8 +330,10 @@ def run_trial(trial: dict[str, Any]) -> dict[str, Any]:
 def _tune_trainable(param: dict[str, Any], trials: dict[str, dict[str, Any]]) -> None:
     from ray import tune
 
-    results = run_trial(trials[param["trial_id"]])
-    tune.report({"status": "ok", **{k: results.get(k) for k in ("auc", "logloss", "compression_ratio", "samples_per_s")}})
+    trial = trials[param["trial_id"]]
+    results = run_trial(trial)
+    metrics = {column: results.get(key) for column, key in trial["metrics"]}
+    tune.report({"status": "ok", **metrics, **{k: results.get(k) for k in ("compression_ratio", "samples_per_s")}})
 
 
 # -- running the sweep ------------------------------------------------------------------------
@@ -350,7 +383,7 @@ class _Progress:
 
     def _record(self, plan: TrialPlan, results: dict[str, Any] | None) -> None:
         m = self.task.primary
-        value = (results or {}).get(m.name)
+        value = (results or {}).get(m.source)
         if value is None or not math.isfinite(value):
             return
         old = self.best.get(plan.budget)
@@ -375,13 +408,17 @@ class _Progress:
             self.done += 1
             results = _read_json(run_dir / RESULTS) or {}
             self._record(plan, results)
-            metrics = " ".join(f"{m.label} {results.get(m.name, float('nan')):.4f}" for m in self.task.metrics)
+            metrics = " ".join(f"{m.label} {_or_nan(results.get(m.source)):.4f}" for m in self.task.metrics)
             self.line(f"{tid}: {metrics}, ratio {results.get('compression_ratio', float('nan')):.4f}, "
                       f"{results.get('samples_per_s') or 0:,.0f} samples/s, {results.get('wall_seconds') or 0:.0f} s")
         else:
             self.failed += 1
             reason = (_read_json(run_dir / FAILURE) or {}).get("reason", "see Ray's log")
             self.line(f"{tid} FAILED: {reason}")
+
+
+def _or_nan(x: Any) -> float:
+    return x if isinstance(x, (int, float)) else float("nan")
 
 
 def _callback(progress: _Progress):
@@ -419,8 +456,10 @@ def run_sweep(sweep: SweepConfig, base: TrainConfig, plans: list[TrialPlan], swe
             concurrency = max(1, int(cpus // per_trial))
         log(f"{len(pending)} trial(s) to run, {concurrency} at once ({per_trial:g} CPUs each: {sweep.resources.trial_cpus:g} "
             f"for the trial, {base.ray.num_workers} x {base.ray.cpus_per_worker:g} for its training; {cpus:g} CPUs in Ray)")
+        metrics = [list(c) for c in TASKS[sweep.task].columns]
         payload = {
-            p.trial_id: {"config": p.config, "lookup": sweep.lookup.model_dump(), "keep_checkpoints": sweep.keep_checkpoints}
+            p.trial_id: {"config": p.config, "lookup": sweep.lookup.model_dump(), "keep_checkpoints": sweep.keep_checkpoints,
+                         "metrics": metrics}
             for p in pending
         }
         trainable = tune.with_resources(tune.with_parameters(_tune_trainable, trials=payload), {"CPU": sweep.resources.trial_cpus})
@@ -458,17 +497,24 @@ def _read_json(path: Path) -> dict[str, Any] | None:
         return None
 
 
-COLUMNS = (
-    "task", "trial_id", "method", "budget", "target_ratio", "seed", "status", "reason",
-    "auc", "logloss", "val_auc", "val_logloss", "oracle_auc",
-    "embedding_bytes", "full_table_bytes", "achieved_ratio", "samples_per_s", "lookups_per_s",
-    "train_seconds", "wall_seconds", "steps", "run_dir",
-)
+HEAD = ("task", "trial_id", "method", "budget", "target_ratio", "seed", "status", "reason")
+TAIL = ("embedding_bytes", "full_table_bytes", "achieved_ratio", "samples_per_s", "lookups_per_s",
+        "train_seconds", "wall_seconds", "steps", "run_dir")
+INTS = {"seed", "embedding_bytes", "full_table_bytes", "steps"}
+FLOATS = {"target_ratio", "achieved_ratio", "samples_per_s", "lookups_per_s", "train_seconds", "wall_seconds"}
+
+
+def columns(task: str) -> tuple[str, ...]:
+    """The columns of a task's ``results.parquet``: the trial, the task's metrics, bytes and speed."""
+    return HEAD + tuple(column for column, _ in TASKS[task].columns) + TAIL
+
+
+COLUMNS = columns("ctr")
 
 
 def trial_row(task: str, plan: TrialPlan, sweep_dir: Path) -> dict[str, Any]:
     """One row of ``results.parquet``: the plan, and what the trial's folder holds."""
-    row: dict[str, Any] = {c: None for c in COLUMNS}
+    row: dict[str, Any] = {c: None for c in columns(task)}
     row.update(task=task, trial_id=plan.trial_id, method=plan.method, budget=plan.budget, target_ratio=plan.target_ratio,
                seed=plan.seed, status=plan.status, reason=plan.reason or None, achieved_ratio=plan.achieved_ratio,
                embedding_bytes=plan.embedding_bytes, full_table_bytes=plan.full_table_bytes)
@@ -482,8 +528,9 @@ def trial_row(task: str, plan: TrialPlan, sweep_dir: Path) -> dict[str, Any]:
         row["status"], row["reason"] = ("failed", failure.get("reason")) if failure else ("not_run", "the sweep stopped before this trial finished")
         return row
     row["status"] = "ok"
-    for key in ("auc", "logloss", "val_auc", "val_logloss", "oracle_auc", "embedding_bytes", "full_table_bytes",
-                "samples_per_s", "train_seconds", "wall_seconds", "steps"):
+    for column, key in TASKS[task].columns:
+        row[column] = results.get(key)
+    for key in ("embedding_bytes", "full_table_bytes", "samples_per_s", "train_seconds", "wall_seconds", "steps"):
         row[key] = results.get(key)
     row["achieved_ratio"] = results.get("compression_ratio")
     row["lookups_per_s"] = (_read_json(run_dir / LOOKUP) or {}).get("lookups_per_s")
@@ -496,10 +543,8 @@ def collect(task: str, plans: list[TrialPlan], sweep_dir: Path) -> Path:
     import pyarrow.parquet as pq
 
     rows = [trial_row(task, p, sweep_dir) for p in plans]
-    types = {"seed": pa.int64(), "embedding_bytes": pa.int64(), "full_table_bytes": pa.int64(), "steps": pa.int64()}
-    floats = {"target_ratio", "auc", "logloss", "val_auc", "val_logloss", "oracle_auc", "achieved_ratio", "samples_per_s",
-              "lookups_per_s", "train_seconds", "wall_seconds"}
-    schema = pa.schema([(c, types.get(c, pa.float64() if c in floats else pa.string())) for c in COLUMNS])
+    floats = FLOATS | {column for column, _ in TASKS[task].columns}
+    schema = pa.schema([(c, pa.int64() if c in INTS else pa.float64() if c in floats else pa.string()) for c in columns(task)])
     table = pa.Table.from_pylist(rows, schema=schema)
     path = sweep_dir / PARQUET
     tmp = path.with_suffix(".parquet.tmp")

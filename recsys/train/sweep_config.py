@@ -33,9 +33,27 @@ class SweepConfigError(SpecError):
 
 @dataclass(frozen=True)
 class Metric:
+    """One quality metric of a task.
+
+    Args:
+        name: its ``results.parquet`` column (``recall_at_100``).
+        higher_is_better: which way is better (ranks methods, signs the report's Δ).
+        label: how the report and the plot write it (``recall@100``).
+        key: its key in a trial's ``results.json`` (``recall@100``); default ``name``.
+        oracle: the column holding the data set's oracle value of the same metric, drawn and
+            reported as a reference where trials have it (synthetic data); ``None``: none shown.
+    """
+
     name: str
     higher_is_better: bool
     label: str
+    key: str | None = None
+    oracle: str | None = None
+
+    @property
+    def source(self) -> str:
+        """The ``results.json`` key."""
+        return self.key or self.name
 
 
 @dataclass(frozen=True)
@@ -44,20 +62,55 @@ class Task:
 
     Args:
         name: the sweep config's ``task``.
+        archs: the base training config's ``model.arch`` values this task trains.
         metrics: quality metrics read from a trial's ``results.json`` (the first ranks methods).
+        extra: further ``(column, results.json key)`` pairs kept in ``results.parquet`` beside the
+            metrics (validation metrics, the oracle's, baselines), not ranked.
+        eval_ks: cut-offs the base config's ``model.eval_ks`` must hold (the metrics' ``@k``).
     """
 
     name: str
+    archs: tuple[str, ...]
     metrics: tuple[Metric, ...]
+    extra: tuple[tuple[str, str], ...] = ()
+    eval_ks: tuple[int, ...] = ()
 
     @property
     def primary(self) -> Metric:
         return self.metrics[0]
 
+    @property
+    def columns(self) -> tuple[tuple[str, str], ...]:
+        """``(column, results.json key)`` of every metric column of ``results.parquet``, in order."""
+        return tuple((m.name, m.source) for m in self.metrics) + self.extra
+
+
+def _at(prefix: str, metric: str, k: int) -> tuple[str, str]:
+    return f"{prefix}{metric}_at_{k}", f"{prefix}{metric}@{k}"
+
 
 TASKS: dict[str, Task] = {
-    "ctr": Task("ctr", (Metric("auc", True, "AUC"), Metric("logloss", False, "logloss"))),
-    # "retrieval": Task("retrieval", (Metric("recall_at_100", True, "recall@100"), Metric("ndcg_at_10", True, "NDCG@10"))),
+    "ctr": Task(
+        "ctr", ("dlrm", "dcn"), (Metric("auc", True, "AUC"), Metric("logloss", False, "logloss")),
+        extra=(("val_auc", "val_auc"), ("val_logloss", "val_logloss"), ("oracle_auc", "oracle_auc")),
+    ),
+    # Two-tower retrieval: every test row ranks the whole catalogue (recsys.train.tasks.Retrieval).
+    # oracle_*: the planted model's own ranking on synthetic interactions; popularity_*: the
+    # training-count baseline on the same rows.
+    "retrieval": Task(
+        "retrieval", ("two_tower",),
+        (
+            Metric("recall_at_100", True, "recall@100", key="recall@100", oracle="oracle_recall_at_100"),
+            Metric("recall_at_10", True, "recall@10", key="recall@10", oracle="oracle_recall_at_10"),
+            Metric("ndcg_at_10", True, "NDCG@10", key="ndcg@10"),
+        ),
+        extra=(
+            _at("val_", "recall", 100), _at("val_", "recall", 10), _at("val_", "ndcg", 10), ("mrr", "mrr"),
+            _at("oracle_", "recall", 100), _at("oracle_", "recall", 10),
+            _at("popularity_", "recall", 100), _at("popularity_", "recall", 10),
+        ),
+        eval_ks=(10, 100),
+    ),
 }
 
 
@@ -101,8 +154,9 @@ class SweepData(_Section):
 
 class BaseTraining(_Section):
     """Args:
-        config: a training config YAML (``configs/ctr_*.yaml``); its ``embeddings`` section must not
-            size features itself (the sweep's budget solver does).
+        config: a training config YAML of the task's model (``configs/ctr_*.yaml`` for ``ctr``,
+            ``configs/two_tower_*.yaml`` for ``retrieval``); its ``embeddings`` section must not size
+            features itself (the sweep's budget solver does).
         overrides: ``dotted.key=value`` overrides of it, as for ``recsys train``.
     """
 
@@ -144,7 +198,7 @@ class LookupTiming(_Section):
 class SweepConfig(_Section):
     """The whole sweep config; see the module docstring."""
 
-    task: Literal["ctr"] = "ctr"
+    task: Literal[tuple(TASKS)] = "ctr"  # type: ignore[valid-type]
     data: SweepData
     base: BaseTraining
     methods: Annotated[list[Literal[METHODS]], Field(min_length=1)]  # type: ignore[valid-type]
@@ -225,10 +279,29 @@ def sweep_config_from_dict(raw: Any, overrides: list[str] | None = None, source:
     if isinstance(base_raw.get("config"), str) and isinstance(base_raw.get("overrides", []), list):
         base, base_errors = _base_config(base_raw["config"], [str(o) for o in base_raw.get("overrides", [])], data_raw.get("path"))
         errors += base_errors
+        task = TASKS.get(raw.get("task", "ctr")) if isinstance(raw.get("task", "ctr"), str) else None
+        if base is not None and task is not None:
+            errors += _task_problems(task, base, base_raw["config"])
     if errors:
         raise SweepConfigError(source, errors)
     assert sweep is not None and base is not None
     return sweep, base
+
+
+def _task_problems(task: Task, base: TrainConfig, path: str) -> list[str]:
+    """The base config must train the sweep's task and report the metrics it ranks by."""
+    arch = base.model.arch
+    if arch not in task.archs:
+        other = next((t for t in TASKS.values() if arch in t.archs), None)
+        fix = f"set task: {other.name}, or " if other is not None else ""
+        return [f"base.model.arch: got {arch!r} (from {path}); task {task.name!r} trains {' / '.join(task.archs)} models: "
+                f"{fix}use a base config of that model"]
+    ks = list(getattr(base.model, "eval_ks", []))
+    missing = [k for k in task.eval_ks if k not in ks]
+    if missing:
+        return [f"base.model.eval_ks: got {ks}; task {task.name!r} reports {', '.join(m.label for m in task.metrics)}: "
+                f"add {missing}"]
+    return []
 
 
 def _base_config(path: str, overrides: list[str], data_path: Any) -> tuple[TrainConfig | None, list[str]]:
