@@ -165,7 +165,7 @@ def _size(base: TrainConfig, method: str, ratio: float, keep_full_below: int, op
     if raw["data"].get("spec"):
         raw["data"]["spec"] = str(Path(raw["data"]["spec"]).resolve())
     plan = TrialPlan("", method, budget_label(ratio), ratio, 0, "pending")
-    solve_at = ratio
+    solve_at, tried = ratio, []
     for step in range(CALIBRATION_STEPS + 1):
         raw["embeddings"] = {"budget": {"method": method, "ratio": solve_at, "keep_full_below": keep_full_below, "options": options}}
         try:
@@ -179,8 +179,15 @@ def _size(base: TrainConfig, method: str, ratio: float, keep_full_below: int, op
         achieved = prepared.plan.ratio
         if abs(achieved / ratio - 1) <= TOLERANCE or step == CALIBRATION_STEPS or not _solver_hit(prepared, solve_at):
             break
-        scaled = solve_at * ratio / achieved
-        if scaled > 1:
+        # Bytes are affine in the solver's ratio (tables kept full count once, shared ones twice):
+        # a secant step through the last two points, a proportional one from the first.
+        if tried:
+            (s0, a0), (s1, a1) = tried[-1], (solve_at, achieved)
+            scaled = s1 + (ratio - a1) * (s1 - s0) / (a1 - a0) if a1 != a0 else s1
+        else:
+            scaled = solve_at * ratio / achieved
+        tried.append((solve_at, achieved))
+        if not 0 < scaled <= 1 or scaled == solve_at:
             break
         solve_at = scaled
     plan.achieved_ratio, plan.embedding_bytes, plan.full_table_bytes = achieved, prepared.plan.total_bytes, prepared.plan.full_bytes
