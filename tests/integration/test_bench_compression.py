@@ -6,7 +6,9 @@ One sweep of 2 methods x 2 budgets x 1 seed: qr at 1/8 trains; mixed_dim at 1 fa
 its training (a worker dies at step 2, by the training job's fault injection); qr at 1 (2
 partitions reach at most ~1/2) and mixed_dim at 1/8 (below its floor of ~4/16) are reported
 unreachable without running. Running the same command again re-runs only the failed trial. Three
-short trainings in all (each costs ~30 s of Ray start-up on an idle 2-core machine).
+short trainings in all (each costs ~30 s of Ray start-up on an idle 2-core machine). The retrieval
+sweep (two-tower base, 2 trainings) is marked slow; tests/unit/train/test_sweep_retrieval.py
+checks its planning, results.parquet and report without Ray.
 """
 
 from __future__ import annotations
@@ -104,6 +106,54 @@ def test_sweep_runs_resumes_and_reports(data, tmp_path, capsys):
     first = ((sweep_dir / "report.md").read_bytes(), (sweep_dir / "pareto.png").read_bytes())
     (sweep_dir / "report.md").unlink()
     (sweep_dir / "pareto.png").unlink()
+    assert bench.main(["report", str(sweep_dir)]) == 0
+    assert ((sweep_dir / "report.md").read_bytes(), (sweep_dir / "pareto.png").read_bytes()) == first
+
+
+@pytest.fixture(scope="module")
+def interactions(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("bench") / "ia"
+    assert synth.main(["interactions", "--out", str(out), "--rows", "4000", "--users", "200", "--items", "120", "--seed", "1"]) == 0
+    return out
+
+
+@pytest.mark.slow
+def test_retrieval_sweep_runs_and_reports(interactions, tmp_path, capsys):
+    """task: retrieval, two-tower base: full at 1 and hashed at 1/4 train (2 trainings, ~1 min)."""
+    config = tmp_path / "tiny_retrieval.yaml"
+    config.write_text("# recsys bench compression tiny_retrieval.yaml\n" + yaml.safe_dump({
+        "task": "retrieval",
+        "data": {"path": str(interactions)},
+        "base": {"config": str(ROOT / "configs" / "two_tower_synthetic_full.yaml"),
+                 "overrides": ["data.batch_size=256", "data.eval_batch_size=1024", "train.epochs=1", "train.log_every=4",
+                               "model.user_layers=[32, 16]", "model.item_layers=[32, 16]"]},
+        "methods": ["full", "hashed"],
+        "budgets": ["1/4"],
+        "keep_full_below": 100,
+        "lookup": {"batch_size": 256, "steps": 2, "rounds": 2, "warmup": 1},
+    }))
+    sweep_dir = tmp_path / "sweep"
+    assert bench.main(["compression", str(config), "--out", str(sweep_dir)]) == 0
+    out = capsys.readouterr().out
+    assert "[2/2 done, 0 running, 0 failed]" in out and "best recall@100 so far: 1/4: hashed s0" in out
+    table = pq.read_table(sweep_dir / "results.parquet")
+    assert {"recall_at_100", "recall_at_10", "ndcg_at_10", "oracle_recall_at_100", "val_recall_at_100"} <= set(table.column_names)
+    assert "auc" not in table.column_names
+    rows = {r["trial_id"]: r for r in table.to_pylist()}
+    assert {t: r["status"] for t, r in rows.items()} == {"full-1-s0": "ok", "hashed-1_4-s0": "ok"}
+    for tid, r in rows.items():
+        results = json.loads((sweep_dir / "trials" / tid / "results.json").read_text())
+        assert r["task"] == "retrieval" and r["steps"] == results["steps"] > 0
+        assert (r["recall_at_100"], r["recall_at_10"], r["ndcg_at_10"]) == (results["recall@100"], results["recall@10"], results["ndcg@10"])
+        assert r["oracle_recall_at_100"] == results["oracle_recall@100"] is not None
+        assert r["embedding_bytes"] == results["embedding_bytes"] and r["lookups_per_s"] > 0
+    assert rows["hashed-1_4-s0"]["achieved_ratio"] == pytest.approx(1 / 4, rel=0.05)
+    assert rows["full-1-s0"]["embedding_bytes"] == rows["full-1-s0"]["full_table_bytes"]
+    report = (sweep_dir / "report.md").read_text()
+    assert "## Task `retrieval`" in report and "### Best method per budget (by recall@100)" in report
+    assert "Oracle (the data set's planted model, the ceiling): recall@100 " in report
+    first = ((sweep_dir / "report.md").read_bytes(), (sweep_dir / "pareto.png").read_bytes())
+    assert first[1][:4] == b"\x89PNG"
     assert bench.main(["report", str(sweep_dir)]) == 0
     assert ((sweep_dir / "report.md").read_bytes(), (sweep_dir / "pareto.png").read_bytes()) == first
 

@@ -105,7 +105,8 @@ def test_every_shipped_bench_config_loads_and_starts_with_its_command(path, monk
 
 
 def test_the_shipped_bench_configs_are_there():
-    assert {p.name for p in BENCH_CONFIGS} >= {"bench_quick.yaml", "bench_ctr_synthetic.yaml", "bench_criteo.yaml", "bench_avazu.yaml"}
+    assert {p.name for p in BENCH_CONFIGS} >= {"bench_quick.yaml", "bench_ctr_synthetic.yaml", "bench_criteo.yaml", "bench_avazu.yaml",
+                                              "bench_retrieval_synthetic.yaml"}
 
 
 # -- report -----------------------------------------------------------------------------------
