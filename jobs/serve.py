@@ -30,6 +30,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--admin-anywhere", action="store_true", help="answer /admin/* from non-loopback clients too")
     parser.add_argument("--index-setting", action="append", default=[], metavar="KEY=N",
                         help="serve-time index setting: ivf nprobe, hnsw ef_search, binary rerank")
+    parser.add_argument("--http", default="httptools", choices=["httptools", "h11"], help="HTTP parser (default httptools)")
+    parser.add_argument("--loop", default="uvloop", choices=["uvloop", "asyncio"], help="event loop (default uvloop)")
     parser.add_argument("--log-level", default="warning", help="uvicorn's log level (default warning)")
     return parser
 
@@ -55,19 +57,25 @@ def main(argv: list[str] | None = None) -> int:
     )
     app = create_app(args.bundle, config)
     state = app.state.recsys
-    server = uvicorn.Server(uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level, access_log=False))
+    # uvicorn[standard]'s production setup by default, named rather than "auto" so a missing package fails here:
+    # httptools parses HTTP in C, uvloop runs the event loop on libuv (both cut per-request CPU).
+    server = uvicorn.Server(uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level, access_log=False,
+                                           http=args.http, loop=args.loop))
 
     async def serve() -> None:
         import asyncio
 
         loop = asyncio.get_running_loop()
+        reloads: set[asyncio.Task] = set()  # the loop keeps only weak references to tasks
 
         def on_hup() -> None:
             async def reload() -> None:
                 result = await state.reload_path(state.bundle_path)
                 print(f"SIGHUP reload: {result}", flush=True)
 
-            loop.create_task(reload())
+            task = loop.create_task(reload())
+            reloads.add(task)
+            task.add_done_callback(reloads.discard)
 
         loop.add_signal_handler(signal.SIGHUP, on_hup)
         print(f"serving {state.service.bundle_id} on http://{args.host}:{args.port}", flush=True)
@@ -75,7 +83,8 @@ def main(argv: list[str] | None = None) -> int:
 
     import asyncio
 
-    asyncio.run(serve())
+    with asyncio.Runner(loop_factory=server.config.get_loop_factory()) as runner:
+        runner.run(serve())
     return 0
 
 
