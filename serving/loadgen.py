@@ -8,7 +8,10 @@ until ``seconds`` pass or ``max_requests`` are sent (bounded in both), each requ
 taken from the first byte written to the last byte read. The client is a few lines of asyncio
 streams (no HTTP library), so on a 2-core machine the generator takes little of the CPU the
 service needs. Next to the HTTP figures, the same queries go through a bare index search in this
-process (one query at a time: what HTTP, validation, batching and the user tower add).
+process (one query at a time: what HTTP, validation, batching and the user tower add), and the
+index's recall@k against exact search over the same vectors. Each row carries the machine's
+load average (the machine is shared: a busy one slows every row), and the run reports the
+service process's resident memory (RSS) after the levels.
 """
 
 from __future__ import annotations
@@ -40,19 +43,32 @@ class LevelResult:
     p95_ms: float
     p99_ms: float
     qps: float
+    load_avg: float = float("nan")  # the machine's 1-minute load average right after the level
 
     def row(self) -> list[str]:
         return [self.name, str(self.concurrency), f"{self.requests:,}", str(self.errors), f"{self.p50_ms:.2f}",
-                f"{self.p95_ms:.2f}", f"{self.p99_ms:.2f}", f"{self.qps:,.0f}"]
+                f"{self.p95_ms:.2f}", f"{self.p99_ms:.2f}", f"{self.qps:,.0f}", f"{self.load_avg:.1f}"]
 
 
-HEADER = ["path", "concurrency", "requests", "errors", "p50 ms", "p95 ms", "p99 ms", "QPS"]
+HEADER = ["path", "concurrency", "requests", "errors", "p50 ms", "p95 ms", "p99 ms", "QPS", "load 1m"]
 
 
 def summarise(name: str, concurrency: int, latencies: Sequence[float], errors: int, seconds: float) -> LevelResult:
     lat = np.asarray(latencies, dtype=np.float64) * 1000.0
     pct = np.percentile(lat, [50, 95, 99]) if lat.size else np.full(3, np.nan)
-    return LevelResult(name, concurrency, int(lat.size), errors, seconds, *map(float, pct), lat.size / seconds if seconds else 0.0)
+    return LevelResult(name, concurrency, int(lat.size), errors, seconds, *map(float, pct), lat.size / seconds if seconds else 0.0,
+                       os.getloadavg()[0])
+
+
+def rss_mib(pid: int) -> float:
+    """Resident memory of a process in MiB (``VmRSS`` of ``/proc/PID/status``; NaN where there is none)."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    return float("nan")
 
 
 def request_bytes(host: str, port: int, path: str, body: dict[str, Any]) -> bytes:
@@ -153,11 +169,21 @@ def random_users(bundle, num: int, seed: int = 0) -> list[dict[str, Any]]:
     return users
 
 
-def bare_search(bundle, users: list[dict[str, Any]], k: int, seconds: float, max_requests: int) -> tuple[LevelResult, LevelResult]:
-    """The same queries without HTTP: ``(index search alone, user tower + search)``, one query at a time."""
-    from serving.service import LoadedService, Query
+def index_recall(service, users: list[dict[str, Any]], k: int, num: int = 200) -> float:
+    """Recall@k of the service's index against exact search over the same stored vectors, ``num`` users."""
+    from serving.retriever import Retriever
+    from serving.testing import recall_at_k
 
-    service = LoadedService(bundle)
+    r = service.retriever
+    vectors = service.user_vectors([service.encoder.parse(u) for u in users[:num]]).numpy()
+    exact = Retriever(r.vectors, "exact", scales=r.scales, first_item=r.first_item)
+    return recall_at_k(r.search(vectors, k)[1], exact.search(vectors, k)[1])
+
+
+def bare_search(service, users: list[dict[str, Any]], k: int, seconds: float, max_requests: int) -> tuple[LevelResult, LevelResult]:
+    """The same queries without HTTP: ``(index search alone, user tower + search)``, one query at a time."""
+    from serving.service import Query
+
     parsed = [service.encoder.parse(u) for u in users]
     vectors = service.user_vectors(parsed).numpy()
     service.retriever.search(vectors[:1], k)  # warm
@@ -179,10 +205,21 @@ def bare_search(bundle, users: list[dict[str, Any]], k: int, seconds: float, max
     return out[0], out[1]
 
 
+@dataclass(frozen=True)
+class BenchResult:
+    """A whole ``recsys bench serve`` run: the rows, the index's recall, the service's memory."""
+
+    levels: list[LevelResult]
+    recall: float  # recall@k of the index against exact search over the same vectors (200 users)
+    service_rss_mib: float  # the service process's resident memory after the levels
+    bundle: dict[str, Any]  # index kind + settings, item count, precision
+
+
 def run_benchmark(bundle_path: Path, *, concurrency: Sequence[int], seconds: float, max_requests: int, k: int = 100,
-                  threads: int = 1, port: int | None = None, serve_args: Sequence[str] = (), log=print) -> list[LevelResult]:
+                  threads: int = 1, port: int | None = None, serve_args: Sequence[str] = (), log=print) -> BenchResult:
     """Start the service on ``bundle_path``, load it at each concurrency, then the bare search; stop the service."""
     from serving.bundle import load_bundle
+    from serving.service import LoadedService
     from serving.testing import free_port
 
     bundle = load_bundle(bundle_path)
@@ -201,17 +238,23 @@ def run_benchmark(bundle_path: Path, *, concurrency: Sequence[int], seconds: flo
                     log(f"warning: a response held {got} items, expected {k}")
             results.append(summarise("HTTP /v1/retrieve", c, lat, errors, elapsed))
             log(" | ".join(results[-1].row()))
+        rss = rss_mib(proc.pid)
     finally:
         proc.terminate()
         try:
             proc.wait(timeout=20)
         except subprocess.TimeoutExpired:
             proc.kill()
-    for r in bare_search(bundle, users, k, seconds, max_requests):
+    service = LoadedService(bundle)
+    for r in bare_search(service, users, k, seconds, max_requests):
         results.append(r)
         log(" | ".join(r.row()))
-    return results
+    m = bundle.manifest
+    return BenchResult(results, index_recall(service, users, k), rss,
+                       {"index": m["index"], "items": bundle.num_items, "precision": m["precision"]["item_vectors"],
+                        "source": m.get("source")})
 
 
-def results_json(results: Sequence[LevelResult]) -> list[dict[str, Any]]:
-    return [asdict(r) for r in results]
+def results_json(result: BenchResult) -> dict[str, Any]:
+    return {"levels": [asdict(r) for r in result.levels], "recall": result.recall, "service_rss_mib": result.service_rss_mib,
+            "bundle": result.bundle}

@@ -9,9 +9,12 @@ run directory whose ``ray/checkpoint_*/`` has exactly what ``recsys train`` writ
 So export is tested on the real checkpoint format in seconds; one integration test exports a
 real ``recsys train`` run too.
 
-:func:`synthetic_bundle` writes a bundle of N clustered random unit item vectors (the 1M-item
+:func:`synthetic_bundle` writes a bundle of N synthetic random unit item vectors (the 1M-item
 benchmark: documented as synthetic; the user tower is a real exported program over one hashed
-user id feature).
+user id feature). Three catalogues (:func:`synthetic_catalogue`): ``mixture`` (the benchmark's
+default: many overlapping clusters of power-law sizes, queries between clusters),
+``clustered`` (easy: tight equal clusters, queries near items) and ``uniform`` (on the sphere,
+the hardest bound).
 """
 
 from __future__ import annotations
@@ -94,8 +97,15 @@ def user_rows(data, spec, names, limit=300):
     return users, kjt
 
 
+CATALOGUES: tuple[str, ...] = ("mixture", "clustered", "uniform")
+
+
 def clustered_vectors(num_items: int, dim: int, *, clusters: int = 256, spread: float = 0.35, seed: int = 0) -> np.ndarray:
-    """``(num_items, dim)`` float32 unit vectors around ``clusters`` random centres (row 0 included)."""
+    """``(num_items, dim)`` float32 unit vectors around ``clusters`` random centres (row 0 included).
+
+    The EASY catalogue: 256 tight, equal clusters; with :func:`clustered_queries` IVF and HNSW
+    reach recall@100 1.0 at their defaults, so it tests correctness, not recall.
+    """
     rng = np.random.default_rng(seed)
     centres = rng.standard_normal((clusters, dim)).astype(np.float32)
     centres /= np.linalg.norm(centres, axis=1, keepdims=True)
@@ -117,6 +127,80 @@ def clustered_queries(vectors: np.ndarray, num: int, *, spread: float = 0.5, see
     return (q / np.linalg.norm(q, axis=1, keepdims=True)).astype(np.float32)
 
 
+def _mixture(dim: int, clusters: int, alpha: float, spread: float, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(centres (C, D), size weights (C,), spreads (C,))`` of :func:`mixture_vectors`' seed."""
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((clusters, dim)).astype(np.float32)
+    centres /= np.linalg.norm(centres, axis=1, keepdims=True)
+    weights = 1.0 / np.arange(1, clusters + 1) ** alpha
+    spreads = (spread * rng.lognormal(0.0, 0.5, clusters)).astype(np.float32)
+    return centres, weights / weights.sum(), spreads
+
+
+def mixture_vectors(num_items: int, dim: int, *, clusters: int = 2048, alpha: float = 1.0, spread: float = 1.0,
+                    seed: int = 0) -> np.ndarray:
+    """``(num_items, dim)`` float32 unit vectors of the HARDER catalogue (the benchmark's default).
+
+    ``clusters`` random centres with power-law sizes (cluster c holds a share ``~ 1 / c^alpha``:
+    a few huge clusters, a long tail of small ones, like item popularity) and a spread of its own
+    (``spread`` times a log-normal factor, sigma 0.5); an item is its centre plus Gaussian noise
+    of norm ~ its spread, normalised. At ``spread = 1`` the noise is as long as the centre, so
+    clusters overlap heavily and an item's neighbours spill over many IVF cells. Queries come
+    from :func:`mixture_queries`, off the items. :func:`uniform_vectors` is the structureless bound.
+    """
+    centres, weights, spreads = _mixture(dim, clusters, alpha, spread, seed)
+    rng = np.random.default_rng([seed, 1])
+    out = np.empty((num_items, dim), dtype=np.float32)
+    step = 1 << 18
+    for start in range(0, num_items, step):
+        stop = min(start + step, num_items)
+        which = rng.choice(clusters, stop - start, p=weights)
+        v = centres[which] + spreads[which, None] * rng.standard_normal((stop - start, dim)).astype(np.float32) / np.sqrt(dim)
+        out[start:stop] = v / np.linalg.norm(v, axis=1, keepdims=True)
+    return out
+
+
+def mixture_queries(num: int, dim: int, *, clusters: int = 2048, alpha: float = 1.0, spread: float = 1.0, seed: int = 0,
+                    query_seed: int = 1) -> np.ndarray:
+    """``(num, dim)`` unit queries for :func:`mixture_vectors` of the same settings and ``seed``: each
+    between two clusters drawn by size (a user with two interests), ``t c_a + (1 - t) c_b`` with
+    ``t ~ U(0, 1)``, plus noise of norm ~1: near no particular item."""
+    centres, weights, _ = _mixture(dim, clusters, alpha, spread, seed)
+    rng = np.random.default_rng([seed, query_seed, 2])
+    a, b = rng.choice(clusters, num, p=weights), rng.choice(clusters, num, p=weights)
+    t = rng.uniform(0.0, 1.0, (num, 1)).astype(np.float32)
+    q = t * centres[a] + (1 - t) * centres[b] + rng.standard_normal((num, dim)).astype(np.float32) / np.sqrt(dim)
+    return (q / np.linalg.norm(q, axis=1, keepdims=True)).astype(np.float32)
+
+
+def uniform_vectors(num: int, dim: int, *, seed: int = 0) -> np.ndarray:
+    """``(num, dim)`` float32 unit vectors uniform on the sphere: no structure for an index to use
+    (the hardest case for IVF / HNSW at a given setting; real embeddings sit between it and a mixture)."""
+    rng = np.random.default_rng(seed)
+    v = rng.standard_normal((num, dim)).astype(np.float32)
+    return v / np.linalg.norm(v, axis=1, keepdims=True)
+
+
+def synthetic_catalogue(kind: str, num_items: int, dim: int, num_queries: int, *, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """``(items (num_items, dim), queries (num_queries, dim))`` unit vectors of one synthetic kind.
+
+    ``mixture`` (default of ``recsys bench serve``): :func:`mixture_vectors` + :func:`mixture_queries`;
+    ``clustered``: :func:`clustered_vectors` + :func:`clustered_queries` (easy); ``uniform``:
+    :func:`uniform_vectors` for both (hardest).
+
+    Raises:
+        ValueError: an unknown kind.
+    """
+    if kind == "mixture":
+        return mixture_vectors(num_items, dim, seed=seed), mixture_queries(num_queries, dim, seed=seed)
+    if kind == "clustered":
+        vectors = clustered_vectors(num_items, dim, seed=seed)
+        return vectors, clustered_queries(vectors, num_queries, seed=seed + 1)
+    if kind == "uniform":
+        return uniform_vectors(num_items, dim, seed=seed), uniform_vectors(num_queries, dim, seed=seed + 1)
+    raise ValueError(f"catalogue: got {kind!r}; choose one of {list(CATALOGUES)}")
+
+
 def recall_at_k(approx: np.ndarray, exact: np.ndarray) -> float:
     """Mean over rows of |approx_row & exact_row| / |exact_row| (``-1`` entries ignored)."""
     hits = total = 0
@@ -128,12 +212,16 @@ def recall_at_k(approx: np.ndarray, exact: np.ndarray) -> float:
 
 
 def synthetic_bundle(out: str | Path, num_items: int, *, dim: int = 32, index: str = "exact",
-                     index_settings: dict[str, Any] | None = None, num_users: int = 100_000, seed: int = 0) -> Path:
-    """A bundle of ``num_items`` clustered random item vectors and a real exported user tower.
+                     index_settings: dict[str, Any] | None = None, num_users: int = 100_000, seed: int = 0,
+                     catalogue: str = "mixture", precision: str = "fp32") -> Path:
+    """A bundle of ``num_items`` synthetic random item vectors and a real exported user tower.
 
-    The tower: one hashed ``user_id`` feature (``cardinality: raw`` semantics: the program takes
-    the raw id mod ``num_users``) -> a fixed (num_users, dim) table of unit vectors near items,
-    so every user has a meaningful top-k. Raw item id of index i is ``1_000_000 + i``.
+    The vectors and the users' vectors come from :func:`synthetic_catalogue` (``catalogue``:
+    ``mixture`` by default, ``clustered`` or ``uniform``). The tower: one hashed ``user_id``
+    feature (``cardinality: raw`` semantics: the program takes the raw id mod ``num_users``) -> a
+    fixed (num_users, dim) table of the catalogue's query vectors. Raw item id of index i is
+    ``1_000_000 + i``. ``precision`` stores the item vectors as ``recsys export`` does (fp32,
+    fp16, int8 + per-item scales; the index is built over the dequantised vectors).
     """
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -142,8 +230,7 @@ def synthetic_bundle(out: str | Path, num_items: int, *, dim: int = 32, index: s
     from serving import bundle as fmt
     from serving.retriever import build_index, default_index_settings
 
-    vectors = clustered_vectors(num_items, dim, seed=seed)
-    users = clustered_queries(vectors, num_users, seed=seed + 1)
+    vectors, users = synthetic_catalogue(catalogue, num_items, dim, num_users, seed=seed)
 
     class HashedUserTower(nn.Module):
         def __init__(self) -> None:
@@ -159,6 +246,10 @@ def synthetic_bundle(out: str | Path, num_items: int, *, dim: int = 32, index: s
         HashedUserTower().eval(), (torch.zeros(2, dtype=torch.int64), torch.ones(1, 2, dtype=torch.int32)),
         dynamic_shapes={"values": {0: batch}, "lengths": {1: batch}}, strict=False,
     )
+    from serving.export import quantize_vectors
+
+    stored, scales = quantize_vectors(vectors, precision)
+    vectors = fmt.dequantize(stored, scales)
     settings = {**default_index_settings(index, num_items), **(index_settings or {})}
     artifacts = build_index(index, vectors, settings)
     raw = np.arange(num_items, dtype=np.int64) + 1_000_000
@@ -167,7 +258,9 @@ def synthetic_bundle(out: str | Path, num_items: int, *, dim: int = 32, index: s
 
     def fill(tmp: Path) -> None:
         torch.export.save(program, str(tmp / fmt.USER_TOWER))
-        np.save(tmp / fmt.ITEM_VECTORS, vectors, allow_pickle=False)
+        np.save(tmp / fmt.ITEM_VECTORS, stored, allow_pickle=False)
+        if scales is not None:
+            np.save(tmp / fmt.ITEM_SCALES, scales, allow_pickle=False)
         if artifacts.codes is not None:
             np.save(tmp / fmt.ITEM_CODES, artifacts.codes, allow_pickle=False)
         if artifacts.index_bytes is not None:
@@ -176,14 +269,15 @@ def synthetic_bundle(out: str | Path, num_items: int, *, dim: int = 32, index: s
         pq.write_table(vocab, tmp / fmt.VOCAB_DIR / "item_id.parquet")
 
     manifest = {
-        "source": {"synthetic": f"{num_items:,} clustered random unit vectors (dim {dim}, seed {seed}); not a trained model"},
+        "source": {"synthetic": f"{num_items:,} {catalogue} random unit vectors (dim {dim}, seed {seed}); not a trained model",
+                   "catalogue": catalogue},
         "config": None, "feature_spec": None, "metrics": {}, "plan": None,
-        "precision": {"tables": "fp32", "item_vectors": "fp32"},
+        "precision": {"tables": "fp32", "item_vectors": precision},
         "user_tower": {"file": fmt.USER_TOWER, "features": [{"name": "user_id", "multi_valued": False, "max_length": 1, "vocab": False,
                                                              "history_of": None}],
                        "inputs": "values (B,) int64, lengths (1, B) int32", "output_dim": dim, "ops_libraries": []},
-        "items": {"count": num_items, "dim": dim, "dtype": "float32", "id_feature": "item_id", "first_item": 1,
-                  "bytes_per_item": artifacts.bytes_per_item(vectors, None)},
+        "items": {"count": num_items, "dim": dim, "dtype": str(stored.dtype), "id_feature": "item_id", "first_item": 1,
+                  "bytes_per_item": artifacts.bytes_per_item(stored, scales)},
         "index": {"kind": index, "settings": settings},
         "vocab": {"item_id": f"{fmt.VOCAB_DIR}/item_id.parquet"},
     }
@@ -214,7 +308,7 @@ class ServerThread:
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning",
-                                                    access_log=False, lifespan="on"))
+                                                    access_log=False, lifespan="on", http="httptools", loop="uvloop"))
         self.timeout_s = timeout_s
         self._thread = None
 

@@ -1,10 +1,13 @@
 """The real service under bounded concurrent load: 0 errors, micro-batching, hot swap with no failed request,
-a corrupt bundle refused while the old one keeps serving."""
+a corrupt bundle refused while the old one keeps serving; SIGHUP to a real `recsys serve` process reloads."""
 
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
+import signal
+import time
 
 import httpx
 import pytest
@@ -93,3 +96,56 @@ def test_hot_swap_under_load_and_corrupt_bundles_refused(run, tmp_path):
         assert 'recsys_reloads_total{result="refused"} 1.0' in text and 'recsys_reloads_total{result="ok"} 1.0' in text
 
 
+
+
+def _wait_for(predicate, what, timeout_s=60.0):
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.1)
+
+
+def test_sighup_reloads_a_real_recsys_serve_and_a_corrupt_bundle_leaves_the_old_serving(run, tmp_path):
+    """`recsys serve current` where current is a symlink: deploy = repoint it, then SIGHUP (the process reloads its path)."""
+    from serving.loadgen import start_service
+    from serving.testing import free_port
+
+    data, run_dir, exact, ivf = run
+    users, _ = users_of(run, 4)
+    bad = tmp_path / "bad"
+    shutil.copytree(ivf, bad)
+    (bad / "item_vectors.npy").write_bytes(b"\x93NUMPY garbage")
+
+    current = tmp_path / "current"
+    current.symlink_to(exact)
+
+    def deploy(target):
+        link = tmp_path / "next"
+        link.symlink_to(target)
+        os.replace(link, current)  # atomic: the path always names a whole bundle
+
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    proc = start_service(current, port)
+    try:
+        old, new = load_bundle(exact).bundle_id, load_bundle(ivf).bundle_id
+        assert httpx.get(f"{url}/readyz").json()["bundle"] == old
+        deploy(ivf)
+        proc.send_signal(signal.SIGHUP)
+        _wait_for(lambda: httpx.get(f"{url}/readyz").json()["bundle"] == new, "the new bundle after SIGHUP")
+        r = httpx.post(f"{url}/v1/retrieve", json={"user": users[0], "k": 5})
+        assert r.status_code == 200 and r.json()["bundle"] == new and len(r.json()["items"]) == 5
+        assert httpx.get(f"{url}/v1/metadata").json()["index"]["kind"] == "ivf"
+
+        deploy(bad)
+        proc.send_signal(signal.SIGHUP)
+        _wait_for(lambda: 'recsys_reloads_total{result="refused"} 1.0' in httpx.get(f"{url}/metrics").text, "the refused reload")
+        r = httpx.post(f"{url}/v1/retrieve", json={"user": users[0], "k": 5})
+        assert r.status_code == 200 and r.json()["bundle"] == new  # the last good bundle keeps serving
+        assert 'recsys_reloads_total{result="ok"} 1.0' in httpx.get(f"{url}/metrics").text
+    finally:
+        proc.terminate()
+        out, _ = proc.communicate(timeout=30)
+    assert "SIGHUP reload: {'ok': True" in out
+    assert "SIGHUP reload: {'ok': False" in out and "item_vectors.npy" in out

@@ -8,7 +8,7 @@ import torch
 
 from recsys.retrieval_metrics import exact_topk
 from serving.retriever import Retriever, build_index, default_index_settings, sign_codes
-from serving.testing import clustered_queries, clustered_vectors, recall_at_k
+from serving.testing import clustered_queries, clustered_vectors, recall_at_k, synthetic_catalogue
 
 
 def tied_catalogue(seed=0, num_items=400, dim=8):
@@ -61,29 +61,42 @@ def test_ann_results_are_exactly_scored_ordered_and_honour_exclusions(kind):
     assert (np.diff(scores, axis=1) <= 0).all()
 
 
-def test_ann_recall_against_exact_on_a_clustered_catalogue():
-    """Recall@100 of the default settings on 20k clustered items (the 100k run is the slow test below)."""
-    vectors = clustered_vectors(20_000, 32)
-    queries = clustered_queries(vectors, 200)
+def _recalls(vectors, queries, kinds, settings=None):
     _, ref = Retriever(vectors, "exact").search(queries, 100)
-    for kind in ("ivf", "hnsw", "binary"):
-        settings = default_index_settings(kind, len(vectors))
-        _, got = Retriever(vectors, kind, settings).search(queries, 100)
-        recall = recall_at_k(got, ref)
-        print(f"{kind} {settings}: recall@100 {recall:.4f}")
-        assert recall >= (0.95 if kind != "binary" else 0.9)
+    out = {}
+    for kind in kinds:
+        chosen = (settings or {}).get(kind) or default_index_settings(kind, len(vectors))
+        _, got = Retriever(vectors, kind, chosen).search(queries, 100)
+        out[kind] = recall_at_k(got, ref)
+        print(f"{len(vectors):,} items, {kind} {chosen}: recall@100 {out[kind]:.4f}")
+    return out
+
+
+def test_ann_defaults_reach_095_recall_on_the_mixture_catalogue():
+    """The default IVF / HNSW settings against exact on 20k items of the harder catalogue (overlapping
+    power-law clusters, queries between clusters); the 100k run is the slow test below."""
+    vectors, queries = synthetic_catalogue("mixture", 20_000, 32, 200)
+    recall = _recalls(vectors, queries, ("ivf", "hnsw"))
+    assert recall["ivf"] >= 0.95 and recall["hnsw"] >= 0.95
+
+
+def test_the_clustered_catalogue_is_easy_and_the_mixture_is_not():
+    """What the harder catalogue is for: at the same IVF settings the clustered one finds everything."""
+    settings = {"ivf": {"nlist": 128, "nprobe": 32, "train_size": 20_000}}
+    easy = _recalls(*synthetic_catalogue("clustered", 20_000, 32, 100), ("ivf",), settings)["ivf"]
+    hard = _recalls(*synthetic_catalogue("mixture", 20_000, 32, 100), ("ivf",), settings)["ivf"]
+    assert easy >= 0.99 and hard <= easy - 0.05
 
 
 @pytest.mark.slow
 def test_ann_recall_on_100k_items():
-    vectors = clustered_vectors(100_000, 32)
-    queries = clustered_queries(vectors, 500)
-    _, ref = Retriever(vectors, "exact").search(queries, 100)
-    for kind in ("ivf", "hnsw", "binary"):
-        _, got = Retriever(vectors, kind).search(queries, 100)
-        recall = recall_at_k(got, ref)
-        print(f"100k {kind}: recall@100 {recall:.4f}")
-        assert recall >= 0.95
+    """The README's index table: defaults on 100k mixture items (asserted), and the uniform bound (reported)."""
+    vectors, queries = synthetic_catalogue("mixture", 100_000, 32, 500)
+    recall = _recalls(vectors, queries, ("ivf", "hnsw", "binary"))
+    assert recall["ivf"] >= 0.95 and recall["hnsw"] >= 0.95
+    # 32-bit sign codes are weak candidates at D = 32: binary needs a wide rerank (README)
+    assert _recalls(vectors, queries, ("binary",), {"binary": {"rerank": 20_000}})["binary"] >= 0.95
+    _recalls(*synthetic_catalogue("uniform", 100_000, 32, 500), ("ivf", "hnsw"))
 
 
 def test_serve_time_settings_and_their_errors():
