@@ -54,7 +54,11 @@ def cluster():
     ray_tmp = tempfile.mkdtemp(prefix="rmn", dir="/tmp")
     os.environ["RAY_TMPDIR"] = ray_tmp
     os.environ.pop("RAY_ADDRESS", None)
-    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "resources": {"recsys_head": 1}})
+    # GCS declares a silent node dead after health_check_failure_threshold missed checks of
+    # health_check_period_ms (3 s x 5 by default): checked faster, the killed node's workers are
+    # seen gone in ~1.5 s instead of ~15 s; nothing else about the run changes.
+    fast_health = {"health_check_period_ms": 500, "health_check_failure_threshold": 3, "health_check_timeout_ms": 500}
+    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "resources": {"recsys_head": 1}, "_system_config": fast_health})
     c.add_node(num_cpus=1, resources={"recsys_worker": 1})
     c.wait_for_nodes()
     yield c

@@ -20,7 +20,7 @@ from jobs import cli, train
 from recsys.train.config import load_config
 from recsys.train.run import prepare
 
-pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("ray_session")]
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("shared_ray")]
 
 # The Terabyte configs read the Terabyte spec (its cardinalities): `recsys plan` tests cover them.
 CONFIGS = sorted(p for p in (Path(__file__).resolve().parents[2] / "configs").glob("ctr_criteo_*.yaml") if "terabyte" not in p.stem)

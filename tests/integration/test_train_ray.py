@@ -24,7 +24,7 @@ from recsys.train.faults import FAULTS_FILE, FIRED_MARKER
 from recsys.train.config import ConfigError, config_from_dict, load_config
 from recsys.train.run import prepare
 
-pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("ray_session")]
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("shared_ray")]
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG = ROOT / "configs" / "ctr_synthetic_full.yaml"
@@ -115,6 +115,11 @@ def test_same_config_and_seed_give_identical_runs(data, tmp_path, uninterrupted)
     assert again["loss_curve"] == first["loss_curve"]
     a, b = model_tensors(first_dir), model_tensors(tmp_path / "again")
     assert all(torch.equal(a[k], b[k]) for k in a if k.startswith("model."))
+
+
+@pytest.mark.slow  # a third training (~30 s); seeded data orders differ by seed in tests/unit/data/test_shard_reader.py
+def test_another_seed_gives_another_run(data, tmp_path, uninterrupted):
+    _, first = uninterrupted
     other = run(data, tmp_path / "seed1", *RESUMABLE, "train.seed=1")
     assert other["loss_curve"] != first["loss_curve"]  # the seed is used
 

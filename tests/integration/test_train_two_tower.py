@@ -19,7 +19,7 @@ from recsys.data import layout
 from recsys.train.config import config_from_dict, load_config
 from recsys.train.run import prepare
 
-pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("ray_session")]
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("shared_ray")]
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG = ROOT / "configs" / "two_tower_synthetic_full.yaml"
