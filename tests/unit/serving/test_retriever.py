@@ -62,13 +62,23 @@ def test_ann_results_are_exactly_scored_ordered_and_honour_exclusions(kind):
 
 
 def _recalls(vectors, queries, kinds, settings=None):
+    """kind -> recall@100 against exact; prints it with the build time and the batch-1 search time (not asserted)."""
+    import time
+
     _, ref = Retriever(vectors, "exact").search(queries, 100)
     out = {}
     for kind in kinds:
         chosen = (settings or {}).get(kind) or default_index_settings(kind, len(vectors))
-        _, got = Retriever(vectors, kind, chosen).search(queries, 100)
+        start = time.perf_counter()
+        retriever = Retriever(vectors, kind, chosen)
+        build = time.perf_counter() - start
+        _, got = retriever.search(queries, 100)
+        start = time.perf_counter()
+        for row in range(50):
+            retriever.search(queries[row : row + 1], 100)
         out[kind] = recall_at_k(got, ref)
-        print(f"{len(vectors):,} items, {kind} {chosen}: recall@100 {out[kind]:.4f}")
+        print(f"{len(vectors):,} items, {kind} {chosen}: recall@100 {out[kind]:.4f}; build {build:.1f} s, "
+              f"batch-1 search {(time.perf_counter() - start) / 50 * 1000:.2f} ms")
     return out
 
 
