@@ -205,6 +205,21 @@ def bare_search(service, users: list[dict[str, Any]], k: int, seconds: float, ma
     return out[0], out[1]
 
 
+def serve_time_settings(serve_args: Sequence[str]) -> dict[str, int]:
+    """The ``--index-setting KEY=N`` overrides among ``recsys serve`` arguments (both spellings)."""
+    pairs, args = [], list(serve_args)
+    for i, arg in enumerate(args):
+        if arg.startswith("--index-setting="):
+            pairs.append(arg.split("=", 1)[1])
+        elif arg == "--index-setting" and i + 1 < len(args):
+            pairs.append(args[i + 1])
+    out = {}
+    for pair in pairs:
+        key, _, value = pair.partition("=")
+        out[key.strip()] = int(value)
+    return out
+
+
 @dataclass(frozen=True)
 class BenchResult:
     """A whole ``recsys bench serve`` run: the rows, the index's recall, the service's memory."""
@@ -245,13 +260,13 @@ def run_benchmark(bundle_path: Path, *, concurrency: Sequence[int], seconds: flo
             proc.wait(timeout=20)
         except subprocess.TimeoutExpired:
             proc.kill()
-    service = LoadedService(bundle)
+    service = LoadedService(bundle, serve_time_settings(serve_args) or None)  # as the service searched
     for r in bare_search(service, users, k, seconds, max_requests):
         results.append(r)
         log(" | ".join(r.row()))
     m = bundle.manifest
     return BenchResult(results, index_recall(service, users, k), rss,
-                       {"index": m["index"], "items": bundle.num_items, "precision": m["precision"]["item_vectors"],
+                       {"index": {"kind": m["index"]["kind"], "settings": service.retriever.settings}, "items": bundle.num_items, "precision": m["precision"]["item_vectors"],
                         "source": m.get("source")})
 
 

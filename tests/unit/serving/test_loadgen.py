@@ -64,3 +64,10 @@ def test_bench_serve_end_to_end(tmp_path, capsys):
     assert result["bundle"]["index"]["kind"] == "hnsw" and result["bundle"]["source"]["catalogue"] == "mixture"
     text = capsys.readouterr().out
     assert "p99 ms" in text and "recall@100 against exact" in text and "service RSS" in text
+
+
+def test_serve_time_settings_of_the_serve_arguments():
+    from serving.loadgen import serve_time_settings
+
+    args = ["--max-batch=8", "--index-setting=ef_search=512", "--index-setting", "nprobe=3"]
+    assert serve_time_settings(args) == {"ef_search": 512, "nprobe": 3}
