@@ -7,8 +7,9 @@ its training (a worker dies at step 2, by the training job's fault injection); q
 partitions reach at most ~1/2) and mixed_dim at 1/8 (below its floor of ~4/16) are reported
 unreachable without running. Running the same command again re-runs only the failed trial. Three
 short trainings in all (each costs ~30 s of Ray start-up on an idle 2-core machine). The retrieval
-sweep (two-tower base, 2 trainings) is marked slow; tests/unit/train/test_sweep_retrieval.py
-checks its planning, results.parquet and report without Ray.
+sweep (task: retrieval, two-tower base, full at 1 and hashed at 1/4: 2 trainings, ~25 s) runs
+through the same code; tests/unit/train/test_sweep_retrieval.py checks its planning,
+results.parquet and report without Ray.
 """
 
 from __future__ import annotations
@@ -117,9 +118,8 @@ def interactions(tmp_path_factory) -> Path:
     return out
 
 
-@pytest.mark.slow
 def test_retrieval_sweep_runs_and_reports(interactions, tmp_path, capsys):
-    """task: retrieval, two-tower base: full at 1 and hashed at 1/4 train (2 trainings, ~1 min)."""
+    """task: retrieval, two-tower base: full at 1 and hashed at 1/4 train (2 trainings, ~25 s)."""
     config = tmp_path / "tiny_retrieval.yaml"
     config.write_text("# recsys bench compression tiny_retrieval.yaml\n" + yaml.safe_dump({
         "task": "retrieval",
@@ -135,7 +135,8 @@ def test_retrieval_sweep_runs_and_reports(interactions, tmp_path, capsys):
     sweep_dir = tmp_path / "sweep"
     assert bench.main(["compression", str(config), "--out", str(sweep_dir)]) == 0
     out = capsys.readouterr().out
-    assert "[2/2 done, 0 running, 0 failed]" in out and "best recall@100 so far: 1/4: hashed s0" in out
+    assert "[2/2 done, 0 running, 0 failed] hashed-1_4-s0: recall@100 0." in out
+    assert "| best recall@100 so far: 1: full s0 0." in out and ", 1/4: hashed s0 0." in out
     table = pq.read_table(sweep_dir / "results.parquet")
     assert {"recall_at_100", "recall_at_10", "ndcg_at_10", "oracle_recall_at_100", "val_recall_at_100"} <= set(table.column_names)
     assert "auc" not in table.column_names
