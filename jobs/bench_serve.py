@@ -56,7 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--build-threads", type=int, default=os.cpu_count() or 1,
                         help="faiss threads while building the synthetic bundle's index (default: every core)")
     parser.add_argument("--serve-arg", action="append", default=[], help="extra `recsys serve` argument, e.g. --serve-arg=--max-batch=64")
-    parser.add_argument("--out", default=None, help="write the rows as JSON here")
+    parser.add_argument("--out", default=None, help="write the result as JSON here: levels, recall, service_rss_mib, bundle")
     return parser
 
 

@@ -7,6 +7,7 @@
 
 The API is in :mod:`serving.app`. SIGHUP reloads the bundle from its path (as ``POST /admin/reload``).
 Thread counts of torch, faiss and OpenBLAS are set before anything loads (``--threads``, default 1).
+uvicorn runs with httptools and uvloop (``--http h11 --loop asyncio`` for the pure-Python ones).
 """
 
 from __future__ import annotations
