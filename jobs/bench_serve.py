@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
         raise ValueError("recsys bench serve: give a BUNDLE folder or --synthetic-items N (one of them)")
     if args.synthetic_items is not None and args.synthetic_items < 2:
         raise ValueError(f"--synthetic-items: got {args.synthetic_items}; give at least 2 items")
-    from jobs.export import parse_settings
+    from serving.retriever import parse_index_settings
     from serving.retriever import set_threads
 
     set_threads(args.threads)
@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
             faiss.omp_set_num_threads(args.build_threads)  # index build only; searches run at --threads
             start = time.perf_counter()
             bundle = synthetic_bundle(Path(args.bundle_out or Path(tmp) / "bundle"), args.synthetic_items, index=args.index,
-                                      index_settings=parse_settings(args.index_setting), catalogue=args.catalogue,
+                                      index_settings=parse_index_settings(args.index_setting), catalogue=args.catalogue,
                                       precision=args.precision)
             build_s = time.perf_counter() - start
             faiss.omp_set_num_threads(args.threads)

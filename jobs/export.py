@@ -16,16 +16,7 @@ import argparse
 import time
 
 from serving.bundle import INDEX_KINDS, PRECISIONS
-
-
-def parse_settings(pairs: list[str]) -> dict[str, int]:
-    out = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not value.strip().lstrip("-").isdigit():
-            raise ValueError(f"--index-setting: got {pair!r}; give key=integer, e.g. nprobe=32")
-        out[key.strip()] = int(value)
-    return out
+from serving.retriever import parse_index_settings
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -42,7 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    settings = parse_settings(args.index_setting)
+    settings = parse_index_settings(args.index_setting)
     from serving.bundle import load_bundle
     from serving.export import export_bundle
 

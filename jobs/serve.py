@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ[var] = str(args.threads)  # before numpy / torch / faiss create their pools
-    from jobs.export import parse_settings
+    from serving.retriever import parse_index_settings
     from serving.retriever import set_threads
 
     set_threads(args.threads)
@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     config = ServeConfig(
         max_k=args.max_k, max_batch_requests=args.max_batch_requests, max_body_bytes=args.max_body_bytes,
         max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, batch_thread=args.batch_thread, admin_anywhere=args.admin_anywhere,
-        index_overrides=parse_settings(args.index_setting),
+        index_overrides=parse_index_settings(args.index_setting),
     )
     app = create_app(args.bundle, config)
     state = app.state.recsys

@@ -274,11 +274,11 @@ class Bundle:
 
 
 def dequantize(vectors: np.ndarray, scales: np.ndarray | None) -> np.ndarray:
-    """float32 ``(V, D)`` from stored fp32 / fp16 / int8 (+ per-row scales) vectors."""
+    """float32 ``(..., D)`` from stored fp32 / fp16 / int8 (+ per-row scales ``(...)``) vectors."""
     if vectors.dtype == np.int8:
         if scales is None:
             raise BundleError(f"int8 item vectors need {ITEM_SCALES}")
-        return vectors.astype(np.float32) * scales.astype(np.float32)[:, None]
+        return vectors.astype(np.float32) * scales.astype(np.float32, copy=False)[..., None]
     return np.ascontiguousarray(vectors, dtype=np.float32)
 
 

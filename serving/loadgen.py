@@ -63,12 +63,10 @@ def summarise(name: str, concurrency: int, latencies: Sequence[float], errors: i
 def rss_mib(pid: int) -> float:
     """Resident memory of a process in MiB (``VmRSS`` of ``/proc/PID/status``; NaN where there is none)."""
     try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024.0
-    except OSError:
-        pass
-    return float("nan")
+        lines = Path(f"/proc/{pid}/status").read_text().splitlines()
+    except OSError:  # the process is gone, or no /proc
+        return float("nan")
+    return next((int(line.split()[1]) / 1024.0 for line in lines if line.startswith("VmRSS:")), float("nan"))
 
 
 def request_bytes(host: str, port: int, path: str, body: dict[str, Any]) -> bytes:
@@ -213,11 +211,9 @@ def serve_time_settings(serve_args: Sequence[str]) -> dict[str, int]:
             pairs.append(arg.split("=", 1)[1])
         elif arg == "--index-setting" and i + 1 < len(args):
             pairs.append(args[i + 1])
-    out = {}
-    for pair in pairs:
-        key, _, value = pair.partition("=")
-        out[key.strip()] = int(value)
-    return out
+    from serving.retriever import parse_index_settings
+
+    return parse_index_settings(pairs)
 
 
 @dataclass(frozen=True)

@@ -99,6 +99,21 @@ def default_index_settings(kind: str, num_items: int) -> dict[str, Any]:
     raise ValueError(f"index: got {kind!r}; choose one of {list(INDEX_KINDS)}")
 
 
+def parse_index_settings(pairs: Sequence[str]) -> dict[str, int]:
+    """``["nprobe=32", ...]`` (``--index-setting KEY=N`` values) -> ``{"nprobe": 32}``.
+
+    Raises:
+        ValueError: a pair that is not ``key=integer``.
+    """
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not value.strip().lstrip("-").isdigit():
+            raise ValueError(f"--index-setting: got {pair!r}; give key=integer, e.g. nprobe=32")
+        out[key.strip()] = int(value)
+    return out
+
+
 def check_settings(kind: str, settings: dict[str, Any], allowed: Sequence[str] | None = None) -> None:
     """Raise ``ValueError`` naming any setting the kind does not take or a non-positive value."""
     allowed = _SETTINGS[kind] if allowed is None else allowed
@@ -256,10 +271,9 @@ class Retriever:
 
     def rows(self, index: Any) -> np.ndarray:
         """float32 dequantised rows ``vectors[index]`` (the same values as :func:`serving.bundle.dequantize`)."""
-        block = self.vectors[index]
-        if self.scales is not None:
-            return block.astype(np.float32) * self.scales[index][..., None]
-        return block if block.dtype == np.float32 else block.astype(np.float32)
+        from serving.bundle import dequantize
+
+        return dequantize(self.vectors[index], None if self.scales is None else self.scales[index])
 
     def _block(self, start: int, stop: int) -> torch.Tensor:
         """float32 rows ``[start, stop)`` as a tensor, the values of :meth:`rows` (one exact cast, one
