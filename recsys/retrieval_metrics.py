@@ -1,31 +1,48 @@
-"""Full-corpus exact retrieval metrics: every evaluation row ranks EVERY catalogue item.
+"""Full-corpus exact retrieval metrics: every query ranks EVERY catalogue item, two protocols.
 
     .venv/bin/python -m pytest tests/unit/test_retrieval_metrics.py -q
 
-**Protocol.** Row ``r`` (one validation / test interaction) has a user vector ``u_r``, one target
-item ``t_r`` and optionally an exclusion set ``E_r`` (the user's training items, CSR arrays).
-Item ``j`` scores ``s_rj = <u_r, v_j>`` for every row ``j`` of the ``(V, D)`` item matrix, by
-batched matmul, chunked over rows so at most ``chunk_size x V`` scores exist at once. No
-candidates are sampled.
+**Ranking.** A query (one evaluation row, or one user) has a vector ``u``, its targets ``T`` and
+optionally an exclusion set ``E`` (CSR arrays). Item ``j`` scores ``s_j = <u, v_j>`` for every row
+``j`` of the ``(V, D)`` item matrix, by batched matmul, chunked over queries so at most
+``chunk_size x V`` scores exist at once (baselines hand in their own score blocks). No candidates
+are sampled.
 
-* **Exclusion**: items of ``E_r`` and of ``excluded_items`` (for every row, e.g. the OOV row 0)
-  leave the ranking, EXCEPT the target: a target listed in its own exclusion set (or in
+* **Exclusion**: items of ``E`` and of ``excluded_items`` (for every query, e.g. the OOV row 0)
+  leave the ranking, EXCEPT the targets: a target listed in its own exclusion set (or in
   ``excluded_items``) stays ranked, so exclusion can never turn a hit into a miss by removing the
   answer.
 * **Tie rule**: items are ordered by score, descending, and equal scores by LOWER item index
   first. ``exact_topk`` returns exactly this order (``torch.topk`` alone leaves ties
-  unspecified); the target's rank uses the same rule, so "target in top-k" and "rank <= k" agree.
-* **Rank**: ``rank_r = 1 + #{j not excluded: s_rj > s_rt, or s_rj == s_rt and j < t_r}``, over the
-  whole catalogue (never truncated at any k).
+  unspecified); a target's rank uses the same rule, so "target in top-k" and "rank <= k" agree.
+* **Rank**: ``rank(t) = 1 + #{j not excluded: s_j > s_t, or s_j == s_t and j < t}``, over the
+  whole catalogue (never truncated at any k). Other targets count like any item.
 
-Metrics, averaged over rows (one target per row)::
+**Protocol ``per_row``** (:class:`RetrievalEvaluator`): one query per evaluation row, one target
+(the row's item). Means over rows::
 
-    HitRate@k = Recall@k = mean 1[rank <= k]         (with one target per row they coincide;
-                                                      both are reported under their usual names)
-    NDCG@k    = mean 1[rank <= k] / log2(1 + rank)   (the ideal DCG of one target is 1)
-    MRR       = mean 1 / rank                        (full rank, not truncated at any k)
-    Coverage@k = |union over rows of the top-k lists| / (V - |excluded_items|)
-    Recall@k/head, /torso, /tail: Recall@k over the rows whose target is in that third
+    HitRate@k = Recall@k = 1[rank <= k]       (with one target they coincide; both reported)
+    Precision@k = 1[rank <= k] / k
+    NDCG@k    = 1[rank <= k] / log2(1 + rank) (the ideal DCG of one target is 1)
+    MAP@k     = 1[rank <= k] / rank           (AP of one target)
+    MRR       = 1 / rank                      (full rank, not truncated at any k)
+
+**Protocol ``per_user``** (:class:`PerUserEvaluator`, the LightGCN / RecBole convention): one
+query per user with at least one held-out item; ``T`` = the user's DISTINCT held-out items of the
+split. With ``hits@k`` = targets among the top-k list and ``p`` the 1-based list position, means
+over users::
+
+    Recall@k    = hits@k / |T|
+    Precision@k = hits@k / k
+    HitRate@k   = 1[hits@k > 0]
+    NDCG@k      = sum_{hit at p <= k} 1/log2(1 + p) / sum_{p=1}^{min(|T|, k)} 1/log2(1 + p)
+    MAP@k       = sum_{hit at p <= k} (hits@p / p) / min(|T|, k)
+    MRR         = 1 / rank of the best-ranked target (full rank)
+
+Both protocols also report ``coverage@k = |union of the top-k lists| / (V - |excluded_items|)``
+and, given training counts, recall by popularity third: ``recall@k/head`` etc. = the fraction of
+(query, target) pairs whose target is in that third and in the query's top-k (``rows/head`` ...
+count those pairs; with ``per_row`` they are rows). ``rows`` counts queries (rows or users).
 
 **Popularity thirds** (:func:`popularity_thirds`), from the training counts: items sorted by
 count, descending, ties by lower index; an item is *head* while the interactions of the items
@@ -34,12 +51,12 @@ else *tail*. So the thirds split the INTERACTIONS (not the item count) into thre
 parts: the head is a handful of items, the tail most of the catalogue, items never seen in
 training included.
 
-**Popularity baseline** (:func:`popularity_vectors`): score = training count, through the same
+**Popularity scores** (:func:`popularity_vectors`): score = training count, through the same
 evaluator (users ``(N, 1)`` ones, items ``(V, 1)`` counts, float64 so counts are exact).
 
-For several workers, each rank calls :meth:`RetrievalEvaluator.update` on its own rows, then
+For several workers, each rank calls ``update`` on its own queries, then
 ``all_reduce(evaluator.sums, SUM)`` and ``all_reduce(evaluator.covered, MAX)`` (as uint8) make
-every rank's :meth:`RetrievalEvaluator.compute` exact over all rows.
+every rank's ``compute()`` exact over all queries.
 """
 
 from __future__ import annotations
@@ -51,17 +68,23 @@ import torch
 
 __all__ = [
     "DEFAULT_KS",
+    "PROTOCOLS",
+    "PerUserEvaluator",
     "RetrievalEvaluator",
+    "evaluate_per_user",
     "evaluate_retrieval",
     "exact_topk",
     "exclusion_rows",
+    "metric_names",
     "popularity_thirds",
     "popularity_vectors",
     "topk_lower_index",
+    "union_csr",
     "user_item_csr",
 ]
 
 DEFAULT_KS: tuple[int, ...] = (10, 50, 100)
+PROTOCOLS: tuple[str, ...] = ("per_row", "per_user")
 THIRDS: tuple[str, ...] = ("head", "torso", "tail")
 _SCORE_BUDGET = 1 << 24  # scores per chunk (64 MB of float32) when chunk_size is not given
 
@@ -127,13 +150,13 @@ def _check_vectors(user_vectors: torch.Tensor, item_vectors: torch.Tensor) -> No
             raise ValueError(f"{name} hold NaN values; scores must be numbers for an exact ranking")
 
 
-def _as_exclusion(exclude_indptr, exclude_indices, num_rows: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+def _as_exclusion(exclude_indptr, exclude_indices, num_rows: int, name: str = "exclude_indptr") -> tuple[torch.Tensor, torch.Tensor] | None:
     if exclude_indptr is None:
         return None
     indptr = torch.as_tensor(np.asarray(exclude_indptr), dtype=torch.int64)
     indices = torch.as_tensor(np.asarray(exclude_indices), dtype=torch.int64)
     if indptr.numel() != num_rows + 1:
-        raise ValueError(f"exclude_indptr: got {indptr.numel()} offsets for {num_rows} rows; a CSR needs rows + 1")
+        raise ValueError(f"{name}: got {indptr.numel()} offsets for {num_rows} rows; a CSR needs rows + 1")
     return indptr, indices
 
 
@@ -255,20 +278,21 @@ def popularity_vectors(counts: np.ndarray | torch.Tensor, num_rows: int) -> tupl
     return torch.ones((num_rows, 1), dtype=torch.float64), items
 
 
-class RetrievalEvaluator:
-    """Accumulates exact full-corpus metrics over batches of evaluation rows.
+def union_csr(a: tuple[np.ndarray, np.ndarray], b: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Per user, the union of two :func:`user_item_csr` sets (same number of users), as one CSR."""
+    (pa_, ia), (pb, ib) = a, b
+    if pa_.size != pb.size:
+        raise ValueError(f"union_csr: CSRs over {pa_.size - 1} and {pb.size - 1} users; give the same users")
+    num_users = pa_.size - 1
+    users = np.concatenate([np.repeat(np.arange(num_users), np.diff(pa_)), np.repeat(np.arange(num_users), np.diff(pb))])
+    return user_item_csr(users, np.concatenate([ia, ib]), num_users)
 
-    Args:
-        item_vectors (torch.Tensor): ``(V, D)`` every catalogue item (row = item index).
-        ks (Sequence[int]): cut-offs. Default ``(10, 50, 100)``.
-        item_counts (np.ndarray | None): ``(V,)`` training counts, for the popularity thirds.
-        excluded_items (Sequence[int] | torch.Tensor | None): never ranked (e.g. ``[0]``, the OOV row).
-        chunk_size (int | None): rows scored at once.
 
-    Attributes:
-        sums (torch.Tensor): float64 sums (rows, hits, NDCG, reciprocal ranks, per-third rows and
-            hits); all-reduce with SUM across ranks.
-        covered (torch.Tensor): ``(len(ks), V)`` uint8 items seen in some top-k list; MAX across ranks.
+class _Evaluator:
+    """Counters and :meth:`compute` shared by both protocols (module docstring).
+
+    ``sums`` layout, ``nk = len(ks)``: ``[queries, hit_rate x nk, recall x nk, precision x nk,
+    ndcg x nk, map x nk, rr, third pairs x 3, third hits 3 x nk]``.
     """
 
     def __init__(
@@ -291,9 +315,84 @@ class RetrievalEvaluator:
         device = item_vectors.device
         self.thirds = torch.as_tensor(popularity_thirds(item_counts), device=device) if item_counts is not None else None
         nk = len(self.ks)
-        # layout: [rows, hits(k) x nk, ndcg(k) x nk, rr, third rows x 3, third hits x 3 x nk]
-        self.sums = torch.zeros(1 + 2 * nk + 1 + 3 + 3 * nk, dtype=torch.float64, device=device)
+        self.sums = torch.zeros(5 + 8 * nk, dtype=torch.float64, device=device)
         self.covered = torch.zeros((nk, self.num_items), dtype=torch.uint8, device=device)
+
+    @property
+    def rows_per_chunk(self) -> int:
+        """Queries scored at once (``chunk_size``, or ~16M scores per chunk)."""
+        return self.chunk_size or max(1, _SCORE_BUDGET // max(self.num_items, 1))
+
+    def _slot(self, name: str, i: int = 0) -> int:
+        nk = len(self.ks)
+        base = {"hit_rate": 1, "recall": 1 + nk, "precision": 1 + 2 * nk, "ndcg": 1 + 3 * nk, "map": 1 + 4 * nk}
+        if name in base:
+            return base[name] + i
+        if name == "rr":
+            return 1 + 5 * nk
+        if name == "third_pairs":
+            return 2 + 5 * nk + i
+        return 5 + 5 * nk + i  # third hits: i = 3 * k_index + third
+
+    def _scores(self, users: torch.Tensor) -> torch.Tensor:
+        return users.to(self.item_vectors.dtype) @ self.item_vectors.T  # (n, V)
+
+    def _count_thirds(self, pair_items: torch.Tensor, pair_hit: dict[int, torch.Tensor]) -> None:
+        """Per-third pair counts and hits; ``pair_hit[k]`` True where the pair's target is in the top-k."""
+        if self.thirds is None:
+            return
+        third = self.thirds[pair_items].to(torch.int64)  # (pairs,)
+        base = self._slot("third_pairs")
+        self.sums[base : base + 3] += torch.bincount(third, minlength=3).to(torch.float64)
+        for i, k in enumerate(self.ks):
+            at = self._slot("third_hits", 3 * i)
+            self.sums[at : at + 3] += torch.bincount(third, weights=pair_hit[k].to(torch.float64), minlength=3)
+
+    def _cover(self, top: torch.Tensor, valid_top: torch.Tensor) -> None:
+        for i, k in enumerate(self.ks):
+            self.covered[i, top[:, :k][valid_top[:, :k]]] = 1
+
+    def compute(self) -> dict[str, float]:
+        """The metrics (module docstring) as ``{"recall@10": ..., "mrr": ..., "rows": ...}``."""
+        s = self.sums.tolist()
+        rows = s[0]
+        eligible = self.num_items - int(torch.unique(self.excluded_items).numel())
+        out: dict[str, float] = {"rows": rows}
+        per_row = (lambda x: x / rows) if rows else (lambda x: float("nan"))
+        for i, k in enumerate(self.ks):
+            out[f"recall@{k}"] = per_row(s[self._slot("recall", i)])
+            out[f"hit_rate@{k}"] = per_row(s[self._slot("hit_rate", i)])
+            out[f"precision@{k}"] = per_row(s[self._slot("precision", i)])
+            out[f"ndcg@{k}"] = per_row(s[self._slot("ndcg", i)])
+            out[f"map@{k}"] = per_row(s[self._slot("map", i)])
+            out[f"coverage@{k}"] = int(self.covered[i].sum()) / eligible if eligible else float("nan")
+        out["mrr"] = per_row(s[self._slot("rr")])
+        if self.thirds is not None:
+            for t, name in enumerate(THIRDS):
+                third_rows = s[self._slot("third_pairs", t)]
+                out[f"rows/{name}"] = third_rows
+                for i, k in enumerate(self.ks):
+                    hits = s[self._slot("third_hits", 3 * i + t)]
+                    out[f"recall@{k}/{name}"] = hits / third_rows if third_rows else float("nan")
+        return out
+
+
+class RetrievalEvaluator(_Evaluator):
+    """Protocol ``per_row``: accumulates exact full-corpus metrics over batches of evaluation rows.
+
+    Args:
+        item_vectors (torch.Tensor): ``(V, D)`` every catalogue item (row = item index).
+        ks (Sequence[int]): cut-offs. Default ``(10, 50, 100)``.
+        item_counts (np.ndarray | None): ``(V,)`` training counts, for the popularity thirds.
+        excluded_items (Sequence[int] | torch.Tensor | None): never ranked (e.g. ``[0]``, the OOV row).
+        chunk_size (int | None): rows scored at once.
+
+    Attributes:
+        sums (torch.Tensor): float64 sums (see :class:`_Evaluator`); all-reduce with SUM across ranks.
+        covered (torch.Tensor): ``(len(ks), V)`` uint8 items seen in some top-k list; MAX across ranks.
+    """
+
+    protocol = "per_row"
 
     def update(
         self,
@@ -308,22 +407,36 @@ class RetrievalEvaluator:
             ValueError: shapes disagree, NaN vectors, or a target outside ``[0, V)``.
         """
         _check_vectors(user_vectors, self.item_vectors)
+        self._each_chunk(user_vectors.shape[0], targets, exclude_indptr, exclude_indices,
+                         lambda start, stop: self._scores(user_vectors[start:stop]))
+
+    def update_scores(
+        self,
+        scores: torch.Tensor,
+        targets: torch.Tensor | np.ndarray,
+        exclude_indptr: np.ndarray | torch.Tensor | None = None,
+        exclude_indices: np.ndarray | torch.Tensor | None = None,
+    ) -> None:
+        """Like :meth:`update` for a model that is not a dot product: ``(n, V)`` scores of the rows."""
+        if scores.ndim != 2 or scores.shape[1] != self.num_items:
+            raise ValueError(f"scores: got shape {tuple(scores.shape)}; expected (n, {self.num_items}), one column per item")
+        self._each_chunk(scores.shape[0], targets, exclude_indptr, exclude_indices, lambda start, stop: scores[start:stop])
+
+    def _each_chunk(self, num_rows: int, targets, exclude_indptr, exclude_indices, score) -> None:
         targets = torch.as_tensor(np.asarray(targets.cpu() if isinstance(targets, torch.Tensor) else targets), dtype=torch.int64)
         targets = targets.to(self.item_vectors.device)
-        num_rows = user_vectors.shape[0]
         if targets.shape != (num_rows,):
             raise ValueError(f"targets: got shape {tuple(targets.shape)}; expected ({num_rows},), one item per row")
         if num_rows and (targets.min() < 0 or targets.max() >= self.num_items):
             raise ValueError(f"targets must be item indices in [0, {self.num_items}); got {targets.min().item()}..{targets.max().item()}")
         exclude = _as_exclusion(exclude_indptr, exclude_indices, num_rows)
-        chunk = self.chunk_size or max(1, _SCORE_BUDGET // max(self.num_items, 1))
+        chunk = self.rows_per_chunk
         for start in range(0, num_rows, chunk):
             stop = min(start + chunk, num_rows)
-            self._update_chunk(user_vectors[start:stop], targets[start:stop], _rows(exclude, start, stop))
+            self._update_chunk(score(start, stop), targets[start:stop], _rows(exclude, start, stop))
 
-    def _update_chunk(self, users: torch.Tensor, targets: torch.Tensor, exclude) -> None:
-        n = users.shape[0]
-        scores = users.to(self.item_vectors.dtype) @ self.item_vectors.T  # (n, V)
+    def _update_chunk(self, scores: torch.Tensor, targets: torch.Tensor, exclude) -> None:
+        n = scores.shape[0]
         excluded = self.excluded_items if self.excluded_items.numel() else None
         mask = _exclusion_mask(n, self.num_items, scores.device, exclude, excluded, targets)
         if mask is not None:
@@ -336,53 +449,142 @@ class RetrievalEvaluator:
             better &= ~mask
         rank = 1 + better.sum(dim=1).to(torch.float64)  # (n,)
         _, top = topk_lower_index(scores, self.ks[-1])  # (n, k_max)
-        if mask is not None:
-            valid_top = ~mask.gather(1, top)
-        else:
-            valid_top = torch.ones_like(top, dtype=torch.bool)
+        valid_top = ~mask.gather(1, top) if mask is not None else torch.ones_like(top, dtype=torch.bool)
 
-        nk = len(self.ks)
         s = self.sums
         s[0] += n
+        pair_hit = {}
         for i, k in enumerate(self.ks):
             hit = rank <= k
-            s[1 + i] += hit.sum()
-            s[1 + nk + i] += (hit / torch.log2(1 + rank)).sum()
-            picked = top[:, :k][valid_top[:, :k]]
-            self.covered[i, picked] = 1
-        s[1 + 2 * nk] += (1.0 / rank).sum()
-        if self.thirds is not None:
-            third = self.thirds[targets].to(torch.int64)  # (n,)
-            base = 2 + 2 * nk
-            s[base : base + 3] += torch.bincount(third, minlength=3).to(torch.float64)
-            for i, k in enumerate(self.ks):
-                hits = torch.bincount(third, weights=(rank <= k).to(torch.float64), minlength=3)
-                s[base + 3 + 3 * i : base + 6 + 3 * i] += hits
+            pair_hit[k] = hit
+            s[self._slot("hit_rate", i)] += hit.sum()
+            s[self._slot("recall", i)] += hit.sum()
+            s[self._slot("precision", i)] += hit.sum().to(torch.float64) / k
+            s[self._slot("ndcg", i)] += (hit / torch.log2(1 + rank)).sum()
+            s[self._slot("map", i)] += (hit / rank).sum()
+        s[self._slot("rr")] += (1.0 / rank).sum()
+        self._cover(top, valid_top)
+        self._count_thirds(targets, pair_hit)
 
-    def compute(self) -> dict[str, float]:
-        """The metrics (module docstring) as ``{"recall@10": ..., "mrr": ..., "rows": ...}``."""
-        nk = len(self.ks)
-        s = self.sums.tolist()
-        rows = s[0]
-        eligible = self.num_items - int(torch.unique(self.excluded_items).numel())
-        out: dict[str, float] = {"rows": rows}
-        per_row = (lambda x: x / rows) if rows else (lambda x: float("nan"))
+
+class PerUserEvaluator(_Evaluator):
+    """Protocol ``per_user``: one query per user, all of the user's held-out items as targets.
+
+    Same arguments and attributes as :class:`RetrievalEvaluator`; :meth:`update` takes the users'
+    targets as CSR (``target_indptr (n + 1,)``, distinct items per user, at least one each).
+    """
+
+    protocol = "per_user"
+
+    def update(
+        self,
+        user_vectors: torch.Tensor,
+        target_indptr: np.ndarray | torch.Tensor,
+        target_indices: np.ndarray | torch.Tensor,
+        exclude_indptr: np.ndarray | torch.Tensor | None = None,
+        exclude_indices: np.ndarray | torch.Tensor | None = None,
+    ) -> None:
+        """Score ``(n, D)`` users against their held-out items ``T_u`` (CSR) with exclusions ``E_u``.
+
+        Raises:
+            ValueError: shapes disagree, NaN vectors, a user without targets, or a target outside ``[0, V)``.
+        """
+        _check_vectors(user_vectors, self.item_vectors)
+        self._each_chunk(user_vectors.shape[0], target_indptr, target_indices, exclude_indptr, exclude_indices,
+                         lambda start, stop: self._scores(user_vectors[start:stop]))
+
+    def update_scores(
+        self,
+        scores: torch.Tensor,
+        target_indptr: np.ndarray | torch.Tensor,
+        target_indices: np.ndarray | torch.Tensor,
+        exclude_indptr: np.ndarray | torch.Tensor | None = None,
+        exclude_indices: np.ndarray | torch.Tensor | None = None,
+    ) -> None:
+        """Like :meth:`update` for a model that is not a dot product: ``(n, V)`` scores of the users."""
+        if scores.ndim != 2 or scores.shape[1] != self.num_items:
+            raise ValueError(f"scores: got shape {tuple(scores.shape)}; expected (n, {self.num_items}), one column per item")
+        self._each_chunk(scores.shape[0], target_indptr, target_indices, exclude_indptr, exclude_indices,
+                         lambda start, stop: scores[start:stop])
+
+    def _each_chunk(self, num_users: int, target_indptr, target_indices, exclude_indptr, exclude_indices, score) -> None:
+        targets = _as_exclusion(target_indptr, target_indices, num_users, "target_indptr")
+        if targets is None:
+            raise ValueError("target_indptr: give each user's held-out items as CSR")
+        tptr, tidx = targets
+        counts = tptr[1:] - tptr[:-1]
+        if num_users and int(counts.min()) < 1:
+            raise ValueError(f"target_indptr: user {int(torch.argmin(counts))} of this batch has no held-out item; per_user ranks only users with one or more")
+        used = tidx[int(tptr[0]) : int(tptr[-1])]
+        if used.numel() and (used.min() < 0 or used.max() >= self.num_items):
+            raise ValueError(f"targets must be item indices in [0, {self.num_items}); got {used.min().item()}..{used.max().item()}")
+        exclude = _as_exclusion(exclude_indptr, exclude_indices, num_users)
+        chunk = self.rows_per_chunk
+        for start in range(0, num_users, chunk):
+            stop = min(start + chunk, num_users)
+            self._update_chunk(score(start, stop), (tptr[start : stop + 1], tidx), _rows(exclude, start, stop))
+
+    def _update_chunk(self, scores: torch.Tensor, targets: tuple[torch.Tensor, torch.Tensor], exclude) -> None:
+        n, device = scores.shape[0], scores.device
+        tptr, tidx = targets
+        is_target = torch.zeros((n, self.num_items), dtype=torch.bool, device=device)  # (n, V)
+        lengths = (tptr[1:] - tptr[:-1]).to(device)
+        is_target[torch.repeat_interleave(torch.arange(n, device=device), lengths), tidx[int(tptr[0]) : int(tptr[-1])].to(device)] = True
+        excluded = self.excluded_items if self.excluded_items.numel() else None
+        mask = _exclusion_mask(n, self.num_items, device, exclude, excluded, None)
+        if mask is not None:
+            mask &= ~is_target  # targets always stay ranked
+            scores = scores.masked_fill(mask, float("-inf"))
+        num_targets = is_target.sum(dim=1).to(torch.float64)  # (n,) distinct held-out items
+        _, top = topk_lower_index(scores, self.ks[-1])  # (n, k_max), k_max <= V
+        valid_top = ~mask.gather(1, top) if mask is not None else torch.ones_like(top, dtype=torch.bool)
+        hit_at = is_target.gather(1, top).to(torch.float64)  # (n, k_max) 1 where position p holds a target
+        width = top.shape[1]
+        position = torch.arange(1, width + 1, dtype=torch.float64, device=device)  # (k_max,)
+        discount = 1.0 / torch.log2(1 + position)
+        ideal = torch.cumsum(discount, 0)  # ideal DCG of min(|T|, k) targets, by that count
+        cum_hits = torch.cumsum(hit_at, dim=1)  # (n, k_max)
+        precision_at = cum_hits / position  # (n, k_max)
+
+        # the best-ranked target (highest score, then lowest index) and its full rank
+        target_scores = scores.masked_fill(~is_target, float("-inf"))
+        best = target_scores.max(dim=1, keepdim=True).values  # (n, 1)
+        best_item = (is_target & (scores == best)).to(torch.uint8).argmax(dim=1, keepdim=True)  # first = lowest index
+        lower = torch.arange(self.num_items, device=device)[None, :] < best_item
+        better = (scores > best) | ((scores == best) & lower)
+        if mask is not None:
+            better &= ~mask
+        best_rank = 1 + better.sum(dim=1).to(torch.float64)  # (n,)
+
+        # list position of every (user, target) pair, for the popularity thirds
+        pair_rows, pair_items = is_target.nonzero(as_tuple=True)
+        position_of = torch.full((n, self.num_items), width + 1, dtype=torch.int32, device=device)
+        position_of.scatter_(1, top, torch.arange(1, width + 1, dtype=torch.int32, device=device).expand(n, width).contiguous())
+        pair_position = position_of[pair_rows, pair_items]
+
+        s = self.sums
+        s[0] += n
+        pair_hit = {}
         for i, k in enumerate(self.ks):
-            out[f"recall@{k}"] = per_row(s[1 + i])
-            out[f"hit_rate@{k}"] = per_row(s[1 + i])
-            out[f"ndcg@{k}"] = per_row(s[1 + nk + i])
-            out[f"coverage@{k}"] = int(self.covered[i].sum()) / eligible if eligible else float("nan")
-        out["mrr"] = per_row(s[1 + 2 * nk])
-        if self.thirds is not None:
-            base = 2 + 2 * nk
-            for t, name in enumerate(THIRDS):
-                third_rows = s[base + t]
-                out[f"rows/{name}"] = third_rows
-                for i, k in enumerate(self.ks):
-                    hits = s[base + 3 + 3 * i + t]
-                    out[f"recall@{k}/{name}"] = hits / third_rows if third_rows else float("nan")
-        return out
+            kk = min(k, width)
+            hits = cum_hits[:, kk - 1]  # (n,)
+            limit = torch.clamp(num_targets, max=k)  # min(|T|, k)
+            s[self._slot("hit_rate", i)] += (hits > 0).sum()
+            s[self._slot("recall", i)] += (hits / num_targets).sum()
+            s[self._slot("precision", i)] += hits.sum() / k
+            dcg = (hit_at[:, :kk] * discount[:kk]).sum(dim=1)
+            s[self._slot("ndcg", i)] += (dcg / ideal[(limit.to(torch.int64) - 1).clamp(max=width - 1)]).sum()
+            s[self._slot("map", i)] += ((precision_at[:, :kk] * hit_at[:, :kk]).sum(dim=1) / limit).sum()
+            pair_hit[k] = pair_position <= k
+        s[self._slot("rr")] += (1.0 / best_rank).sum()
+        self._cover(top, valid_top)
+        self._count_thirds(pair_items, pair_hit)
 
+
+def metric_names(ks: Sequence[int], thirds: bool = True) -> tuple[str, ...]:
+    """The metric keys one evaluation yields (either protocol), without ``rows`` / ``rows/*``."""
+    empty = RetrievalEvaluator(torch.zeros((2, 1)), ks, item_counts=np.ones(2, np.int64) if thirds else None)
+    return tuple(k for k in empty.compute() if k != "rows" and not k.startswith("rows/"))
 
 def evaluate_retrieval(
     user_vectors: torch.Tensor,
@@ -399,4 +601,23 @@ def evaluate_retrieval(
     """All metrics of the module docstring for N rows in one call (see :class:`RetrievalEvaluator`)."""
     evaluator = RetrievalEvaluator(item_vectors, ks, item_counts=item_counts, excluded_items=excluded_items, chunk_size=chunk_size)
     evaluator.update(user_vectors, targets, exclude_indptr, exclude_indices)
+    return evaluator.compute()
+
+
+def evaluate_per_user(
+    user_vectors: torch.Tensor,
+    item_vectors: torch.Tensor,
+    target_indptr: np.ndarray | torch.Tensor,
+    target_indices: np.ndarray | torch.Tensor,
+    *,
+    ks: Sequence[int] = DEFAULT_KS,
+    exclude_indptr: np.ndarray | torch.Tensor | None = None,
+    exclude_indices: np.ndarray | torch.Tensor | None = None,
+    excluded_items: Sequence[int] | torch.Tensor | None = None,
+    item_counts: np.ndarray | None = None,
+    chunk_size: int | None = None,
+) -> dict[str, float]:
+    """The ``per_user`` metrics of N users in one call (see :class:`PerUserEvaluator`)."""
+    evaluator = PerUserEvaluator(item_vectors, ks, item_counts=item_counts, excluded_items=excluded_items, chunk_size=chunk_size)
+    evaluator.update(user_vectors, target_indptr, target_indices, exclude_indptr, exclude_indices)
     return evaluator.compute()

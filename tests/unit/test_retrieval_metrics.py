@@ -47,6 +47,7 @@ def reference_metrics(users, vectors, targets, ks, indptr=None, indices=None, ex
     rows = users.shape[0]
     hits = {k: [] for k in ks}
     ndcg = {k: [] for k in ks}
+    ap = {k: [] for k in ks}
     rr = []
     covered = {k: set() for k in ks}
     for r in range(rows):
@@ -61,12 +62,15 @@ def reference_metrics(users, vectors, targets, ks, indptr=None, indices=None, ex
         for k in ks:
             hits[k].append(float(rank <= k))
             ndcg[k].append(1.0 / math.log2(1 + rank) if rank <= k else 0.0)
+            ap[k].append(1.0 / rank if rank <= k else 0.0)
             covered[k].update(order[:k])
     out = {"rows": rows, "mrr": float(np.mean(rr))}
     eligible = num_items - len(set(excluded))
     for k in ks:
         out[f"recall@{k}"] = out[f"hit_rate@{k}"] = float(np.mean(hits[k]))
         out[f"ndcg@{k}"] = float(np.mean(ndcg[k]))
+        out[f"precision@{k}"] = float(np.mean(hits[k])) / k
+        out[f"map@{k}"] = float(np.mean(ap[k]))
         out[f"coverage@{k}"] = len(covered[k]) / eligible
     if counts is not None:
         thirds = reference_thirds(counts)
@@ -244,3 +248,152 @@ def test_training_items_as_exclusion_rows():
         assert indices[indptr[r] : indptr[r + 1]].tolist() == sorted(set(items[users == u].tolist()))
     with pytest.raises(ValueError, match="users must be indices"):
         user_item_csr([7], [0], num_users=7)
+
+
+# -- protocol per_user -------------------------------------------------------------------------
+
+
+def per_user_problem(seed: int, users: int = 30, items: int = 25, dim: int = 3):
+    """Integer vectors (ties everywhere), 1..12 distinct held-out items per user (many above the
+    smallest k), exclusion sets that sometimes hold a target, zero-count (never trained) items."""
+    rng = np.random.default_rng(seed)
+    u = rng.integers(-2, 3, (users, dim)).astype(np.float32)
+    v = rng.integers(-1, 2, (items, dim)).astype(np.float32)
+    targets = [sorted(rng.choice(items, size=int(rng.integers(1, 13)), replace=False).tolist()) for _ in range(users)]
+    excluded = []
+    for r, t in enumerate(targets):
+        e = set(rng.choice(items, size=int(rng.integers(0, 6)), replace=False).tolist())
+        if r % 3 == 0:
+            e.add(t[0])  # a target in its own exclusion set stays ranked
+        excluded.append(sorted(e))
+    counts = rng.zipf(1.5, items).clip(max=1000) * (rng.random(items) < 0.7)  # ~30% never in training
+    return u, v, targets, excluded, counts
+
+
+def csr(lists):
+    indptr = np.concatenate([[0], np.cumsum([len(x) for x in lists])]).astype(np.int64)
+    return indptr, np.array([j for x in lists for j in x], np.int64)
+
+
+def reference_per_user(users, vectors, targets, excluded, ks, always_excluded=(), counts=None):
+    """One user at a time, the LightGCN / RecBole definitions written out."""
+    per = {name: {k: [] for k in ks} for name in ("recall", "precision", "hit_rate", "ndcg", "map")}
+    rr, covered = [], {k: set() for k in ks}
+    pairs = []  # (target, position in the full order)
+    for r in range(users.shape[0]):
+        scores = users[r].astype(np.float64) @ vectors.T.astype(np.float64)
+        t = set(targets[r])
+        removed = (set(always_excluded) | set(excluded[r])) - t
+        order = reference_order(scores, removed)
+        positions = sorted(order.index(j) + 1 for j in t)
+        rr.append(1.0 / positions[0])
+        pairs += [(j, order.index(j) + 1) for j in t]
+        for k in ks:
+            hit_pos = [p for p in positions if p <= k]
+            per["recall"][k].append(len(hit_pos) / len(t))
+            per["precision"][k].append(len(hit_pos) / k)
+            per["hit_rate"][k].append(float(bool(hit_pos)))
+            ideal = sum(1 / math.log2(1 + p) for p in range(1, min(len(t), k) + 1))
+            per["ndcg"][k].append(sum(1 / math.log2(1 + p) for p in hit_pos) / ideal)
+            per["map"][k].append(sum((i + 1) / p for i, p in enumerate(hit_pos)) / min(len(t), k))
+            covered[k].update(order[:k])
+    out = {"rows": users.shape[0], "mrr": float(np.mean(rr))}
+    eligible = vectors.shape[0] - len(set(always_excluded))
+    for k in ks:
+        for name in per:
+            out[f"{name}@{k}"] = float(np.mean(per[name][k]))
+        out[f"coverage@{k}"] = len(covered[k]) / eligible
+    if counts is not None:
+        thirds = reference_thirds(counts)
+        for third, name in enumerate(("head", "torso", "tail")):
+            sel = [p for j, p in pairs if thirds[j] == third]
+            out[f"rows/{name}"] = len(sel)
+            for k in ks:
+                out[f"recall@{k}/{name}"] = float(np.mean([p <= k for p in sel])) if sel else float("nan")
+    return out
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("with_exclusion", [False, True])
+def test_per_user_matches_brute_force(seed, with_exclusion):
+    from recsys.retrieval_metrics import evaluate_per_user
+
+    users, vectors, targets, excluded, counts = per_user_problem(seed)
+    ks = (1, 3, 10, 40)  # 40 > V
+    tptr, tidx = csr(targets)
+    kwargs = {}
+    if with_exclusion:
+        eptr, eidx = csr(excluded)
+        kwargs = dict(exclude_indptr=eptr, exclude_indices=eidx, excluded_items=[0])
+    want = reference_per_user(users, vectors, targets, excluded if with_exclusion else [[]] * len(targets), ks,
+                              always_excluded=[0] if with_exclusion else (), counts=counts)
+    got = evaluate_per_user(torch.from_numpy(users), torch.from_numpy(vectors), tptr, tidx, ks=ks, item_counts=counts,
+                            chunk_size=7, **kwargs)
+    assert_same(got, want)
+
+
+def test_per_user_by_hand():
+    # one user, order by score: item 0 (4), 1 (3), 2 (3, tie: after 1), 3 (1); held out: 2 and 3
+    users = torch.ones(1, 1)
+    vectors = torch.tensor([[4.0], [3.0], [3.0], [1.0]])
+    from recsys.retrieval_metrics import evaluate_per_user
+
+    got = evaluate_per_user(users, vectors, [0, 2], [2, 3], ks=[2, 3, 4])
+    assert got["recall@2"] == 0.0 and got["hit_rate@2"] == 0.0
+    assert got["recall@3"] == 0.5 and got["precision@3"] == pytest.approx(1 / 3) and got["hit_rate@3"] == 1.0
+    assert got["ndcg@3"] == pytest.approx((1 / math.log2(4)) / (1 + 1 / math.log2(3)))
+    assert got["map@4"] == pytest.approx((1 / 3 + 2 / 4) / 2)
+    assert got["mrr"] == pytest.approx(1 / 3)  # the best-ranked target is at position 3
+    # excluding items 0 and 1 (not targets) moves the targets to positions 1 and 2
+    got = evaluate_per_user(users, vectors, [0, 2], [2, 3], ks=[2], exclude_indptr=[0, 2], exclude_indices=[0, 1])
+    assert got["recall@2"] == 1.0 and got["ndcg@2"] == pytest.approx(1.0) and got["map@2"] == 1.0 and got["mrr"] == 1.0
+
+
+def test_per_user_with_one_target_equals_per_row():
+    users, vectors, targets, indptr, indices, counts = integer_problem(7)
+    from recsys.retrieval_metrics import evaluate_per_user
+
+    u, v = torch.from_numpy(users), torch.from_numpy(vectors)
+    per_row = evaluate_retrieval(u, v, targets, exclude_indptr=indptr, exclude_indices=indices, item_counts=counts, ks=(1, 5, 10))
+    per_user = evaluate_per_user(u, v, np.arange(len(targets) + 1), targets, exclude_indptr=indptr, exclude_indices=indices,
+                                 item_counts=counts, ks=(1, 5, 10))
+    assert_same(per_user, per_row)
+
+
+def test_per_user_merging_and_scores_path():
+    from recsys.retrieval_metrics import PerUserEvaluator, evaluate_per_user
+
+    users, vectors, targets, excluded, counts = per_user_problem(4)
+    u, v = torch.from_numpy(users), torch.from_numpy(vectors)
+    tptr, tidx = csr(targets)
+    eptr, eidx = csr(excluded)
+    whole = evaluate_per_user(u, v, tptr, tidx, exclude_indptr=eptr, exclude_indices=eidx, item_counts=counts)
+    a, b = PerUserEvaluator(v, item_counts=counts), PerUserEvaluator(v, item_counts=counts)
+    a.update(u[:11], tptr[:12], tidx, eptr[:12], eidx)  # CSR slices keep their absolute offsets
+    b.update_scores(u[11:].double() @ v.double().T, tptr[11:], tidx, eptr[11:], eidx)  # precomputed scores
+    a.sums += b.sums
+    a.covered = torch.maximum(a.covered, b.covered)
+    assert_same(a.compute(), whole)
+
+
+def test_per_user_errors_name_the_problem():
+    from recsys.retrieval_metrics import evaluate_per_user
+
+    v = torch.zeros(5, 2)
+    with pytest.raises(ValueError, match="user 1 of this batch has no held-out item"):
+        evaluate_per_user(torch.zeros(2, 2), v, [0, 1, 1], [3])
+    with pytest.raises(ValueError, match=r"item indices in \[0, 5\)"):
+        evaluate_per_user(torch.zeros(1, 2), v, [0, 1], [5])
+    with pytest.raises(ValueError, match="target_indptr: got 2 offsets for 2 rows"):
+        evaluate_per_user(torch.zeros(2, 2), v, [0, 1], [0])
+
+
+def test_metric_names_are_the_keys_of_both_protocols():
+    from recsys.retrieval_metrics import evaluate_per_user, metric_names
+
+    v = torch.eye(3)
+    names = set(metric_names([5, 20]))
+    for got in (evaluate_retrieval(v, v, [0, 1, 2], ks=[5, 20], item_counts=np.ones(3, np.int64)),
+                evaluate_per_user(v, v, [0, 1, 2, 3], [0, 1, 2], ks=[5, 20], item_counts=np.ones(3, np.int64))):
+        assert {k for k in got if k != "rows" and not k.startswith("rows/")} == names
+    assert {"recall@20", "ndcg@20", "precision@5", "map@20", "hit_rate@5", "mrr", "recall@20/tail"} <= names
