@@ -6,7 +6,8 @@
 Endpoints::
 
     POST /v1/retrieve        {"user": {<feature>: id or [ids]}, "k": 100, "exclude": [ids], "exclude_history": false}
-                             -> {"items": [{"item_id": id, "score": s}], "bundle": id, "oov_features": [...]}
+                             -> {"items": [{"item_id": id, "score": s}], "bundle": id, "oov_features": [...],
+                                 "missing_features": [...]}
     POST /v1/retrieve/batch  {"requests": [<retrieve body>, ...]} -> {"results": [<retrieve answer>], "bundle": id}
     GET  /healthz            200 while the process serves
     GET  /readyz             200 with a bundle loaded, else 503
@@ -15,15 +16,20 @@ Endpoints::
     POST /admin/reload       {"path": BUNDLE} (default: the bundle's own path): verify, then swap
                              atomically; loopback clients only unless admin_anywhere
 
+    GET  /openapi.json       the API's OpenAPI schema (the request features of the loaded bundle)
+
 Bad requests get a 4xx and ``{"error": ..., "errors": [{"field": "user.user_id", "message": ...}]}``:
-400 body not JSON, 413 body too large, 422 a field (unknown feature, wrong type, k or batch above
-the limit), 403 admin from a non-loopback address. Nothing a request sends stops the service.
+400 body not JSON (or nested deeper than JSON_MAX_DEPTH), 413 body too large, 422 a field
+(unknown feature, wrong type, k or batch above the limit), 403 admin from a non-loopback
+address, 409 a reload refused. Nothing a request sends stops the service.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
+import re
 import time
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -37,11 +43,14 @@ from fastapi.responses import JSONResponse, Response
 from starlette.routing import Route
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-from serving.features import FieldError, RequestError
+from serving.features import FieldError, RequestError, short_repr
 from serving.service import LoadedService, MicroBatcher, Query
 
 LOOPBACK = {"127.0.0.1", "::1", "localhost"}
 _RETRIEVE_KEYS = ("user", "k", "exclude", "exclude_history")
+# No valid body nests deeper than 4 (batch > request > user > list); json.loads recurses per level and
+# a few thousand levels raise RecursionError, so depth is checked on the raw bytes first.
+JSON_MAX_DEPTH = 32
 
 
 @dataclass(frozen=True)
@@ -59,6 +68,8 @@ class ServeConfig:
         batch_thread: compute batches on a worker thread instead of inline on the event loop.
         admin_anywhere: allow ``/admin/*`` from non-loopback clients.
         index_overrides: serve-time index settings (``nprobe``, ``ef_search``, ``rerank``).
+        require_all_features: every single-valued user feature required (422 when missing), whatever
+            the bundle's missing-feature policy.
     """
 
     max_k: int = 1000
@@ -70,6 +81,7 @@ class ServeConfig:
     batch_thread: bool = False
     admin_anywhere: bool = False
     index_overrides: dict[str, Any] = field(default_factory=dict)
+    require_all_features: bool = False
 
 
 class Metrics:
@@ -93,6 +105,8 @@ class Metrics:
         self.oov_values = Counter("recsys_oov_values", "user feature ids not in their vocabulary (mapped to the OOV index)", registry=r)
         self.oov_features = Counter("recsys_oov_features", "queries with an unknown id, by feature", ["feature"], registry=r)
         self.oov_rate = Gauge("recsys_oov_rate", "oov_values / feature_values since start", registry=r)
+        self.missing_features = Counter("recsys_missing_features", "queries without a user feature (its policy applied), by feature",
+                                        ["feature"], registry=r)
         self.reloads = Counter("recsys_reloads", "bundle reloads by result", ["result"], registry=r)
         self.bundle_info = Gauge("recsys_bundle_info", "the serving bundle (1)", ["bundle_id"], registry=r)
         self._values = 0
@@ -104,9 +118,29 @@ class Metrics:
             self._oov += u.num_oov
             for f in u.oov_features:
                 self.oov_features.labels(f).inc()
+            for f in u.missing_features:
+                self.missing_features.labels(f).inc()
         self.feature_values.inc(sum(u.num_values for u in users))
         self.oov_values.inc(sum(u.num_oov for u in users))
         self.oov_rate.set(self._oov / self._values if self._values else 0.0)
+
+
+_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"')
+_BRACKET = re.compile(rb"[\[\]{}]")
+
+
+def _max_depth(raw: bytes) -> int:
+    """How deeply ``raw`` nests arrays / objects (brackets inside strings do not count); cheap when it holds few."""
+    if raw.count(b"[") + raw.count(b"{") <= JSON_MAX_DEPTH:
+        return 0
+    depth = deepest = 0
+    for bracket in _BRACKET.findall(_STRING.sub(b"", raw)):
+        if bracket in (b"[", b"{"):
+            depth += 1
+            deepest = max(deepest, depth)
+        else:
+            depth -= 1
+    return deepest
 
 
 def _json(body: Any, status: int = 200) -> Response:
@@ -131,9 +165,12 @@ class App:
         self.bundle_path = Path(bundle_path) if bundle_path is not None else None
         self.service: LoadedService | None = None
         if self.bundle_path is not None:
-            self._set(LoadedService.from_path(self.bundle_path, config.index_overrides or None))
+            self._set(self._load(self.bundle_path))
         self.batcher = MicroBatcher(config.max_batch, config.max_wait_ms / 1000.0, on_batch=self._on_batch, thread=config.batch_thread)
         self._reload_lock = asyncio.Lock()
+
+    def _load(self, path: Path) -> LoadedService:
+        return LoadedService.from_path(path, self.config.index_overrides or None, self.config.require_all_features)
 
     def _on_batch(self, size: int, seconds: float) -> None:
         self.metrics.batch_size.observe(size)
@@ -166,10 +203,14 @@ class App:
             chunks.append(chunk)
             if not message.get("more_body", False):
                 break
+        raw = b"".join(chunks)
+        depth = _max_depth(raw)
+        if depth > JSON_MAX_DEPTH:
+            raise RequestError([FieldError("body", f"nested {depth:,} levels deep; at most {JSON_MAX_DEPTH} (JSON_MAX_DEPTH)")], 400)
         try:
-            return json.loads(b"".join(chunks))
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise RequestError([FieldError("body", f"not JSON ({exc})")], 400) from None
+            return json.loads(raw)
+        except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+            raise RequestError([FieldError("body", f"not JSON ({short_repr(str(exc))})")], 400) from None
 
     def parse_query(self, service: LoadedService, body: Any, path: str) -> Query:
         """A retrieve body -> :class:`Query` (raises :class:`RequestError` with every problem)."""
@@ -179,15 +220,21 @@ class App:
         errors = [FieldError(f"{prefix}{key}", f"unknown field; allowed: {list(_RETRIEVE_KEYS)}") for key in body if key not in _RETRIEVE_KEYS]
         k = body.get("k", 100)
         if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= self.config.max_k:
-            errors.append(FieldError(f"{prefix}k", f"got {k!r}; give an integer in [1, {self.config.max_k}] (max_k)"))
+            errors.append(FieldError(f"{prefix}k", f"got {short_repr(k)}; give an integer in [1, {self.config.max_k}] (max_k)"))
         exclude = body.get("exclude", [])
-        if not isinstance(exclude, list) or any(isinstance(x, bool) or not isinstance(x, (int, str)) for x in exclude):
-            errors.append(FieldError(f"{prefix}exclude", "give a list of raw item ids (integers or the source's string tokens)"))
+        excluded = np.empty(0, np.int64)
+        if not isinstance(exclude, list):
+            errors.append(FieldError(f"{prefix}exclude", f"got {type(exclude).__name__}; give a list of raw item ids"))
         elif len(exclude) > self.config.max_exclude:
             errors.append(FieldError(f"{prefix}exclude", f"got {len(exclude)} ids; at most {self.config.max_exclude} (max_exclude)"))
+        elif exclude:
+            try:
+                excluded = service.item_indices(exclude, f"{prefix}exclude")
+            except RequestError as exc:
+                errors.extend(exc.errors)
         exclude_history = body.get("exclude_history", False)
         if not isinstance(exclude_history, bool):
-            errors.append(FieldError(f"{prefix}exclude_history", f"got {exclude_history!r}; give true or false"))
+            errors.append(FieldError(f"{prefix}exclude_history", f"got {short_repr(exclude_history)}; give true or false"))
         if "user" not in body:
             errors.append(FieldError(f"{prefix}user", "missing; give an object {feature: id or list of ids}"))
             raise RequestError(errors)
@@ -197,17 +244,17 @@ class App:
             errors.extend(exc.errors)
         if errors:
             raise RequestError(errors)
-        excluded = service.item_indices(exclude) if exclude else np.empty(0, np.int64)
         if exclude_history and user.history_items is not None:
             excluded = np.union1d(excluded, user.history_items)
         return Query(user, k, excluded)
 
     @staticmethod
-    def answer_json(answer, service: LoadedService, oov: list[str]) -> dict[str, Any]:
+    def answer_json(answer, service: LoadedService, user) -> dict[str, Any]:
         return {
             "items": [{"item_id": i, "score": s} for i, s in zip(answer.items, answer.scores)],
             "bundle": service.bundle_id,
-            "oov_features": oov,
+            "oov_features": user.oov_features,
+            "missing_features": user.missing_features,
         }
 
     # -- endpoints --------------------------------------------------------------------------
@@ -220,7 +267,7 @@ class App:
         query = self.parse_query(service, body, "")
         self.metrics.observe_users([query.user])
         answer = await self.batcher.submit(service, query)
-        return _json(self.answer_json(answer, service, query.user.oov_features))
+        return _json(self.answer_json(answer, service, query.user))
 
     async def retrieve_batch(self, scope: dict[str, Any], receive) -> Response:
         service = self.service
@@ -244,7 +291,7 @@ class App:
         self.metrics.observe_users([q.user for q in queries])
         answers = await asyncio.gather(*(self.batcher.submit(service, q) for q in queries))
         return _json({
-            "results": [self.answer_json(a, service, q.user.oov_features) for a, q in zip(answers, queries)],
+            "results": [self.answer_json(a, service, q.user) for a, q in zip(answers, queries)],
             "bundle": service.bundle_id,
         })
 
@@ -264,7 +311,8 @@ class App:
     async def reload(self, request: Request) -> Response:
         host = request.client.host if request.client else ""
         if not self.config.admin_anywhere and host not in LOOPBACK:
-            return _error(403, f"admin endpoints answer loopback clients only (this client: {host}); start with --admin-anywhere to allow others")
+            return _error(403, "forbidden", [FieldError("client", f"admin endpoints answer loopback clients only (this client: {host}); "
+                                                             "start with --admin-anywhere to allow others")])
         raw = await self.read_json(request.scope, request.receive) if int(request.headers.get("content-length") or 0) else {}
         if not isinstance(raw, dict) or set(raw) - {"path"}:
             raise RequestError([FieldError("body", "give {\"path\": BUNDLE} or an empty body (reload the current path)")])
@@ -272,6 +320,8 @@ class App:
         if not isinstance(path, str):
             raise RequestError([FieldError("path", "give the bundle folder as a string")])
         result = await self.reload_path(Path(path))
+        if not result["ok"]:
+            result = {**result, "error": "reload refused", "errors": [{"field": "path", "message": result["reason"]}]}
         return JSONResponse(result, status_code=200 if result["ok"] else 409)
 
     async def reload_path(self, path: Path) -> dict[str, Any]:
@@ -279,7 +329,7 @@ class App:
         async with self._reload_lock:
             old = self.service.bundle_id if self.service else None
             try:
-                service = await asyncio.to_thread(LoadedService.from_path, path, self.config.index_overrides or None)
+                service = await asyncio.to_thread(self._load, path)
             except Exception as exc:  # BundleError names the file; anything else is reported as is
                 self.metrics.reloads.labels("refused").inc()
                 return {"ok": False, "reason": str(exc), "bundle": old}
@@ -324,6 +374,9 @@ class HotPaths:
             response = await handler(scope, receive)
         except RequestError as exc:
             response = _request_error(exc)
+        except Exception:  # a bug, not the request: logged with its traceback, the service keeps serving
+            logging.getLogger("recsys.serve").exception("%s failed", scope["path"])
+            response = _error(500, "internal error (logged by the service)")
         await response(scope, receive, send)
 
 
@@ -371,6 +424,12 @@ def create_app(bundle_path: str | Path | None, config: ServeConfig | None = None
     async def reload(request: Request):
         return await state.reload(request)
 
+    @app.get("/openapi.json", include_in_schema=False)
+    async def openapi():
+        from serving.openapi import openapi_schema
+
+        return JSONResponse(openapi_schema(state.service, state.config))
+
     return app
 
 
@@ -409,4 +468,4 @@ class ObserveMiddleware:
                 m.errors.labels(endpoint, str(status)).inc()
 
 
-_ENDPOINTS = {"/v1/retrieve", "/v1/retrieve/batch", "/healthz", "/readyz", "/v1/metadata", "/metrics", "/admin/reload"}
+_ENDPOINTS = {"/v1/retrieve", "/v1/retrieve/batch", "/healthz", "/readyz", "/v1/metadata", "/metrics", "/admin/reload", "/openapi.json"}

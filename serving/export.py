@@ -34,7 +34,8 @@ from torch import nn
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from serving import bundle as fmt
-from serving.retriever import build_index, default_index_settings
+from serving.features import missing_policy
+from serving.retriever import build_index, check_settings, resolve_index_settings
 
 RESULTS = "results.json"
 # results.json entries that are not metrics (tables, histories, the config) stay out of the manifest's metrics.
@@ -124,6 +125,8 @@ def load_trained_run(run_dir: str | Path, checkpoint: str | Path | None = None) 
     from recsys.train.config import TrainConfig
 
     run_dir = Path(run_dir)
+    # which flag a problem of the checkpoint's content points at: the one that chose the checkpoint
+    source = f"RUN_DIR {run_dir}" if checkpoint is None else f"--checkpoint {checkpoint}"
     if checkpoint is None:
         if not run_dir.is_dir():
             raise FileNotFoundError(f"RUN_DIR {run_dir}: no such folder; give the run_dir `recsys train` printed")
@@ -135,6 +138,8 @@ def load_trained_run(run_dir: str | Path, checkpoint: str | Path | None = None) 
         step, path = chosen
     else:
         path = Path(checkpoint)
+        if not path.is_dir():
+            raise FileNotFoundError(f"--checkpoint {path}: no such folder; give a checkpoint_* folder of the run (under {run_dir / ckpt.RAY_RUN_NAME})")
         reason = ckpt.verify_checkpoint(path)
         if reason is not None:
             raise ValueError(f"--checkpoint {path}: {reason}")
@@ -142,8 +147,10 @@ def load_trained_run(run_dir: str | Path, checkpoint: str | Path | None = None) 
     resolved = ckpt.read_resolved_config(path)
     config = TrainConfig.model_validate(resolved["config"])
     if config.model.arch != "two_tower":
-        raise ValueError(f"RUN_DIR {run_dir}: model.arch is {config.model.arch!r}; recsys export serves two_tower runs only")
+        raise ValueError(f"{source}: model.arch is {config.model.arch!r}; recsys export serves two_tower runs only "
+                         "(a CTR model scores (user, item) pairs, it has no towers to retrieve with)")
     spec = spec_from_dict(resolved["spec"], f"{path / ckpt.CONFIG}:spec")
+    check_run_data(Path(config.data.path), spec, source)
     counts = layout.vocab_counts(config.data.path, spec.sparse)
     model = build_two_tower_model(config.model, spec, device="cpu", counts=counts)
     tensors = ckpt.checkpoint_tensors(path)
@@ -154,6 +161,25 @@ def load_trained_run(run_dir: str | Path, checkpoint: str | Path | None = None) 
         raise ValueError(f"checkpoint {path}: tensors do not match the rebuilt model (missing {missing[:5]}, unexpected {unexpected[:5]})")
     model.load_state_dict(state, strict=True)
     return TrainedRun(model.eval(), config, spec, resolved, path, int(step), run_dir)
+
+
+def check_run_data(data: Path, spec: Any, source: str) -> None:
+    """Raise naming the first file of the run's data set that export reads and cannot find.
+
+    Export embeds every catalogue item (``items.parquet``) and copies the vocabularies of the data set the
+    run was trained on (``data.path`` of its config), so a data set moved or replaced since training stops
+    export here, before the model is rebuilt.
+    """
+    from recsys.data import layout
+
+    needed = [layout.catalogue_path(data, "items")] + [layout.vocab_path(data, f.name) for f in spec.sparse if f.has_vocab]
+    for file in needed:
+        if not file.is_file():
+            what = "the data set folder is gone" if not data.is_dir() else f"{file.relative_to(data)} is missing"
+            raise FileNotFoundError(
+                f"{file}: {what}; export needs the run's data set (data.path {str(data)!r} in the config of {source}): "
+                "restore it there, or ingest the same data to that path again"
+            )
 
 
 def run_metrics(run_dir: Path) -> dict[str, Any]:
@@ -183,8 +209,15 @@ def export_bundle(
     index: str = "exact",
     index_settings: dict[str, Any] | None = None,
     checkpoint: str | Path | None = None,
+    require_all_features: bool = False,
+    log: Any = print,
 ) -> Path:
     """Write the bundle of a trained two-tower run (module docstring); returns its folder.
+
+    Args:
+        require_all_features: every single-valued user feature is required in requests (422 when missing);
+            by default a missing feature gets its OOV row (or an empty bag), reported in the answer.
+        log: where lines about clamped index settings go.
 
     Raises:
         ValueError: bad precision / index, a run that cannot be served, an item id without vocabulary.
@@ -196,6 +229,7 @@ def export_bundle(
         raise ValueError(f"--index: got {index!r}; choose one of {list(fmt.INDEX_KINDS)}")
     if Path(out).exists():
         raise FileExistsError(f"--out {out} exists; give a new folder (bundles are never overwritten in place)")
+    check_settings(index, dict(index_settings or {}))  # before the run is loaded
     from recsys.data import layout
     from recsys.data.catalogue import ItemCatalogue
     from recsys.models.two_tower import embed_items
@@ -212,7 +246,9 @@ def export_bundle(
     vectors = embed_items(model, catalogue).numpy()  # (V, D) float32
     stored, scales = quantize_vectors(vectors, precision)
     search_vectors = fmt.dequantize(stored, scales)
-    settings = {**default_index_settings(index, search_vectors.shape[0]), **(index_settings or {})}
+    settings, notes = resolve_index_settings(index, index_settings, search_vectors.shape[0])
+    for line in notes:
+        log(f"--index-setting: {line}")
     artifacts = build_index(index, search_vectors, settings)
 
     keys = list(model.user_tower.feature_names)
@@ -257,7 +293,9 @@ def export_bundle(
         "user_tower": {
             "file": fmt.USER_TOWER,
             "features": [{"name": k, "multi_valued": by_name[k].multi_valued, "max_length": by_name[k].max_length,
-                          "vocab": by_name[k].has_vocab, "history_of": by_name[k].history_of} for k in keys],
+                          "vocab": by_name[k].has_vocab, "history_of": by_name[k].history_of,
+                          "missing": missing_policy(by_name[k].multi_valued, by_name[k].has_vocab, require_all_features)}
+                         for k in keys],
             "inputs": "values (N,) int64, lengths (F, B) int32 with B >= 2",
             "output_dim": int(vectors.shape[1]),
             "ops_libraries": ["fbgemm_gpu"] if ops else [],

@@ -20,6 +20,13 @@ fewer than k items remain, the tail holds item ``-1`` and score ``-inf``.
 
 ANN kinds fetch ``k + (excluded items of the query) + first_item`` candidates, so exclusions
 never shorten a list the index could fill; candidates are re-scored exactly before the top-k.
+An ANN search can still find fewer than k eligible items (IVF cells scanned by ``nprobe`` may
+hold fewer items than k; an HNSW graph walk may stop short): those queries, and only those, are
+answered again by exact search, so an answer holds k items whenever the catalogue has k eligible
+items (``Retriever.exact_fallbacks`` counts them). Settings that cannot be built as asked
+(``nlist`` above the item count, ``nprobe`` above ``nlist``, ``train_size`` below ``nlist``) are
+clamped by :func:`resolve_index_settings`, each with a line saying so, and bundles record what
+was built.
 
 Threads: a process that serves batch-1 queries on a few cores is fastest with ONE thread per
 library; idle OpenMP / OpenBLAS pools of torch and faiss spinning next to each other made
@@ -114,6 +121,37 @@ def parse_index_settings(pairs: Sequence[str]) -> dict[str, int]:
     return out
 
 
+def resolve_index_settings(kind: str, settings: dict[str, Any] | None, num_items: int) -> tuple[dict[str, Any], list[str]]:
+    """The settings an index of ``kind`` over ``num_items`` vectors is really built with, and a line per change.
+
+    The defaults of :func:`default_index_settings` are filled in, then what cannot be built as asked is
+    clamped: IVF ``nlist`` to the item count (k-means cannot make more cells than points), ``train_size``
+    into ``[nlist, num_items]``, ``nprobe`` to ``nlist``. Export records the result in the manifest, so
+    ``/v1/metadata`` shows the index that serves.
+
+    Raises:
+        ValueError: an unknown kind, a setting the kind does not take, a value below 1.
+    """
+    if kind not in INDEX_KINDS:
+        raise ValueError(f"index: got {kind!r}; choose one of {list(INDEX_KINDS)}")
+    given = dict(settings or {})
+    check_settings(kind, given)
+    out = {**default_index_settings(kind, num_items), **given}
+    notes: list[str] = []
+
+    def clamp(key: str, value: int, why: str) -> None:
+        if out[key] != value:
+            notes.append(f"index setting {key}={out[key]} {why}: built with {key}={value}")
+            out[key] = value
+
+    if kind == "ivf":
+        clamp("nlist", min(out["nlist"], max(1, num_items)), f"is above the {num_items:,} items (k-means needs a point per cell)")
+        clamp("train_size", min(max(out["train_size"], out["nlist"]), max(1, num_items)),
+              f"is outside [nlist, items] = [{out['nlist']:,}, {num_items:,}]")
+        clamp("nprobe", min(out["nprobe"], out["nlist"]), f"is above nlist={out['nlist']:,} (there are no more cells to scan)")
+    return out, notes
+
+
 def check_settings(kind: str, settings: dict[str, Any], allowed: Sequence[str] | None = None) -> None:
     """Raise ``ValueError`` naming any setting the kind does not take or a non-positive value."""
     allowed = _SETTINGS[kind] if allowed is None else allowed
@@ -191,11 +229,12 @@ def build_index(kind: str, vectors: np.ndarray, settings: dict[str, Any]) -> Ind
 
     num_items, dim = vectors.shape
     if kind == "ivf":
-        nlist = min(settings["nlist"], num_items)
+        settings, _ = resolve_index_settings(kind, settings, num_items)  # callers that skipped it get the same clamps
+        nlist = settings["nlist"]
         quantizer = faiss.IndexFlatIP(dim)
         index = faiss.IndexIVFFlat(quantizer, dim, nlist, faiss.METRIC_INNER_PRODUCT)
         rng = np.random.default_rng(0)
-        train_size = min(settings.get("train_size", num_items), num_items)
+        train_size = settings["train_size"]
         sample = vectors if train_size >= num_items else vectors[np.sort(rng.choice(num_items, train_size, replace=False))]
         index.train(sample)
         index.add(vectors)
@@ -248,6 +287,8 @@ class Retriever:
             raise ValueError("scales: give (V,) float32 per-item scales with int8 vectors, and only with them")
         self.kind = kind
         self.settings = dict(settings or default_index_settings(kind, len(vectors)))
+        self.notes: list[str] = []  # settings that differ from what was asked, one line each (``recsys serve`` prints them)
+        self.exact_fallbacks = 0  # queries an ANN search left short, answered again by exact search
         self.vectors = np.ascontiguousarray(vectors)  # stored dtype
         self.scales = None if scales is None else np.ascontiguousarray(scales, dtype=np.float32)
         self._scales_t = None if self.scales is None else torch.from_numpy(self.scales)
@@ -259,8 +300,18 @@ class Retriever:
             import faiss
 
             if index_bytes is None:
+                self.settings, self.notes = resolve_index_settings(kind, self.settings, self.num_items)
                 index_bytes = build_index(kind, self.rows(slice(None)), self.settings).index_bytes
             self._index = faiss.deserialize_index(np.frombuffer(index_bytes, dtype=np.uint8))
+            if kind == "ivf" and self.settings.get("nlist") != self._index.nlist:
+                # bundles written before the clamp was recorded say the nlist that was asked for
+                self.notes.append(f"index setting nlist={self.settings.get('nlist')} in the manifest; the index has "
+                                  f"nlist={self._index.nlist}: serving with the index's")
+                self.settings["nlist"] = int(self._index.nlist)
+            if kind == "ivf" and self.settings["nprobe"] > self.settings["nlist"]:
+                self.notes.append(f"index setting nprobe={self.settings['nprobe']} is above nlist={self.settings['nlist']}: "
+                                  f"serving with nprobe={self.settings['nlist']}")
+                self.settings["nprobe"] = self.settings["nlist"]
         elif kind == "binary":
             import faiss
 
@@ -306,6 +357,12 @@ class Retriever:
         other = object.__new__(Retriever)
         other.__dict__.update(self.__dict__)
         other.settings = {**self.settings, **overrides}
+        other.notes = list(self.notes)
+        other.exact_fallbacks = 0
+        if self.kind == "ivf" and other.settings["nprobe"] > other.settings["nlist"]:
+            other.notes.append(f"--index-setting nprobe={other.settings['nprobe']} is above the index's nlist={other.settings['nlist']}: "
+                               f"serving with nprobe={other.settings['nlist']} (every cell)")
+            other.settings["nprobe"] = other.settings["nlist"]
         return other
 
     def search(
@@ -326,16 +383,36 @@ class Retriever:
             return self._exact(users_np, k, exclude)
         extra = max((len(e) for e in exclude), default=0) if exclude else 0
         want = min(self.num_items, k + extra + self.first_item)
+        import faiss
+
         if self.kind == "binary":
             want = min(self.num_items, max(want, self.settings["rerank"]))
             _, candidates = self._index.search(sign_codes(users_np), want)
         else:
-            if self.kind == "hnsw":
-                self._index.hnsw.efSearch = max(self.settings["ef_search"], want)
-            else:
-                self._index.nprobe = self.settings["nprobe"]
-            _, candidates = self._index.search(users_np, want)
-        return self._rerank(users_np, candidates.astype(np.int64), k, exclude)
+            # per-call parameters (not the shared index's fields): retrievers made by with_settings share the index
+            params = (faiss.SearchParametersHNSW(efSearch=max(self.settings["ef_search"], want)) if self.kind == "hnsw"
+                      else faiss.SearchParametersIVF(nprobe=self.settings["nprobe"]))
+            _, candidates = self._index.search(users_np, want, params=params)
+        scores, items = self._rerank(users_np, candidates.astype(np.int64), k, exclude)
+        short = self._short_rows(items, k, exclude)
+        if short.size:  # the index found fewer eligible items than the catalogue has: exact search for these rows
+            self.exact_fallbacks += int(short.size)
+            sub_exclude = [exclude[r] for r in short] if exclude else None
+            ex_scores, ex_items = self._exact(users_np[short], k, sub_exclude)  # (S, min(k, V))
+            width = ex_items.shape[1]
+            scores[short], items[short] = -np.inf, -1
+            scores[short, :width], items[short, :width] = ex_scores, ex_items
+        return scores, items
+
+    def _short_rows(self, items: np.ndarray, k: int, exclude: Sequence[np.ndarray] | None) -> np.ndarray:
+        """Rows holding fewer items than ``min(k, eligible items of the row)``."""
+        found = (items >= 0).sum(axis=1)
+        eligible = np.full(len(items), self.num_items - self.first_item, dtype=np.int64)
+        if exclude:
+            for row, e in enumerate(exclude):
+                e = np.unique(np.asarray(e, np.int64))
+                eligible[row] -= int(((e >= self.first_item) & (e < self.num_items)).sum())
+        return np.nonzero(found < np.minimum(k, eligible))[0]
 
     def _exact(self, users: np.ndarray, k: int, exclude: Sequence[np.ndarray] | None) -> tuple[np.ndarray, np.ndarray]:
         """``users @ vectors.T`` + the tie rule, one block of ``chunk_rows`` items at a time.

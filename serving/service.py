@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from serving.bundle import Bundle, load_bundle
-from serving.features import ParsedUser, UserEncoder
+from serving.features import FieldError, ParsedUser, RequestError, UserEncoder, coerce_id
 from serving.retriever import Retriever
 
 
@@ -51,27 +51,33 @@ class LoadedService:
     Args:
         bundle (Bundle): from :func:`serving.bundle.load_bundle`.
         index_overrides (dict | None): serve-time index settings (``nprobe``, ``ef_search``, ``rerank``).
+        require_all_features (bool): every single-valued user feature required (``--require-all-features``).
+
+    Attributes:
+        notes: index settings served otherwise than the manifest or the overrides asked, one line each.
     """
 
-    def __init__(self, bundle: Bundle, index_overrides: dict[str, Any] | None = None):
+    def __init__(self, bundle: Bundle, index_overrides: dict[str, Any] | None = None, require_all_features: bool = False):
         m = bundle.manifest
         self.bundle = bundle
         self.bundle_id = bundle.bundle_id
         self.item_vocab = bundle.vocabs[m["items"]["id_feature"]]
-        self.encoder = UserEncoder(m["user_tower"]["features"], bundle.vocabs, m["items"]["id_feature"])
+        self.encoder = UserEncoder(m["user_tower"]["features"], bundle.vocabs, m["items"]["id_feature"], require_all_features)
         retriever = Retriever(
             bundle.stored_vectors, m["index"]["kind"], m["index"]["settings"], scales=bundle.item_scales,
             index_bytes=bundle.index_bytes, codes=bundle.item_codes, first_item=int(m["items"]["first_item"]),
         )
         bundle.index_bytes = None  # the retriever holds the deserialised index; the bytes would be a second copy
         self.retriever = retriever.with_settings(index_overrides) if index_overrides else retriever
+        self.notes = self.retriever.notes
         self._raw = self.item_vocab.raw_by_index
         self._tokens = self.item_vocab.token_by_index
 
     @classmethod
-    def from_path(cls, path: str | Path, index_overrides: dict[str, Any] | None = None) -> "LoadedService":
+    def from_path(cls, path: str | Path, index_overrides: dict[str, Any] | None = None,
+                  require_all_features: bool = False) -> "LoadedService":
         """Load, verify and warm up (one forward and search, so the first request pays no lazy init)."""
-        service = cls(load_bundle(path), index_overrides)
+        service = cls(load_bundle(path), index_overrides, require_all_features)
         service.warm_up()
         return service
 
@@ -80,8 +86,19 @@ class LoadedService:
         user = ParsedUser([np.zeros(1 if not x.multi_valued else 0, np.int64) for x in f])
         self.run([Query(user, 1, np.empty(0, np.int64))])
 
-    def item_indices(self, raw_ids: Sequence[Any]) -> np.ndarray:
-        """Item indices of raw item ids (ints or the source's tokens); unknown ids are dropped."""
+    def item_indices(self, raw_ids: Sequence[Any], path: str = "exclude") -> np.ndarray:
+        """Item indices of raw item ids, matched by the type of the source's ids
+        (:func:`serving.features.coerce_id`); well-typed ids the catalogue does not hold are left out
+        (they cannot come back anyway).
+
+        Raises:
+            RequestError: each id of the wrong type, named ``exclude[i]``.
+        """
+        errors: list[FieldError] = []
+        string_ids = bool(self.item_vocab.tokens)
+        raw_ids = [coerce_id(x, self.item_vocab.name, string_ids, f"{path}[{i}]", errors) for i, x in enumerate(raw_ids)]
+        if errors:
+            raise RequestError(errors)
         ints = np.array([x for x in raw_ids if isinstance(x, int)], dtype=np.int64)
         idx, known = self.item_vocab.lookup(ints)
         out = [idx[known]]
