@@ -5,6 +5,7 @@
     recsys ingest parquet PATH --spec features/X.yaml --out DIR [--split 0.8,0.1,0.1] [--timestamp-split] [--skip-bad-rows]
     recsys ingest avazu PATH --out DIR [--spec features/avazu.yaml] [--split 0.8,0.1,0.1] [--skip-bad-rows]
     recsys ingest csv PATH --spec features/X.yaml --out DIR [--delimiter ,] [--label COL] [--split 0.8,0.1,0.1] [--skip-bad-rows]
+    recsys ingest interactions LOG --user COL --item COL [--timestamp COL] [--split leave_last_out|time|random|column] --out DIR
 
 ``movielens`` takes ml-1m, ml-100k and the CSV releases (ml-latest, ml-25m, ml-32m), and writes
 ``items.parquet`` / ``users.parquet``; ``--split leave_last_out`` splits per user (last rating ->
@@ -70,7 +71,7 @@ def parse_split(text: str, source: str = "movielens") -> tuple[float, float, flo
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="recsys ingest", description=__doc__.split("\n\n")[0])
-    sub = parser.add_subparsers(dest="source", required=True, metavar="{criteo,movielens,parquet,avazu,csv}")
+    sub = parser.add_subparsers(dest="source", required=True, metavar="{criteo,movielens,parquet,avazu,csv,interactions}")
     default_split = ",".join(str(f) for f in DEFAULT_FRACTIONS)
     helps = {
         "criteo": "Criteo TSV: a file (train.txt, day_N, .gz) or a folder of day_N files",
@@ -110,7 +111,75 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--skip-bad-rows", action="store_true",
                        help="skip bad rows and count them in the manifest instead of stopping at the first")
         p.add_argument("--chunk-rows", type=int, default=200_000, metavar="N", help="rows parsed per chunk (default 200000)")
+    add_interactions_parser(sub)
     return parser
+
+
+def add_interactions_parser(sub: Any) -> None:
+    """``recsys ingest interactions``: any interaction log -> the two-tower layout (docs/interactions.md)."""
+    help_ = ("interaction logs (CSV / TSV / parquet, given splits, RecBole atomic files, LightGCN lists) -> "
+             "the two-tower data-set layout (docs/interactions.md)")
+    p = sub.add_parser("interactions", help=help_, description=help_)
+    p.add_argument("path", metavar="LOG", nargs="?", default=None, help="one log to split (or give --train/--test)")
+    p.add_argument("--out", required=True, metavar="DIR", help="output folder (empty, new, or an earlier data set)")
+    p.add_argument("--format", default="log", choices=["log", "recbole", "lightgcn"],
+                   help="log: delimited text (gzip by its bytes) or parquet; recbole: NAME.inter (+ NAME.user / NAME.item); "
+                        "lightgcn: 'user item item ...' lists")
+    for role, default in (("user", "user_id"), ("item", "item_id")):
+        p.add_argument(f"--{role}", default=default, metavar="COL", help=f"{role} id column: a header name or a 0-based position (default {default})")
+    p.add_argument("--timestamp", default=None, metavar="COL", help="time column (integers, numbers or ISO 8601); without it, input order is time order")
+    p.add_argument("--rating", default=None, metavar="COL", help="rating column, read for --min-rating")
+    p.add_argument("--min-rating", type=float, default=None, metavar="X", help="keep rows with rating >= X (implicit positives)")
+    p.add_argument("--split", default="random", choices=["leave_last_out", "time", "random", "column"],
+                   help="how one LOG is split (default random: per user, --ratios, --seed)")
+    p.add_argument("--split-column", default=None, metavar="COL", help="with --split column: the column holding train / validation / test")
+    p.add_argument("--ratios", default="0.8,0.1,0.1", metavar="F,F,F", help="train,validation,test fractions for time / random (default 0.8,0.1,0.1)")
+    p.add_argument("--seed", type=int, default=0, metavar="S", help="seed of the random split (default 0)")
+    for split in ("train", "validation", "test"):
+        p.add_argument(f"--{split}", default=None, metavar="F", help=f"given {split} file, kept as given")
+    for entity in ("user", "item"):
+        p.add_argument(f"--{entity}-features", default=None, metavar="FILE", help=f"{entity} side features: CSV / TSV / parquet")
+        p.add_argument(f"--{entity}-key", default=None, metavar="COL", help=f"key column of --{entity}-features (default: --{entity})")
+    p.add_argument("--list-sep", default=None, metavar="SEP", help="separator of multi-valued side values, e.g. '|'")
+    p.add_argument("--spec", default=None, metavar="YAML", help="feature spec overriding the inferred one")
+    p.add_argument("--delimiter", default=None, help="text delimiter (default: detected from the first line)")
+    p.add_argument("--header", default=None, action=argparse.BooleanOptionalAction,
+                   help="text files have a header line (default: yes, unless every column is a 0-based position)")
+    p.add_argument("--history-length", type=int, default=50, metavar="N", help="history_item_id length (0: no history feature)")
+    p.add_argument("--name", default=None, help="data set name (default: interactions)")
+    p.add_argument("--skip-bad-rows", action="store_true", help="skip bad rows and count them in the manifest")
+    p.add_argument("--chunk-rows", type=int, default=200_000, metavar="N", help="rows parsed per chunk (default 200000)")
+
+
+def run_interactions(args: argparse.Namespace) -> int:
+    """``recsys ingest interactions``: every flag checked before any data is read."""
+    from pathlib import Path
+
+    from recsys.data.interaction_formats import Columns, column_ref
+    from recsys.data.interactions_ingest import IngestSettings, check_settings, ingest_interactions, parse_ratios
+
+    path = lambda text: Path(text) if text is not None else None  # noqa: E731
+    settings = IngestSettings(
+        format=args.format, log=path(args.path), train=path(args.train), validation=path(args.validation), test=path(args.test),
+        columns=Columns(column_ref(args.user), column_ref(args.item), column_ref(args.timestamp), column_ref(args.rating),
+                        column_ref(args.split_column)),
+        delimiter=parse_delimiter(args.delimiter) if args.delimiter is not None else None, header=args.header,
+        min_rating=args.min_rating, split=args.split, ratios=parse_ratios(args.ratios), seed=args.seed,
+        history_length=args.history_length, skip_bad_rows=args.skip_bad_rows, chunk_rows=args.chunk_rows,
+    )
+    check_settings(settings)
+    spec = load_spec(args.spec) if args.spec else None
+    start = time.perf_counter()
+    manifest = ingest_interactions(
+        args.out, settings, user_features=path(args.user_features), user_key=column_ref(args.user_key),
+        item_features=path(args.item_features), item_key=column_ref(args.item_key), list_sep=args.list_sep,
+        spec=spec, name=args.name, log=print,
+    )
+    print(summary(manifest, args.out, time.perf_counter() - start))
+    dup, cold = manifest["duplicates"], manifest["no_training_rows"]
+    print(f"  duplicates: {dup.get('dropped', 0)} dropped ({'kept as given' if 'dropped' not in dup else 'first kept'}); "
+          f"no training row: {cold['users']['count']} users, {cold['items']['count']} items")
+    return 0
 
 
 def catalogue_line(name: str, info: dict[str, Any]) -> str:
@@ -149,6 +218,8 @@ def movielens_default_spec(path: str) -> DatasetSpec:
 def main(argv: list[str] | None = None) -> int:
     """Run ``recsys ingest``; returns 0, or raises ValueError / FileNotFoundError on bad input."""
     args = build_parser().parse_args(argv)
+    if args.source == "interactions":
+        return run_interactions(args)
     split = parse_split(args.split, args.source)
     if args.chunk_rows < 1:
         raise ValueError(f"--chunk-rows {args.chunk_rows}: expected a positive number of rows")
