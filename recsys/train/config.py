@@ -59,6 +59,9 @@ class DataConfig(_Section):
     """Args:
         path: data set folder written by ``recsys ingest`` / ``recsys synth``.
         spec: a feature spec YAML to read the data with; default: the data set's manifest spec.
+        source_spec: the feature spec YAML the data set at ``path`` is ingested / generated from
+            (its cardinalities are caps). Training never reads it; ``recsys plan`` sizes the tables
+            from it when no data set is at ``path`` (an upper bound on the ingested vocabularies).
         batch_size: GLOBAL training batch; each of N workers takes ``batch_size / N`` rows.
         eval_batch_size: global evaluation batch.
         check_ranges: scan every split once before training for ids outside ``[0, cardinality)``.
@@ -68,6 +71,7 @@ class DataConfig(_Section):
 
     path: str
     spec: str | None = None
+    source_spec: str | None = None
     batch_size: Annotated[int, Field(ge=1)] = 4096
     eval_batch_size: Annotated[int, Field(ge=1)] = 16384
     check_ranges: bool = True

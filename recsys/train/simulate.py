@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from torchrec.distributed.planner.types import PlannerError, ShardingOption, Stats, Storage, Topology
+from torchrec.distributed.planner.types import PlannerError, PlannerErrorType, ShardingOption, Stats, Storage, Topology
 
 from recsys.embeddings import EmbeddingPlan
 from recsys.features.spec import DatasetSpec
@@ -184,6 +184,10 @@ class Shortfall:
     available: int
     tables: tuple[tuple[str, int], ...]
     per_rank: tuple[tuple[str, int, int], ...] = ()  # (table, smallest shard, one rank's space) when no rank can hold it
+    # "tables": the tables' lower bound exceeds the room left after the reservation (all ranks);
+    # "reservation": the planner's reservation alone exceeds one rank's memory, before any table.
+    kind: str = "tables"
+    reserved_parts: tuple[tuple[str, int], ...] = ()  # for "reservation": what the planner reserves, per rank
 
     @property
     def over_by(self) -> int:
@@ -202,6 +206,7 @@ class ClusterPlan:
     ranks: tuple[RankUsage, ...] = ()
     shortfalls: tuple[Shortfall, ...] = ()
     reason: str = ""  # the planner's own reason when it found no plan
+    memory_short: bool = False  # TorchRec's reason is insufficient storage (not constraints)
     planner_seconds: float = 0.0
     num_proposals: int = 0
     notes: tuple[str, ...] = field(default_factory=tuple)
@@ -234,8 +239,10 @@ class ClusterPlan:
             "tables": [t.__dict__ | {"ranks": list(t.ranks)} for t in self.tables],
             "ranks": [r.__dict__ for r in self.ranks],
             "shortfalls": [s.__dict__ | {"over_by": s.over_by, "tables": [list(t) for t in s.tables],
-                                          "per_rank": [list(t) for t in s.per_rank]} for s in self.shortfalls],
+                                          "per_rank": [list(t) for t in s.per_rank],
+                                          "reserved_parts": [list(t) for t in s.reserved_parts]} for s in self.shortfalls],
             "reason": self.reason,
+            "memory_short": self.memory_short,
             "planner_seconds": self.planner_seconds,
             "notes": list(self.notes),
         }
@@ -283,11 +290,13 @@ def simulate_plan(
 
     from recsys.train import sharding
     from recsys.train.loop import build_task, constraints_for
+    from recsys.train.tasks import task_for
 
     task = build_task(config, spec, counts, torch.device("meta"))
     emb = config.optimizer.embedding
     sharding.apply_fused_optimizer(task, emb.kind, emb.lr, emb.eps, emb.weight_decay)
-    embedding_plan = task.model.sparse.plan()
+    # The task's plan, as `recsys train` reports it: a two-tower model holds one collection per tower.
+    embedding_plan = task_for(config.model.arch, config.data.path).plan(spec, counts)
     names = [t.name for t in embedding_plan.tables]
     _check_sharding(config, names, cluster)
     per_value = {t.name for t in embedding_plan.tables if t.per_value}
@@ -311,12 +320,41 @@ def simulate_plan(
         tables, ranks = _placements(recorder.best_plan, rows, topology, recorder.reserved or topology)
         return ClusterPlan(fits=True, tables=tables, ranks=ranks, **common)
     reason = (str(error).strip().splitlines() or [type(error).__name__])[0].strip().rstrip(".")
+    memory_short = getattr(error, "error_type", None) == PlannerErrorType.INSUFFICIENT_STORAGE
     shortfalls: tuple[Shortfall, ...] = ()
     if recorder.called and recorder.enumerator is not None and recorder.reserved is not None:
         with _quiet_planner():
             options = recorder.enumerator.enumerate(module=task, sharders=sharders)
-        shortfalls = _shortfalls(options, recorder.reserved, cluster.profile.compute_device)
-    return ClusterPlan(fits=False, shortfalls=shortfalls, reason=reason, **common)
+        shortfalls = _reservation_shortfall(getattr(planner, "_storage_reservation", None), topology, recorder.reserved, cluster)
+        shortfalls = shortfalls or _shortfalls(options, recorder.reserved, cluster.profile.compute_device)
+    elif memory_short:  # the reservation itself failed: no proposal was ever made
+        shortfalls = _reservation_shortfall(getattr(planner, "_storage_reservation", None), topology, None, cluster)
+    return ClusterPlan(fits=False, shortfalls=shortfalls, reason=reason, memory_short=memory_short, **common)
+
+
+def _reservation_shortfall(reservation: Any, topology: Topology, reserved: Topology | None, cluster: SimulatedCluster) -> tuple[Shortfall, ...]:
+    """What TorchRec's storage reservation takes from one rank before any table, where it leaves
+    the rank no room (its ``HeuristicalStorageReservation``: a share of HBM, dense parameters x
+    a multiplier, and the input batches); ``reserved``: the topology after it, where it was made."""
+    gpu = cluster.profile.compute_device == "cuda"
+    tier, field_ = ("HBM", "hbm") if gpu else ("DDR", "ddr")
+    capacity = getattr(topology.devices[0].storage, field_)
+    if reserved is not None and getattr(reserved.devices[0].storage, field_) > 0:
+        return ()
+    parts = []
+    percentage = getattr(reservation, "_percentage", None)
+    if percentage is not None:
+        parts.append((f"{percentage:.0%} of {tier}", int(percentage * capacity)))
+    for label, storage in (("dense parameters and their optimizer state", getattr(reservation, "_dense_storage", None)),
+                           ("input batches (KJTs)", getattr(reservation, "_kjt_storage", None))):
+        if storage is not None:
+            parts.append((label, int(getattr(storage, field_))))
+    needed = sum(size for _, size in parts)
+    if reserved is not None:
+        needed = capacity - getattr(reserved.devices[0].storage, field_)
+    if not parts or needed < capacity or (needed == capacity and reserved is None):
+        return ()
+    return (Shortfall(tier, int(needed), int(capacity), (), kind="reservation", reserved_parts=tuple(parts)),)
 
 
 def _check_sharding(config: TrainConfig, tables: list[str], cluster: SimulatedCluster) -> None:
@@ -340,6 +378,12 @@ def _check_sharding(config: TrainConfig, tables: list[str], cluster: SimulatedCl
         raise ConfigError("sharding", errors)
 
 
+def _no_spec_for_data_parallel(record: logging.LogRecord) -> bool:
+    """TorchRec's plan check warns on the root logger for every table without a sharding spec,
+    which is every data-parallel table (replicated, so it has none by design): one line per table."""
+    return not record.getMessage().startswith("Sharding spec not found for ")
+
+
 class _quiet_planner:
     """TorchRec's planner warns about dry runs (the point here) and logs every proposal."""
 
@@ -350,8 +394,10 @@ class _quiet_planner:
         self._logger = logging.getLogger("torchrec.distributed.planner")
         self._level = self._logger.level
         self._logger.setLevel(logging.ERROR)
+        logging.getLogger().addFilter(_no_spec_for_data_parallel)
 
     def __exit__(self, *exc: object) -> None:
+        logging.getLogger().removeFilter(_no_spec_for_data_parallel)
         self._logger.setLevel(self._level)
         self._warnings.__exit__(*exc)
 
@@ -440,6 +486,11 @@ def _gib(n: float) -> str:
     return f"{n / GIB:,.2f} GiB"
 
 
+def _size(n: float) -> str:
+    """GiB, or MiB below 1 GiB (a reservation short by a few MiB must not read "over by 0.00 GiB")."""
+    return _gib(n) if abs(n) >= GIB else f"{n / (1 << 20):,.1f} MiB"
+
+
 def _ranks(ranks: tuple[int, ...]) -> str:
     """``(0, 1, 2, 5)`` -> ``0-2,5``."""
     parts, start, prev = [], None, None
@@ -491,17 +542,37 @@ def _format(plan: ClusterPlan) -> list[str]:
     else:
         lines.append(f"fits: NO ({plan.reason})")
         for s in plan.shortfalls:
+            if s.kind == "reservation":
+                parts = ", ".join(f"{label} {_size(size)}" for label, size in s.reserved_parts)
+                lines.append(
+                    f"  {s.tier}: memory is short before any table: the planner reserves {_size(s.needed)} per rank "
+                    f"({parts}), one rank has {_size(s.available)}: over by {_size(s.over_by)}"
+                )
+                flag = "--hbm-gb" if s.tier == "HBM" else "--ddr-gb"
+                lines.append(f"  give more {s.tier} per rank ({flag}), or a smaller batch per rank (more ranks or a smaller data.batch_size)")
+                return lines
             if s.over_by > 0:
-                covered = ", ".join(f"{name} {_gib(size)}" for name, size in s.tables)
+                covered = ", ".join(f"{name} {_gib(size)}" for name, size in s.tables[:8])
+                covered += f" and {len(s.tables) - 8} more" if len(s.tables) > 8 else ""
                 lines.append(
                     f"  {s.tier}: the tables need at least {_gib(s.needed)} over all ranks, {_gib(s.available)} are left "
                     f"after the planner's reservation: over by {_gib(s.over_by)}"
                 )
                 lines.append(f"  largest tables (together at least the gap): {covered}")
-            for name, shard, room in s.per_rank:
+            for name, shard, room in s.per_rank[:5]:
                 lines.append(f"  {s.tier}: {name}: its smallest shard takes {_gib(shard)}, one rank has {_gib(room)}: over by {_gib(shard - room)}")
+            if len(s.per_rank) > 5:
+                lines.append(f"  {s.tier}: {len(s.per_rank) - 5} more tables whose smallest shard exceeds one rank (all with --json)")
         if plan.shortfalls:
             lines.append("  compress these tables (embeddings.budget or embeddings.compression.<feature>), add ranks, or give more memory per rank")
+        elif plan.memory_short:
+            # TorchRec's partitioner could not place the shards, although every tier holds the
+            # tables' total: the shards do not pack into the ranks (a bin-packing shortfall).
+            lines.append(
+                "  memory is short: the ranks together have room for the tables, but the planner could not pack their shards "
+                "into the ranks; allow sharding types that split large tables (row_wise, column_wise, table_row_wise), "
+                "add ranks, or give more memory per rank"
+            )
         else:
             lines.append("  no memory tier is short: the sharding constraints leave no plan; allow more sharding types")
     return lines

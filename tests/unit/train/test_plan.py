@@ -6,16 +6,21 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
 import yaml
 
 from jobs import cli, synth
+from jobs import plan as plan_job
+from jobs.plan import load_plan_spec
+from jobs.plan import main as plan_main
 from recsys.features import spec_from_dict
-from recsys.train.config import ConfigError, config_from_dict
+from recsys.train.config import ConfigError, config_from_dict, load_config
 from recsys.train.run import prepare
 from recsys.train.simulate import DEVICE_PROFILES, GIB, SimulatedCluster, simulate_plan
+from recsys.train.tasks import task_for
 
 BIG_ROWS = 2_000_000  # C2: 2M x 8 float32 = 61 MiB of weights
 
@@ -123,7 +128,7 @@ def test_recsys_plan_command(tmp_path, capsys):
 
     rc = cli.main(["plan", str(path), "--world-size", "1", "--gpu-type", "cpu", "--ddr-gb", "0.05"])
     out = capsys.readouterr().out
-    assert rc == 1 and "fits: NO" in out and "C2__full" in out
+    assert rc == 3 and "fits: NO" in out and "C2__full" in out  # 3: no plan fits (1 is an error)
 
 
 def test_training_still_refuses_cuda_only_sharding_on_cpu(tmp_path):
@@ -132,3 +137,110 @@ def test_training_still_refuses_cuda_only_sharding_on_cpu(tmp_path):
     for types in (["row_wise"], ["table_row_wise", "table_wise"]):
         with pytest.raises(ConfigError, match="need CUDA"):
             prepare(config_from_dict({"data": {"path": str(data)}, "sharding": {"sharding_types": types}}))
+
+
+# -- every shipped config plans without its data set (issue 17) ----------------------------------
+
+CONFIGS = Path(__file__).resolve().parents[3] / "configs"
+TRAINING_CONFIGS = sorted(p for p in CONFIGS.glob("*.yaml") if not p.stem.startswith("bench_"))
+
+
+def test_the_shipped_training_configs_are_all_here():
+    names = {p.stem for p in TRAINING_CONFIGS}
+    assert {"ctr_synthetic_full", "ctr_synthetic_mixed_dim", "two_tower_synthetic_unified", "two_tower_movielens",
+            "ctr_criteo_terabyte_full"} <= names and len(names) >= 18
+
+
+@pytest.mark.parametrize("path", TRAINING_CONFIGS, ids=lambda p: p.stem)
+def test_every_shipped_config_plans_without_its_data_set(path, tmp_path, capsys):
+    # data.path moved to an empty place: the plan must come from the spec the config names.
+    rc = cli.main(["plan", str(path), f"data.path={tmp_path / 'absent'}"])
+    out, err = capsys.readouterr()
+    assert rc == 0, err
+    assert out.rstrip().endswith("fits: yes") and "Sharding spec not found" not in out + err
+    config = load_config(path, [])
+    assert config.data.spec or config.data.source_spec, f"{path.name} names no spec to plan from"
+    if not config.data.spec:
+        assert f"planning from data.source_spec {config.data.source_spec}" in out
+    tables = len(task_for(config.model.arch).plan(*load_plan_spec(config)[:2]).tables)
+    assert f"embeddings: {tables} tables" in out
+
+
+def test_a_config_without_data_or_spec_says_what_to_name(tmp_path):
+    path = write_config(tmp_path)
+    with pytest.raises(FileNotFoundError, match=r"no data set there \(manifest.json missing\).*set data.source_spec="):
+        plan_main([str(path), "data.spec=null"])
+
+
+# -- flags: checked before any planning, one line, exit 2 (issue 18) -------------------------------
+
+
+@pytest.fixture
+def no_planning(monkeypatch):
+    def fail(*args, **kwargs):
+        raise AssertionError("planned before the flags were checked")
+
+    monkeypatch.setattr("jobs.plan.simulate_plan", fail)
+
+
+@pytest.mark.parametrize(("flags", "message"), [
+    (["--world-size", "0"], "--world-size: got 0; give at least 1 rank"),
+    (["--world-size", "two"], "argument --world-size: invalid int value: 'two'"),
+    (["--world-size", "3"], r"data.batch_size: got 512; it is the GLOBAL batch and must divide by --world-size 3 \(e.g. data.batch_size=510 or 513"),
+    (["--ranks-per-host", "0"], "--ranks-per-host: got 0; give at least 1 rank per host"),
+    (["--ranks-per-host", "4", "--world-size", "2"], r"--ranks-per-host: got 4; give 1 .. --world-size \(2\)"),
+    (["--ranks-per-host", "2"], r"--ranks-per-host: got 2; give 1 .. the world size \(1, ray.num_workers\)"),
+    (["--hbm-gb", "-1", "--gpu-type", "h100"], "--hbm-gb: got -1; give a size in GiB >= 0"),
+    (["--ddr-gb", "nan"], "--ddr-gb: got nan; give a size in GiB >= 0"),
+    (["--ddr-gb", "inf"], "--ddr-gb: got inf; give a size in GiB >= 0"),
+    (["--gpu-type", "cpu", "--hbm-gb", "4"], "--hbm-gb: got 4 for --gpu-type cpu, whose ranks have no HBM"),
+    (["--hbm-gb", "4"], r"--hbm-gb: got 4 for CPU ranks \(ray.use_gpu is false\), which have no HBM"),
+    (["--gpu-type", "tpu"], "argument --gpu-type: invalid choice: 'tpu'"),
+    (["--json", "/sys/plan.json"], "--json: got /sys/plan.json; cannot write there"),
+    (["--json", "{tmp}/nowhere/plan.json"], r"--json: got .*nowhere/plan.json; its folder .*nowhere does not exist"),
+    (["--json", "{tmp}"], r"--json: got .*, which is a folder; give a file path"),
+])
+def test_every_plan_flag_is_checked_before_planning(flags, message, tmp_path, capsys, no_planning):
+    path = write_config(tmp_path)
+    flags = [f.replace("{tmp}", str(tmp_path)) for f in flags]
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["plan", str(path), *flags])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2
+    assert len(err.strip().splitlines()) == 1 and err.startswith("recsys plan: error: "), err
+    assert re.search(message, err), err
+    assert not (tmp_path / "nowhere").exists()
+
+
+def test_json_probe_leaves_no_file_behind(tmp_path, capsys):
+    path = write_config(tmp_path)
+    out_json = tmp_path / "plan.json"
+    assert cli.main(["plan", str(path), "--json", str(out_json), "--ddr-gb", "0.05"]) == 3
+    assert json.loads(out_json.read_text())["memory_short"] is True  # written at the end, also when it does not fit
+
+
+def test_exit_codes_tell_fits_no_fit_and_error_apart(tmp_path, capsys):
+    path = write_config(tmp_path)
+    assert cli.main(["plan", str(path)]) == plan_job.EXIT_FITS == 0
+    assert cli.main(["plan", str(path), "--ddr-gb", "0.05"]) == plan_job.EXIT_NO_FIT == 3
+    assert cli.main(["plan", str(path), "model.dense_layerz=[8]"]) == plan_job.EXIT_ERROR == 1
+    assert "model.dense_layerz: unknown key" in capsys.readouterr().err
+    # The world size from the config (not a flag) is a config error, as `recsys train` reports it.
+    assert cli.main(["plan", str(path), "ray.num_workers=3"]) == 1
+    assert "data.batch_size: got 512; it is the GLOBAL batch and must divide by ray.num_workers 3" in capsys.readouterr().err
+
+
+def test_a_plan_short_of_memory_says_so_as_torchrec_does(spec):
+    # The reservation alone (15% of HBM, dense parameters, input batches) exceeds 256 KiB of HBM:
+    # TorchRec says "negative available hbm storage"; recsys must not say "no memory tier is short".
+    plan = simulate_plan(config(sharding_types=["table_wise"]), spec, cluster("h100", 1, hbm_gib=1 / 4096))
+    assert not plan.fits and plan.memory_short and "negative available hbm storage" in plan.reason
+    (short,) = plan.shortfalls
+    assert short.kind == "reservation" and short.tier == "HBM" and short.needed > short.available == 1 << 18
+    text = plan.format()
+    assert "HBM: memory is short before any table: the planner reserves" in text and "input batches" in text
+    assert "no memory tier is short" not in text and "give more HBM per rank (--hbm-gb)" in text
+    # CPU ranks: the reservation leaves no DDR, so no table can go anywhere: one line says why.
+    plan = simulate_plan(config(sharding_types=["table_wise"]), spec, cluster("cpu", 1, ddr_gib=1 / 4096))
+    assert plan.memory_short and [s.kind for s in plan.shortfalls] == ["reservation"]
+    assert "DDR: memory is short before any table" in plan.format()
