@@ -37,7 +37,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from recsys.data.criteo import open_binary, read_line_blocks, read_text_bytes, split_fields
-from recsys.data.csv_source import _field_bytes, bytes_id, parse_delimiter
+from recsys.data.csv_source import _field_bytes, bytes_id
 from recsys.data.parquet_source import BadRows, parquet_files, show
 
 FORMATS: tuple[str, ...] = ("log", "recbole", "lightgcn")

@@ -6,28 +6,11 @@
     recsys ingest interactions data/ml-100k/ml-100k.inter --format recbole --split random --out data/ml100k_rs
     recsys ingest interactions --format lightgcn --train train.txt --test test.txt --out data/gowalla
 
-The readers are in :mod:`recsys.data.interaction_formats`; the side-feature columns and the
-inferred spec in :mod:`recsys.data.interaction_features`; docs/interactions.md has the full rules.
-Here: the splits, the duplicate rule, ``--min-rating``, history features, and the write through
-:class:`~recsys.data.writer.DatasetWriter` (atomic; bad rows raise or are counted).
-
-**Order.** A user's interactions are ordered by time key (``--timestamp``; without it, input
-order), ties by input order: files in the order given (train, validation, test), then line / row,
-then (LightGCN) position in the line. A total order, so every rule below is deterministic.
-
-**Duplicates** (the same user and item more than once): for a split that recsys computes
-(``leave_last_out``, ``time``, ``random``) the first interaction in that order is kept and later
-repeats are dropped (counted in the manifest's ``duplicates``): a repeat would otherwise sit in
-train and in test at once, where evaluation that excludes training items can never hit it. Given
-splits (``--train`` ...) and ``--split column`` are kept exactly as given; their repeats are only
-counted (within a split, and held-out pairs also in train).
-
-**Splits.** ``leave_last_out``: per user, the last interaction -> test, the one before ->
-validation, the rest train; users with fewer than 3 train only; equal timestamps: the row later in
-the input is the later one. ``time``: global cut-offs at the ``--ratios`` quantiles of the time key
-(rows sharing a boundary instant go to the later split). ``random``: per user, rows shuffled by
-``numpy.random.default_rng(seed)``, then RecBole's count rule
-(:func:`random_split_counts`). ``column``: the column's values ``train`` / ``validation`` / ``test``.
+Readers: :mod:`recsys.data.interaction_formats`; side features and the inferred spec:
+:mod:`recsys.data.interaction_features`; order, duplicate, split and history rules:
+:mod:`recsys.data.interaction_splits`; docs/interactions.md has all of them. Here: the flags, the
+reading of every file into :class:`Rows`, ``--min-rating``, and the write through
+:class:`~recsys.data.writer.DatasetWriter` (atomic; bad rows raise, or are skipped and counted).
 """
 
 from __future__ import annotations
@@ -40,7 +23,7 @@ from typing import Any, Callable, Iterator, Sequence
 import numpy as np
 import pyarrow as pa
 
-from recsys.data.interaction_features import SideFeatures, infer_spec, side_features
+from recsys.data.interaction_features import infer_spec, side_features
 from recsys.data.interaction_formats import (
     FORMATS,
     TIME_ALLOWED,
@@ -57,39 +40,26 @@ from recsys.data.interaction_formats import (
     recbole_header,
     recbole_side_files,
 )
-from recsys.data.interactions import MIN_INTERACTIONS, SPLIT_CODES, UserHistory, leave_last_out_codes
-from recsys.data.layout import SPLITS
-from recsys.data.parquet_source import (
-    FRACTIONS_ALLOWED,
-    MISSING_ID,
-    BadRows,
-    add_by_split,
-    check_split_rows,
-    fractions_problem,
-    row_order_boundaries,
-    show,
-    split_codes,
-    timestamp_boundaries,
+from recsys.data.interaction_splits import (
+    DUPLICATE_RULES,
+    SPLIT_METHODS,
+    TIE_RULE,
+    computed_split,
+    count_repeats,
+    duplicate_mask,
+    history_windows,
+    order_key,
+    random_codes,
 )
+from recsys.data.interactions import SPLIT_CODES
+from recsys.data.layout import SPLITS
+from recsys.data.parquet_source import FRACTIONS_ALLOWED, MISSING_ID, BadRows, add_by_split, check_split_rows, fractions_problem, show
 from recsys.data.writer import DatasetWriter
 from recsys.features.spec import DatasetSpec
 
-SPLIT_METHODS: tuple[str, ...] = ("leave_last_out", "time", "random", "column")
 DEFAULT_RATIOS: tuple[float, float, float] = (0.8, 0.1, 0.1)
 DEFAULT_HISTORY = 50
 SPLIT_VALUES = {b"train": 0, b"validation": 1, b"test": 2}
-TIE_RULE = ("equal time keys: the row later in the input (files in the order given, then line / row, then "
-            "position in a LightGCN line) is the later interaction")
-HISTORY_RULES = {
-    "time": "the user's items with a time key strictly before the row's (any split), the last max_length, oldest first",
-    "training_only": "train rows: the user's training items strictly before the row's time key; validation and test "
-                     "rows: all the user's training items; the last max_length, oldest first (held-out items never "
-                     "enter a history)",
-}
-DUPLICATE_RULES = {
-    "drop": "the same (user, item) more than once: the first in the documented order is kept, later repeats are dropped",
-    "keep": "given splits are kept exactly as given: repeats are counted, not dropped",
-}
 RECBOLE_DEFAULTS = {"user": "user_id", "item": "item_id", "timestamp": "timestamp", "rating": "rating"}
 
 
@@ -304,80 +274,6 @@ def read_rows(s: IngestSettings, users: TokenTable, items: TokenTable, bad: BadR
     return Rows(cat["user"], cat["item"], t, stamps, cat["rating"], cat["given"], cat["file"], cat["position"], paths)
 
 
-# -- order, duplicates, splits ------------------------------------------------------------------------
-def order_key(rows: Rows) -> np.ndarray:
-    """``(n,)`` int64 rank of each row's time key (equal keys, equal rank); input order without times."""
-    if rows.time is None:
-        return np.arange(len(rows), dtype=np.int64)
-    return np.unique(rows.time, return_inverse=True)[1].ravel().astype(np.int64)
-
-
-def duplicate_mask(user: np.ndarray, item: np.ndarray, key: np.ndarray) -> np.ndarray:
-    """``(n,)`` True for each repeat of a (user, item) pair after its first in (key, input) order."""
-    n = user.size
-    order = np.lexsort((np.arange(n), key, item, user))
-    su, si = user[order], item[order]
-    repeat = np.zeros(n, bool)
-    repeat[1:] = (su[1:] == su[:-1]) & (si[1:] == si[:-1])
-    out = np.zeros(n, bool)
-    out[order] = repeat
-    return out
-
-
-def random_split_counts(n: np.ndarray, ratios: Sequence[float]) -> np.ndarray:
-    """Rows per split for users with ``n`` interactions: ``(len(n), 3)``, RecBole's rule.
-
-    ``cnt[k] = floor(ratio_k * n)`` for validation and test, train the rest; then, from the last
-    split backwards while train keeps more than one row, a split with ``0 < ratio_k * n < 1``
-    takes one row from train (RecBole ``Dataset._calcu_split_ids``). So a user with 2 rows gives one
-    to test, with 3 one each; a user with 1 row stays in train.
-    """
-    n = np.asarray(n, np.int64)
-    out = np.zeros((n.size, 3), np.int64)
-    for size in np.unique(n).tolist():
-        cnt = [int(r * size) for r in ratios]
-        cnt[0] = size - sum(cnt[1:])
-        for i in range(1, len(ratios)):
-            if cnt[0] <= 1:
-                break
-            if 0 < ratios[-i] * size < 1:
-                cnt[-i] += 1
-                cnt[0] -= 1
-        out[n == size] = cnt
-    return out
-
-
-def random_codes(user: np.ndarray, ratios: Sequence[float], seed: int) -> np.ndarray:
-    """Per-user random split codes: each user's rows in a seeded random order, counts by
-    :func:`random_split_counts` (train first, then validation, then test)."""
-    n = user.size
-    shuffle = np.random.default_rng(seed).permutation(n)
-    order = np.lexsort((shuffle, user))
-    su = user[order]
-    starts = np.flatnonzero(np.r_[True, su[1:] != su[:-1]])
-    sizes = np.diff(np.r_[starts, n])
-    counts = random_split_counts(sizes, ratios)  # (users, 3)
-    rank = np.arange(n) - np.repeat(starts, sizes)  # position within the user's shuffled rows
-    train_end = np.repeat(counts[:, 0], sizes)
-    valid_end = train_end + np.repeat(counts[:, 1], sizes)
-    sorted_codes = np.where(rank < train_end, 0, np.where(rank < valid_end, 1, 2)).astype(np.int8)
-    codes = np.empty(n, np.int8)
-    codes[order] = sorted_codes
-    return codes
-
-
-def _count_repeats(user: np.ndarray, item: np.ndarray, codes: np.ndarray) -> dict[str, int]:
-    pair = user.astype(np.int64) * (int(item.max(initial=0)) + 1) + item
-    out = {}
-    for code, s in enumerate(SPLITS):
-        p = pair[codes == code]
-        out[f"within_{s}"] = int(p.size - np.unique(p).size)
-    train = np.unique(pair[codes == 0])
-    for code, s in ((1, "validation"), (2, "test")):
-        out[f"{s}_pairs_also_in_train"] = int(np.isin(pair[codes == code], train).sum())
-    return out
-
-
 def split_rows(s: IngestSettings, rows: Rows, key: np.ndarray) -> tuple[np.ndarray, dict[str, Any]]:
     """(split codes, the manifest's ``split`` entry)."""
     ratios = list(s.ratios)
@@ -396,28 +292,7 @@ def split_rows(s: IngestSettings, rows: Rows, key: np.ndarray) -> tuple[np.ndarr
     if s.split == "column":
         return rows.given.copy(), {"method": "column", "column": str(s.columns.split),  # type: ignore[union-attr]
                                    "values": {"train": 0, "validation": 1, "test": 2}}
-    order = "by time key, ties by input order" if rows.time is not None else "by input order (no --timestamp)"
-    if s.split == "leave_last_out":
-        codes = leave_last_out_codes(rows.user, key)
-        users_all = np.unique(rows.user).size
-        return codes, {"method": "leave_last_out", "order": order, "min_interactions": MIN_INTERACTIONS,
-                       "rule": "per user: last interaction -> test, the one before -> validation, the rest -> train",
-                       "users": int(users_all), "users_train_only": int(users_all - np.unique(rows.user[codes == 2]).size)}
-    if s.split == "time":
-        boundaries = timestamp_boundaries(key, ratios) if rows.time is not None else row_order_boundaries(len(rows), ratios)
-        codes = split_codes(key, boundaries).astype(np.int8)
-        info: dict[str, Any] = {"method": "time", "ratios": ratios, "order": order,
-                                "boundary_ties": "rows sharing a boundary instant go to the later split"}
-        if rows.time is not None:
-            info["boundaries"] = [rows.time[key == b][0].item() if (key == b).any() else None for b in boundaries]
-        else:
-            info["boundaries_rows"] = boundaries
-        return codes, info
-    codes = random_codes(rows.user, ratios, s.seed)
-    return codes, {"method": "random", "ratios": ratios, "seed": s.seed,
-                   "rule": "per user: rows in a seeded random order (numpy default_rng(seed).permutation), then RecBole's "
-                           "count rule: validation and test get floor(ratio * n) rows, train the rest; from test backwards, "
-                           "a split with 0 < ratio * n < 1 takes one row from train while train keeps more than one"}
+    return computed_split(s.split, rows.user, key, rows.time, s.ratios, s.seed)
 
 
 def no_training_rows(rows: Rows, codes: np.ndarray, users: TokenTable, items: TokenTable) -> dict[str, Any]:
@@ -506,7 +381,7 @@ def ingest_interactions(
         if len(rows) == 0:
             raise ValueError(f"--min-rating {s.min_rating:g}: drops all {before} interactions; give a lower threshold")
 
-    key = order_key(rows)
+    key = order_key(rows.time, len(rows))
     keep_repeats = s.given or s.split == "column"
     if keep_repeats:
         duplicates: dict[str, Any] = {"rule": DUPLICATE_RULES["keep"]}
@@ -518,7 +393,7 @@ def ingest_interactions(
             key = key[~repeat]
     codes, split_info = split_rows(s, rows, key)
     if keep_repeats:
-        duplicates.update(_count_repeats(rows.user, rows.item, codes))
+        duplicates.update(count_repeats(rows.user, rows.item, codes))
 
     spec = infer_spec(sides, name=name or "interactions", history_length=s.history_length,
                       timestamp=rows.timestamp is not None, override=spec)
@@ -526,17 +401,10 @@ def ingest_interactions(
     user_raw, user_tokens = users.raw_ids()
     item_raw, item_tokens = items.raw_ids()
     history = [f for f in spec.sparse if f.history_of == "item_id"]
-    histories = None
-    history_rule = None
+    histories, history_rule = None, None
     if history:
-        if s.split == "time" and not s.given:
-            histories, history_rule = UserHistory.build(rows.user, item_raw[rows.item], key), HISTORY_RULES["time"]
-        else:
-            # held-out rows sort after all of the user's training rows, so every window holds training items only
-            composite = (codes > 0).astype(np.int64) * (int(key.max(initial=0)) + 1) + key
-            histories = UserHistory.build(rows.user, item_raw[rows.item], composite, codes)
-            history_rule = HISTORY_RULES["training_only"]
-
+        method = "time" if s.split == "time" and not s.given else "training_only"
+        histories, history_rule = history_windows(method, rows.user, item_raw[rows.item], key, codes)
     names = [f.name for f in spec.features if f.kind != "label"]
     with DatasetWriter(out_dir, spec) as writer:
         for lo in range(0, len(rows), s.chunk_rows):

@@ -21,13 +21,8 @@ import yaml
 from jobs import ingest
 from recsys.data import layout
 from recsys.data.interaction_formats import Columns
-from recsys.data.interactions_ingest import (
-    IngestSettings,
-    check_settings,
-    ingest_interactions,
-    random_codes,
-    random_split_counts,
-)
+from recsys.data.interaction_splits import duplicate_mask, random_codes, random_split_counts
+from recsys.data.interactions_ingest import IngestSettings, check_settings
 from recsys.features.spec import load_spec
 
 SPLITS = ("train", "validation", "test")
@@ -222,6 +217,13 @@ def test_random_split_is_seeded_per_user():
     assert (a == b).all() and (a != c).any()
     per_user = np.stack([np.bincount(a[user == u], minlength=3) for u in range(50)])
     assert (per_user == [16, 2, 2]).all()
+
+
+def test_duplicate_rule_keeps_the_first_in_time_then_input_order():
+    user = np.array([1, 1, 1, 2, 1, 2])
+    item = np.array([5, 5, 6, 5, 5, 5])
+    key = np.array([3, 2, 1, 0, 2, 0])  # (1, 5) at times 3, 2, 2: the first of the tied time-2 rows (row 1) is kept
+    assert duplicate_mask(user, item, key).tolist() == [True, False, False, False, True, True]
 
 
 def test_time_split_without_timestamp_is_input_order(tmp_path):
