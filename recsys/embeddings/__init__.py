@@ -10,6 +10,7 @@ Public API::
 from recsys.embeddings.budget import BudgetSolution, solve_budget
 from recsys.embeddings.builder import build_embedding_collection, build_method, compile_plan
 from recsys.embeddings.collection import CompressedEmbeddingBagCollection
+from recsys.embeddings.methods.registry import FAMILIES
 from recsys.embeddings.export import CollectionExportWrapper, export_collection, quantize_collection
 from recsys.embeddings.naive import NaiveEmbeddingBagCollection
 from recsys.embeddings.plan import EmbeddingPlan, FeaturePlan, ProjectionSpec, TableSpec
@@ -20,6 +21,7 @@ __all__ = [
     "CompressedEmbeddingBagCollection",
     "NaiveEmbeddingBagCollection",
     "EmbeddingPlan",
+    "FAMILIES",
     "FeaturePlan",
     "ProjectionSpec",
     "TableSpec",

@@ -52,13 +52,14 @@ from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from recsys.embeddings.budget import solve_budget
 from recsys.embeddings.builder import build_embedding_collection
+from recsys.embeddings.methods.registry import COMPRESSED, FAMILIES
 from recsys.embeddings.naive import NaiveEmbeddingBagCollection
 from recsys.features.spec import DatasetSpec, builtin_spec, spec_from_dict
 
-METHODS = ["hashed", "multi_hash", "qr", "mixed_dim", "unified"]
+METHODS = list(COMPRESSED)
 BUDGETS = [1, 4, 16, 64]
-# Targets vs fused full (issue 12): multi_hash's 0.6 is at 2 probes (twice the kernel work).
-TARGETS = {"hashed": 0.9, "multi_hash": 0.6, "unified": 0.9, "qr": 0.7, "mixed_dim": 0.7}
+# Targets vs fused full (issue 12), declared by each family (multi_hash's 0.6: 2 probes, twice the kernel work).
+TARGETS = {kind: FAMILIES[kind].lookup_target for kind in COMPRESSED}
 
 
 @dataclass

@@ -2,8 +2,9 @@
 
 ``solve_budget(spec, "hashed", target_ratio=1/16)`` returns a :class:`BudgetSolution` whose
 ``spec`` is the input spec with solved compressions (and unified groups); its bytes are measured
-on the compiled plan (weights + projections), never estimated. Each method has one continuous
-knob ``s`` mapped to its hyperparameters, and ``s`` is found by bisection on the exact bytes:
+on the compiled plan (weights + projections), never estimated. Each method's family declares the
+knob it turns (``Family.solve`` in ``recsys/embeddings/methods/<kind>.py``), bisected on the exact
+bytes of the built methods:
 
 - ``hashed`` / ``multi_hash``: ``num_buckets = round(s * N)`` per feature (one ratio for all);
 - ``qr``: per-feature target rows ``R = s * N`` -> ``num_collisions`` m, the smaller root of
@@ -13,32 +14,26 @@ knob ``s`` mapped to its hyperparameters, and ``s`` is found by bisection on the
 - ``unified``: one group per embedding dim, ``num_buckets`` straight from the budget.
 
 Features where a method cannot save anything (tiny vocabularies) keep ``full``; raw-id
-features keep their compression. When the target is out of the method's reach the solution is
-the closest plan and ``notes`` says why (e.g. mixed_dim needs >= 4 floats per id).
+features keep their compression (unless the family covers raw ids, as unified's groups do).
+When the target is out of the method's reach the solution is the closest plan and ``notes``
+says why (e.g. mixed_dim needs >= 4 floats per id).
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
-from typing import Callable
 
 import numpy as np
+from pydantic import BaseModel
 
 from recsys.embeddings.builder import build_method, compile_plan
+from recsys.embeddings.methods.family import BudgetProblem
+from recsys.embeddings.methods.registry import FAMILIES, family
 from recsys.features.budget_options import BudgetOptions, parse_budget_options
-from recsys.features.compression import (
-    FeatureGroup,
-    FullCompression,
-    HashedCompression,
-    MixedDimCompression,
-    MultiHashCompression,
-    QRCompression,
-    UnifiedCompression,
-)
+from recsys.features.compression import FullCompression
 from recsys.features.spec import DatasetSpec, SparseFeature
 
-METHODS = ("full", "hashed", "multi_hash", "qr", "mixed_dim", "unified")
+METHODS: tuple[str, ...] = tuple(FAMILIES)
 TOLERANCE = 0.05
 
 
@@ -78,33 +73,9 @@ class BudgetSolution:
         return "\n".join(lines)
 
 
-def _feature_bytes(feature: SparseFeature) -> int:
-    m = build_method(feature, {}, None, device="meta")
+def _feature_bytes(feature: SparseFeature, counts: np.ndarray | None = None) -> int:
+    m = build_method(feature, {}, counts, device="meta")
     return sum(t.num_bytes for t in m.tables()) + sum(p.num_bytes for p in getattr(m, "projection_specs", list)())
-
-
-def _bisect(fn: Callable[[float], int], target: int, lo: float, hi: float, steps: int = 40) -> float:
-    """The s in [lo, hi] whose (non-decreasing) fn(s) is closest to target."""
-    best, best_err = hi, abs(fn(hi) - target)
-    for _ in range(steps):
-        mid = (lo + hi) / 2
-        value = fn(mid)
-        if abs(value - target) < best_err:
-            best, best_err = mid, abs(value - target)
-        if value < target:
-            lo = mid
-        else:
-            hi = mid
-    return best
-
-
-def _qr_collisions(n: int, rows: float) -> int:
-    """num_collisions m with m + ceil(n / m) ~ rows (smaller root), within [2, sqrt(n)]."""
-    root = math.isqrt(n)
-    if rows * rows < 4 * n:
-        return max(2, root)
-    m = (rows - math.sqrt(rows * rows - 4 * n)) / 2
-    return int(min(max(2, round(m)), max(2, root)))
 
 
 def solve_budget(
@@ -120,8 +91,7 @@ def solve_budget(
 
     Args:
         spec: a data set spec, or one sparse feature.
-        method: one of ``hashed``, ``multi_hash``, ``qr``, ``mixed_dim``, ``unified`` (``full``
-            returns the spec with full tables).
+        method: a registered kind (:data:`METHODS`; ``full`` returns the spec with full tables).
         target_bytes / target_ratio: exactly one; the ratio is of the full-table bytes.
         counts: vocab counts per feature (mixed_dim popularity).
         options: fixed hyperparameters of the method, e.g. ``{"num_hashes": 3}``,
@@ -135,11 +105,13 @@ def solve_budget(
     """
     if isinstance(spec, SparseFeature):
         spec = DatasetSpec(name="feature", features=[spec])
-    if method not in METHODS:
+    if method not in FAMILIES:
         raise ValueError(f"method {method!r}: allowed {list(METHODS)}")
+    fam = family(method)
     if (target_bytes is None) == (target_ratio is None):
         raise ValueError("give exactly one of target_bytes or target_ratio")
     options = parse_budget_options(method, options)
+    counts = counts or {}
     vocab = [f for f in spec.sparse if f.has_vocab]
     full_bytes = sum(int(f.cardinality) * f.embedding_dim * 4 for f in vocab)
     target = int(target_bytes if target_bytes is not None else round(target_ratio * full_bytes))
@@ -149,114 +121,23 @@ def solve_budget(
     others = [f for f in spec.sparse if not f.has_vocab]
     if others:
         notes.append(f"raw-id features {[f.name for f in others]} keep their compression (no full-table baseline)")
-    fixed = sum(_feature_bytes(f) for f in others) if method != "unified" else 0
-    budget = target - fixed
+    fixed = sum(_feature_bytes(f) for f in others) if not fam.covers_raw_ids else 0
 
-    def with_compressions(choice: dict[str, object], groups: list[FeatureGroup] | None = None) -> DatasetSpec:
-        features = [
-            f.model_copy(update={"compression": choice[f.name]}) if f.name in choice else f for f in spec.features
-        ]
-        return spec.model_copy(update={"features": features, "groups": groups if groups is not None else spec.groups})
+    def measure(f: SparseFeature, compression: BaseModel) -> int:
+        return _feature_bytes(f.model_copy(update={"compression": compression}), counts.get(f.name))
 
-    def per_feature(make: Callable[[SparseFeature, float], object]) -> Callable[[float], dict]:
-        return lambda s: {f.name: make(f, s) for f in vocab}
-
-    def total(choice: dict) -> int:
-        return sum(_feature_bytes(f.model_copy(update={"compression": choice[f.name]})) for f in vocab)
-
-    groups = None
-    if method == "full":
-        choice = {f.name: FullCompression() for f in vocab}
-    elif method in ("hashed", "multi_hash"):
-        weights = method == "multi_hash" and options.importance_weights
-
-        def make(f: SparseFeature, s: float):
-            n = int(f.cardinality)
-            buckets = max(1, round(s * n))
-            if buckets >= n:
-                return FullCompression()
-            if method == "hashed":
-                return HashedCompression(kind="hashed", num_buckets=buckets)
-            return MultiHashCompression(kind="multi_hash", num_buckets=buckets, **options.model_dump())
-
-        choose = per_feature(make)
-        s = _bisect(lambda s: total(choose(s)), budget, 1e-9, 1.0)
-        choice = choose(s)
-        if weights:
-            notes.append("importance-weight table has as many rows as the main table (num_weight_buckets default)")
-    elif method == "qr":
-
-        def make(f: SparseFeature, s: float):
-            n = int(f.cardinality)
-            if n < 8:
-                return FullCompression()
-            rows = s * n * (2 if options.operation == "concat" else 1)
-            m = _qr_collisions(n, rows)
-            if m >= n:
-                return FullCompression()
-            return QRCompression(kind="qr", num_collisions=m, **options.model_dump())
-
-        choose = per_feature(make)
-        s = _bisect(lambda s: total(choose(s)), budget, 1e-9, 1.0)
-        choice = choose(s)
-        notes.append("qr with 2 partitions spans ~2/sqrt(N) .. 1/2 of a feature's full rows (num_collisions in [2, sqrt(N)])")
-    elif method == "mixed_dim":
-        counts = counts or {}
-        num_blocks = options.num_blocks
-
-        def layout(f: SparseFeature, alpha: float, g: float):
-            n = int(f.cardinality)
-            k = min(num_blocks, n - 1)
-            if n < 8 or k < 2:
-                return FullCompression()
-            starts = [0]
-            for i in range(1, k):
-                starts.append(min(max(int(round(n ** (g * i / k))), starts[-1] + 1), n - (k - i)))
-            return MixedDimCompression(kind="mixed_dim", num_blocks=k, alpha=alpha, block_boundaries=tuple(starts[1:]))
-
-        def total_md(alpha: float, g: float) -> int:
-            out = 0
-            for f in vocab:
-                c = layout(f, alpha, g)
-                m = build_method(f.model_copy(update={"compression": c}), {}, counts.get(f.name), device="meta")
-                out += sum(t.num_bytes for t in m.tables()) + sum(p.num_bytes for p in getattr(m, "projection_specs", list)())
-            return out
-
-        # Bytes fall as alpha grows: bisect on -alpha.
-        alpha = -_bisect(lambda a: total_md(-a, 1.0), budget, -1.0, -1e-4, steps=25)
-        g = _bisect(lambda g: total_md(alpha, g), budget, 0.05, 1.0, steps=25)
-        choice = {f.name: layout(f, alpha, g) for f in vocab}
-        floor = total_md(1.0, 0.05)
-        notes.append(f"alpha {alpha:.4f}, block-boundary scale {g:.3f}; dims are multiples of 4 (FBGEMM)")
-        if budget < floor * (1 - TOLERANCE):
-            notes.append(
-                f"target below mixed_dim's floor of {floor:,} B (ratio {floor / full_bytes:.4f}): every id keeps "
-                "at least 4 floats (FBGEMM's minimum dim), so the ratio cannot go below ~4 / embedding_dim"
-            )
-    elif method == "unified":
-        chunks = options.num_chunks
-        tables = options.num_tables
-        members = [f for f in spec.sparse]
-        by_dim: dict[int, list[SparseFeature]] = {}
-        for f in members:
-            by_dim.setdefault(f.embedding_dim, []).append(f)
-        weight = {d: sum(int(f.cardinality) * d for f in fs if f.has_vocab) or 1 for d, fs in by_dim.items()}
-        groups, choice = [], {}
-        for d, fs in by_dim.items():
-            share = budget * weight[d] / sum(weight.values())
-            buckets = max(1, round(share / (d * 4 * tables / chunks)))
-            name = f"unified_d{d}"
-            groups.append(FeatureGroup(name=name, num_buckets=buckets, num_chunks=chunks, num_tables=tables))
-            choice.update({f.name: UnifiedCompression(kind="unified", group=name) for f in fs})
-        notes.append(f"one shared table per embedding dim, {chunks} chunks per feature, {tables} table(s) per group")
-    else:  # pragma: no cover - METHODS is checked above
-        raise AssertionError(method)
-
-    kept_full = [f.name for f in vocab if method not in ("full",) and isinstance(choice.get(f.name), FullCompression)]
+    choice = fam.solve(BudgetProblem(spec, vocab, options, target - fixed, counts, measure))
+    notes.extend(choice.notes)
+    kept_full = [f.name for f in vocab if not fam.baseline and isinstance(choice.compressions.get(f.name), FullCompression)]
     if kept_full:
         notes.append(f"kept full (compression cannot save rows): {kept_full}")
-    solved = with_compressions(choice, groups)
-    achieved = compile_plan(solved, counts).total_bytes
+    features = [
+        f.model_copy(update={"compression": choice.compressions[f.name]}) if f.name in choice.compressions else f
+        for f in spec.features
+    ]
+    groups = choice.groups if choice.groups is not None else spec.groups
+    solved = spec.model_copy(update={"features": features, "groups": groups})
+    achieved = compile_plan(solved, counts or None).total_bytes
     solution = BudgetSolution(method, solved, target, achieved, full_bytes, notes)
     if not solution.within_tolerance:
         solution.notes.append(

@@ -1,6 +1,7 @@
 """Builders: a validated :class:`DatasetSpec` -> compiled methods -> a compressed collection.
 
-Modules take flat typed arguments; this file is the only place that reads compression specs.
+Modules take flat typed arguments; each method's family (:mod:`recsys.embeddings.methods.registry`)
+turns its compression spec into them, so this file never switches on a kind.
 """
 
 from __future__ import annotations
@@ -10,35 +11,14 @@ import torch
 
 from recsys.embeddings.collection import CompressedEmbeddingBagCollection
 from recsys.embeddings.methods.base import FeatureMethod
-from recsys.embeddings.methods.full import FullMethod
-from recsys.embeddings.methods.hashed import HashedMethod
-from recsys.embeddings.methods.mixed_dim import MixedDimMethod, block_popularity, default_block_starts, mixed_dims
-from recsys.embeddings.methods.multi_hash import MultiHashMethod
-from recsys.embeddings.methods.qr import QRMethod
-from recsys.embeddings.methods.unified import UnifiedMethod, group_tables
+from recsys.embeddings.methods.family import BuildContext
+from recsys.embeddings.methods.mixed_dim import mixed_dim_layout
+from recsys.embeddings.methods.registry import FAMILIES, family
 from recsys.embeddings.plan import EmbeddingPlan, TableSpec
-from recsys.features.compression import FeatureGroup, MixedDimCompression
+from recsys.features.compression import FeatureGroup
 from recsys.features.spec import DatasetSpec, SparseFeature
 
-
-def mixed_dim_layout(
-    feature: SparseFeature, compression: MixedDimCompression, counts: np.ndarray | None = None
-) -> tuple[list[int], list[int], str]:
-    """Block starts, block dims and the popularity source of a mixed_dim feature."""
-    n = int(feature.cardinality)
-    starts = (
-        [0, *compression.block_boundaries]
-        if compression.block_boundaries is not None
-        else default_block_starts(n, compression.num_blocks)
-    )
-    if compression.block_dims is not None:  # resolved earlier (recsys train writes them into the spec)
-        return starts, list(compression.block_dims), "the spec's block_dims"
-    if counts is not None and len(counts) != n:
-        raise ValueError(f"feature {feature.name}: counts has {len(counts)} entries; cardinality is {n}")
-    popularity = block_popularity(starts, n, counts)
-    base = compression.base_dim or feature.embedding_dim
-    source = "vocab counts" if counts is not None else "Zipf(1) assumption, no counts given"
-    return starts, mixed_dims(base, compression.alpha, popularity), source
+__all__ = ["build_embedding_collection", "build_method", "compile_plan", "mixed_dim_layout"]
 
 
 def build_method(
@@ -47,33 +27,9 @@ def build_method(
     counts: np.ndarray | None = None,
     device: torch.device | str | None = None,
 ) -> FeatureMethod:
-    """Compile one sparse feature's compression spec into a method."""
+    """Compile one sparse feature's compression spec into a method (its family's ``build``)."""
     c = feature.compression
-    common = dict(feature=feature.name, output_dim=feature.embedding_dim, multi_valued=feature.multi_valued)
-    if c.kind == "full":
-        return FullMethod(num_embeddings=int(feature.cardinality), **common)
-    if c.kind == "hashed":
-        return HashedMethod(num_buckets=c.num_buckets, **common)
-    if c.kind == "multi_hash":
-        return MultiHashMethod(
-            num_buckets=c.num_buckets,
-            num_hashes=c.num_hashes,
-            combiner=c.combiner,
-            importance_weights=c.importance_weights,
-            num_weight_buckets=c.num_weight_buckets,
-            **common,
-        )
-    if c.kind == "qr":
-        return QRMethod(cardinality=int(feature.cardinality), radices=list(c.low_radices), operation=c.operation, **common)
-    if c.kind == "mixed_dim":
-        starts, dims, source = mixed_dim_layout(feature, c, counts)
-        return MixedDimMethod(
-            cardinality=int(feature.cardinality), block_starts=starts, block_dims=dims, popularity_source=source, device=device, **common
-        )
-    if c.kind == "unified":
-        g = groups[c.group]
-        return UnifiedMethod(group=g.name, num_buckets=g.num_buckets, num_chunks=g.num_chunks, num_tables=g.num_tables, **common)
-    raise ValueError(f"feature {feature.name}: unknown compression kind {c.kind!r}")
+    return family(c.kind).build(feature, c, BuildContext(groups=groups, counts=counts, device=device))
 
 
 def build_embedding_collection(
@@ -99,16 +55,8 @@ def build_embedding_collection(
         raise ValueError(f"features {missing} are not sparse features of spec {spec.name!r}")
     methods = [build_method(f, groups, counts.get(f.name), device) for f in chosen]
 
-    shared: list[TableSpec] = []
-    for g in spec.groups:
-        users = [m for m in methods if isinstance(m, UnifiedMethod) and m.group == g.name]
-        if not users:
-            continue
-        readers: list[list[str]] = [[] for _ in range(g.num_tables)]
-        for m in users:
-            for c, key in enumerate(m.keys):
-                readers[c % g.num_tables].append(key)
-        shared.extend(group_tables(g.name, g.num_buckets, users[0].output_dim // g.num_chunks, g.num_tables, readers))
+    # Tables owned by groups rather than by one feature (unified's shared tables).
+    shared: list[TableSpec] = [t for fam in FAMILIES.values() if fam.shared_tables for t in fam.shared_tables(spec, methods)]
 
     return CompressedEmbeddingBagCollection(
         methods,

@@ -6,45 +6,28 @@ feature; ``options`` fix the method's other hyperparameters for all of them::
     embeddings:
       budget: {method: multi_hash, ratio: 0.0625, options: {num_hashes: 3, combiner: sum}}
 
-Each method accepts exactly the keys of its schema below. A key the solver sets itself (the size
-it solves for: ``num_buckets``, ``num_collisions``, mixed-dim's ``alpha`` and block boundaries ...)
-is refused with a pointer to ``embeddings.compression.<feature>``, where a fixed size belongs; any
-other key is refused with the allowed ones listed. Nothing is silently ignored.
-
-===========  ===================================================  ==================================
-method       options (default)                                    set by the solver
-===========  ===================================================  ==================================
-full         none                                                 none
-hashed       none                                                 num_buckets
-multi_hash   num_hashes (2), combiner (sum), importance_weights   num_buckets, num_weight_buckets
-             (false)
-qr           operation (mult)                                     num_collisions, radices
-mixed_dim    num_blocks (4)                                       alpha, block_boundaries
-unified      num_chunks (2), num_tables (1)                       num_buckets, group
-===========  ===================================================  ==================================
+Each method accepts exactly the keys of its options schema, declared next to its compression
+schema in ``recsys/features/methods/<kind>.py``. A key the solver sets itself (the method's
+``solver_owned`` fields: the size it solves for, ``num_buckets``, ``num_collisions``, mixed-dim's
+``alpha`` and block boundaries ...) is refused with a pointer to ``embeddings.compression.<feature>``,
+where a fixed size belongs; any other key is refused with the allowed ones listed. Nothing is
+silently ignored. :func:`options_table` lists every method's options and solver-owned fields.
 """
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Union
+from typing import Any, Mapping
 
-from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
+from pydantic import BaseModel, ValidationError
 
-from recsys.features.compression import (
-    HashedCompression,
-    MixedDimCompression,
-    MultiHashCompression,
-    MultiHashCombiner,
-    NumBlocks,
-    NumChunks,
-    NumHashes,
-    NumTables,
-    QRCompression,
-    QROperation,
-    UnifiedCompression,
-    check_tables_le_chunks,
-)
 from recsys.features.errors import Problem, Problems, format_value, join_path, validation_problems
+from recsys.features.methods import KINDS, SCHEMAS
+from recsys.features.methods.full import FullBudgetOptions
+from recsys.features.methods.hashed import HashedBudgetOptions
+from recsys.features.methods.mixed_dim import MixedDimBudgetOptions
+from recsys.features.methods.multi_hash import MultiHashBudgetOptions
+from recsys.features.methods.qr import QRBudgetOptions
+from recsys.features.methods.unified import UnifiedBudgetOptions
 
 __all__ = [
     "BUDGET_METHODS",
@@ -57,81 +40,17 @@ __all__ = [
     "UnifiedBudgetOptions",
     "SOLVER_OWNED",
     "budget_option_problems",
+    "options_table",
     "parse_budget_options",
 ]
 
+# Any method's options schema (each method declares its own in recsys.features.methods.<kind>).
+BudgetOptions = BaseModel
 
-class _Options(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+BUDGET_METHODS: tuple[str, ...] = KINDS
 
-
-class FullBudgetOptions(_Options):
-    """``full``: nothing to choose."""
-
-
-class HashedBudgetOptions(_Options):
-    """``hashed``: the solver picks ``num_buckets``; nothing else to choose."""
-
-
-class MultiHashBudgetOptions(_Options):
-    """``multi_hash``: see :class:`~recsys.features.compression.MultiHashCompression`."""
-
-    num_hashes: NumHashes = 2
-    combiner: MultiHashCombiner = "sum"
-    importance_weights: bool = False
-
-
-class QRBudgetOptions(_Options):
-    """``qr`` (2 partitions): the solver picks ``num_collisions``."""
-
-    operation: QROperation = "mult"
-
-
-class MixedDimBudgetOptions(_Options):
-    """``mixed_dim``: the solver picks ``alpha`` and the block boundaries for ``num_blocks`` blocks."""
-
-    num_blocks: NumBlocks = 4
-
-
-class UnifiedBudgetOptions(_Options):
-    """``unified``: one group per embedding dim; the solver picks each group's ``num_buckets``."""
-
-    num_chunks: NumChunks = 2
-    num_tables: NumTables = 1
-
-    @model_validator(mode="after")
-    def _tables_le_chunks(self) -> "UnifiedBudgetOptions":
-        check_tables_le_chunks(self.num_tables, self.num_chunks)
-        return self
-
-
-BudgetOptions = Union[
-    FullBudgetOptions, HashedBudgetOptions, MultiHashBudgetOptions, QRBudgetOptions, MixedDimBudgetOptions, UnifiedBudgetOptions
-]
-
-_SCHEMAS: dict[str, type[_Options]] = {
-    "full": FullBudgetOptions,
-    "hashed": HashedBudgetOptions,
-    "multi_hash": MultiHashBudgetOptions,
-    "qr": QRBudgetOptions,
-    "mixed_dim": MixedDimBudgetOptions,
-    "unified": UnifiedBudgetOptions,
-}
-BUDGET_METHODS: tuple[str, ...] = tuple(_SCHEMAS)
-
-SOLVER_OWNED: dict[str, tuple[str, ...]] = {
-    "full": (),
-    "hashed": ("num_buckets",),
-    "multi_hash": ("num_buckets", "num_weight_buckets"),
-    "qr": ("num_collisions", "radices"),
-    "mixed_dim": ("alpha", "block_boundaries"),
-    "unified": ("num_buckets", "group"),
-}
+SOLVER_OWNED: dict[str, tuple[str, ...]] = {kind: SCHEMAS[kind].solver_owned for kind in KINDS}
 """Per method, the hyperparameters the solver chooses to meet the budget."""
-
-# Fields of a method's compression kind that the solver neither sets nor takes as an option.
-_COMPRESSION = {"hashed": HashedCompression, "multi_hash": MultiHashCompression, "qr": QRCompression,
-                "mixed_dim": MixedDimCompression, "unified": UnifiedCompression}
 
 
 def budget_option_problems(method: str, options: Any, path: str = "options") -> tuple[BudgetOptions | None, list[Problem]]:
@@ -140,9 +59,9 @@ def budget_option_problems(method: str, options: Any, path: str = "options") -> 
     Returns:
         The typed options (``None`` when there are problems) and the problems.
     """
-    if method not in _SCHEMAS:
+    if method not in SCHEMAS:
         return None, [Problem(join_path(path, ""), f"method {method!r} has no options; allowed methods: {list(BUDGET_METHODS)}")]
-    schema = _SCHEMAS[method]
+    schema = SCHEMAS[method].options
     if isinstance(options, schema):
         return options, []
     options = {} if options is None else options
@@ -151,7 +70,8 @@ def budget_option_problems(method: str, options: Any, path: str = "options") -> 
     allowed = sorted(schema.model_fields)
     shown = str(allowed) if allowed else "none"
     owned = SOLVER_OWNED[method]
-    per_feature = set(_COMPRESSION[method].model_fields) - {"kind"} - set(owned) - set(allowed) if method in _COMPRESSION else set()
+    # Fields of the method's compression kind that the solver neither sets nor takes as an option.
+    per_feature = set(SCHEMAS[method].compression.model_fields) - {"kind"} - set(owned) - set(allowed)
     problems: list[Problem] = []
     known: dict[str, Any] = {}
     for key, value in options.items():
@@ -187,7 +107,7 @@ def parse_budget_options(method: str, options: Any, path: str = "options") -> Bu
     """The typed options of ``method``.
 
     Args:
-        method: a budget method (``hashed``, ``multi_hash``, ``qr``, ``mixed_dim``, ``unified``, ``full``).
+        method: a budget method (a kind of :data:`recsys.features.methods.KINDS`).
         options: a mapping of option keys (or already typed options); ``None`` for the defaults.
         path: the dotted path the options live at, used in the messages.
 
@@ -199,3 +119,13 @@ def parse_budget_options(method: str, options: Any, path: str = "options") -> Bu
         raise Problems(problems)
     assert typed is not None
     return typed
+
+
+def options_table() -> list[tuple[str, str, str]]:
+    """``(method, options (default), set by the solver)`` for every registered method."""
+    rows = []
+    for kind in KINDS:
+        schema = SCHEMAS[kind]
+        options = ", ".join(f"{name} ({field.default})" for name, field in schema.options.model_fields.items()) or "none"
+        rows.append((kind, options, ", ".join(schema.solver_owned) or "none"))
+    return rows

@@ -40,6 +40,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from recsys.features.compression import CompressionSpec, FeatureGroup, FullCompression
 from recsys.features.errors import NAME_PATTERN as _NAME_PATTERN
 from recsys.features.errors import Problem, Problems, SpecError, validation_problems
+from recsys.features.methods import SCHEMAS
 
 
 class _Spec(BaseModel):
@@ -107,59 +108,18 @@ class SparseFeature(_Spec):
 
 
 def _compression_problems(f: "SparseFeature") -> list[Problem]:
-    """Checks of a feature's compression that need its cardinality or dim (paths relative to the feature)."""
+    """Checks of a feature's compression that need its cardinality or dim (paths relative to the feature);
+    each method declares its own (``SCHEMA.feature_problems`` in :mod:`recsys.features.methods`)."""
     c = f.compression
-    n = f.cardinality
-    out: list[Problem] = []
-    if n == "raw" and c.kind in ("qr", "mixed_dim"):
-        out.append(Problem(
+    schema = SCHEMAS[c.kind]
+    if f.cardinality == "raw" and schema.needs_vocab:
+        hashing = " / ".join(k for k, s in SCHEMAS.items() if not s.needs_vocab)
+        return [Problem(
             "compression.kind",
             f"got {c.kind!r}, which needs dense vocabulary ids but cardinality is 'raw'; "
-            "give an integer cardinality or use hashed / multi_hash / unified",
-        ))
-        return out
-    if c.kind in ("hashed", "multi_hash") and n != "raw" and c.num_buckets >= n:
-        out.append(Problem(
-            "compression.num_buckets",
-            f"got {c.num_buckets} >= cardinality {n}, which saves nothing; use fewer buckets (< {n}) or kind 'full'",
-        ))
-    if c.kind == "multi_hash" and c.combiner == "concat":
-        d, k = f.embedding_dim, c.num_hashes
-        if d % k or (d // k) % 4:
-            out.append(Problem(
-                "compression.combiner",
-                f"got 'concat', which reads {k} probes of one shared table, so embedding_dim {d} "
-                f"must split into {k} equal parts of a multiple of 4; use combiner 'sum' or another num_hashes",
-            ))
-    if c.kind == "qr":
-        product = 1
-        for r in c.low_radices:
-            product *= r
-        field = "num_collisions" if c.num_collisions is not None else "radices"
-        if product >= n:
-            shown = c.num_collisions if c.num_collisions is not None else list(c.radices)
-            out.append(Problem(
-                f"compression.{field}",
-                f"got {shown} (product {product}) >= cardinality {n}: the collisions "
-                f"are larger than the vocabulary, so the top partition has one row; use a product < {n}",
-            ))
-        k = len(c.low_radices) + 1
-        if c.operation == "concat" and f.embedding_dim < 4 * k:
-            out.append(Problem(
-                "compression.operation",
-                f"got 'concat', which splits embedding_dim {f.embedding_dim} into {k} parts of "
-                f"at least 4; use 'mult' / 'add' or embedding_dim >= {4 * k}",
-            ))
-    if c.kind == "mixed_dim":
-        if c.num_blocks >= n:
-            out.append(Problem("compression.num_blocks", f"got {c.num_blocks} >= cardinality {n}; use fewer blocks"))
-        if c.block_boundaries is not None and c.block_boundaries[-1] >= n:
-            out.append(Problem(
-                "compression.block_boundaries",
-                f"got {list(c.block_boundaries)}; last boundary {c.block_boundaries[-1]} >= cardinality {n}; "
-                "boundaries are start indices inside [1, cardinality)",
-            ))
-    return out
+            f"give an integer cardinality or use {hashing}",
+        )]
+    return schema.feature_problems(c, f.cardinality, f.embedding_dim)
 
 
 class DenseFeature(_Spec):

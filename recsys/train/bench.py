@@ -43,9 +43,10 @@ from torch import nn
 from recsys.data import layout
 from recsys.data.loader import ParquetBatchReader
 from recsys.data.writer import DatasetWriter
+from recsys.embeddings.methods.registry import COMPRESSED
 from recsys.features.spec import DatasetSpec, builtin_spec
 
-FAMILIES = ("hashed", "multi_hash", "qr", "mixed_dim", "unified")
+FAMILIES = COMPRESSED  # every registered method but the full-table baseline
 
 
 def print_table(rows: Sequence[dict[str, Any]], columns: Sequence[str], title: str = "") -> None:

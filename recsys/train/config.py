@@ -31,7 +31,7 @@ import numpy as np
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
-from recsys.features.budget_options import BudgetOptions, budget_option_problems
+from recsys.features.budget_options import BUDGET_METHODS, BudgetOptions, budget_option_problems
 from recsys.features.compression import CompressionSpec, FeatureGroup
 from recsys.features.errors import Problem, Problems, SpecError, validation_problems
 from recsys.features.spec import DatasetSpec
@@ -93,7 +93,7 @@ class BudgetConfig(_Section):
             plan takes ``ratio`` (small tables cost little memory but carry much of the signal).
     """
 
-    method: Literal["full", "hashed", "multi_hash", "qr", "mixed_dim", "unified"]
+    method: Literal[BUDGET_METHODS]  # type: ignore[valid-type]
     ratio: Annotated[float, Field(gt=0.0, le=1.0)]
     options: dict[str, Any] = Field(default_factory=dict)
     keep_full_below: Annotated[int, Field(ge=0)] = 0

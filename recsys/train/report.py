@@ -24,13 +24,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from recsys.embeddings.methods.registry import FAMILIES
 from recsys.train.sweep import PARQUET, TASKS, Metric, Task
 
 REPORT = "report.md"
 PARETO = "pareto.png"
 # Fixed colours per method, so a method looks the same in every sweep's plot.
-COLOURS = {"full": "#000000", "hashed": "#1f77b4", "multi_hash": "#ff7f0e", "qr": "#2ca02c", "mixed_dim": "#d62728",
-           "unified": "#9467bd"}
+COLOURS = {kind: fam.colour for kind, fam in FAMILIES.items()}
 
 
 @dataclass(frozen=True)

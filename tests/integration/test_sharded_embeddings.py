@@ -119,6 +119,7 @@ def _check(rank: int, sharding_type: str) -> None:
     from torchrec.distributed.types import ShardingEnv
 
     from recsys.embeddings import CompressedEmbeddingBagCollection, build_embedding_collection
+    from recsys.embeddings.methods.family import naive_param_key
     from recsys.embeddings.naive import NaiveEmbeddingBagCollection
 
     spec = _spec()
@@ -210,10 +211,10 @@ def _check(rank: int, sharding_type: str) -> None:
             checked += 1
     assert checked >= len(plan_tables) // WORLD_SIZE, checked
     for feature, m in reference.methods.items():
-        for key, p in getattr(m, "projections", {}).items():
-            param = next(q for n_, q in sharded_params.items() if n_.endswith(f"methods.{feature}.projections.{key}"))
-            ref = naive.projections[f"{feature}__{key}"].grad
-            torch.testing.assert_close(param.grad, ref / WORLD_SIZE, rtol=1e-5, atol=1e-5, msg=f"{sharding_type}: projection {feature}.{key}")
+        for pname, _ in m.named_parameters():
+            param = next(q for n_, q in sharded_params.items() if n_.endswith(f"methods.{feature}.{pname}"))
+            ref = naive.params[naive_param_key(feature, pname)].grad
+            torch.testing.assert_close(param.grad, ref / WORLD_SIZE, rtol=1e-5, atol=1e-5, msg=f"{sharding_type}: dense {feature}.{pname}")
 
 
 def _free_port() -> int:

@@ -13,8 +13,11 @@ tables) that says three things, and nothing else:
   into one vectorised plan; a method never combines tensors itself, and mean pooling is the
   plan's job.
 
-Adding a method: write these three (plus ``describe`` for the plan printout), a builder branch in
-:mod:`recsys.embeddings.builder`, and its naive reference in :mod:`recsys.embeddings.naive`.
+Adding a method: its schema half ``recsys/features/methods/<kind>.py`` (``SCHEMA``: compression
+spec, budget options, solver-owned fields, feature checks), its build half
+``recsys/embeddings/methods/<kind>.py`` (a ``FeatureMethod`` with these three plus ``describe``
+for the plan printout, and ``FAMILY``: build, naive reference, the solver's knob), its kind in
+:data:`recsys.features.methods.KINDS`, and its tests. Nothing else is edited.
 """
 
 from __future__ import annotations

@@ -6,7 +6,9 @@ import torch
 
 from recsys.embeddings.combine import Concat
 from recsys.embeddings.methods.base import Chunk, FeatureMethod, uniform_bound
+from recsys.embeddings.methods.family import BudgetChoice, BudgetProblem, Family, NaiveTables, offsets
 from recsys.embeddings.plan import TableSpec
+from recsys.features.methods.full import SCHEMA, FullCompression
 
 
 class FullMethod(FeatureMethod):
@@ -38,3 +40,21 @@ class FullMethod(FeatureMethod):
 
     def describe(self) -> tuple[str, str]:
         return "x", "identity"
+
+
+def _naive(m: FullMethod, t: NaiveTables, values: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    return t.bag(f"{m.feature}__full")(values, offsets(lengths))
+
+
+def _solve(problem: BudgetProblem) -> BudgetChoice:
+    return BudgetChoice({f.name: FullCompression() for f in problem.features})
+
+
+FAMILY = Family(
+    schema=SCHEMA,
+    build=lambda f, c, ctx: FullMethod(f.name, f.embedding_dim, int(f.cardinality), f.multi_valued),
+    naive=_naive,
+    solve=_solve,
+    baseline=True,
+    colour="#000000",
+)

@@ -7,7 +7,9 @@ import torch
 from recsys.embeddings.combine import Concat
 from recsys.embeddings.hashing import hash_ids, stable_seed
 from recsys.embeddings.methods.base import Chunk, FeatureMethod, uniform_bound
+from recsys.embeddings.methods.family import Family, NaiveTables, offsets, per_feature_knob
 from recsys.embeddings.plan import TableSpec
+from recsys.features.methods.hashed import SCHEMA, HashedCompression
 
 
 class HashedMethod(FeatureMethod):
@@ -41,3 +43,24 @@ class HashedMethod(FeatureMethod):
 
     def describe(self) -> tuple[str, str]:
         return f"splitmix64(x, seed) mod {self.num_buckets}", "identity"
+
+
+def _naive(m: HashedMethod, t: NaiveTables, values: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    return t.bag(f"{m.feature}__hashed")(hash_ids(values, m.seed, m.num_buckets), offsets(lengths))
+
+
+def _size(f, s: float, options) -> HashedCompression | None:
+    """The knob: ``num_buckets = round(s * N)`` (``None``: as many rows as full, keep full)."""
+    n = int(f.cardinality)
+    buckets = max(1, round(s * n))
+    return HashedCompression(kind="hashed", num_buckets=buckets) if buckets < n else None
+
+
+FAMILY = Family(
+    schema=SCHEMA,
+    build=lambda f, c, ctx: HashedMethod(f.name, f.embedding_dim, c.num_buckets, f.multi_valued),
+    naive=_naive,
+    solve=per_feature_knob(_size),
+    lookup_target=0.9,
+    colour="#1f77b4",
+)

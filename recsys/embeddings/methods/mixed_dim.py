@@ -24,7 +24,10 @@ from torch import nn
 
 from recsys.embeddings.combine import Combiner, Projected, Sum
 from recsys.embeddings.methods.base import Chunk, FeatureMethod, uniform_bound
+from recsys.embeddings.methods.family import BudgetChoice, BudgetProblem, BuildContext, Family, NaiveTables, bisect, offsets
 from recsys.embeddings.plan import ProjectionSpec, TableSpec
+from recsys.features.compression import FullCompression
+from recsys.features.methods.mixed_dim import SCHEMA, MixedDimCompression
 
 _EULER = 0.5772156649015329
 
@@ -160,3 +163,82 @@ class MixedDimMethod(FeatureMethod):
 
     def extra_notes(self) -> list[str]:
         return [f"{self.feature}: mixed_dim block dims {self.dims} rounded to multiples of 4 (FBGEMM); popularity from {self.popularity_source}"]
+
+
+def mixed_dim_layout(feature, compression: MixedDimCompression, counts: np.ndarray | None = None) -> tuple[list[int], list[int], str]:
+    """Block starts, block dims and the popularity source of a mixed_dim feature."""
+    n = int(feature.cardinality)
+    starts = (
+        [0, *compression.block_boundaries]
+        if compression.block_boundaries is not None
+        else default_block_starts(n, compression.num_blocks)
+    )
+    if compression.block_dims is not None:  # resolved earlier (recsys train writes them into the spec)
+        return starts, list(compression.block_dims), "the spec's block_dims"
+    if counts is not None and len(counts) != n:
+        raise ValueError(f"feature {feature.name}: counts has {len(counts)} entries; cardinality is {n}")
+    popularity = block_popularity(starts, n, counts)
+    base = compression.base_dim or feature.embedding_dim
+    source = "vocab counts" if counts is not None else "Zipf(1) assumption, no counts given"
+    return starts, mixed_dims(base, compression.alpha, popularity), source
+
+
+def _build(f, c: MixedDimCompression, ctx: BuildContext) -> MixedDimMethod:
+    starts, dims, source = mixed_dim_layout(f, c, ctx.counts)
+    return MixedDimMethod(f.name, f.embedding_dim, int(f.cardinality), starts, dims, f.multi_valued, source, ctx.device)
+
+
+def _naive(m: MixedDimMethod, t: NaiveTables, values: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    out = 0
+    offs = offsets(lengths)
+    ends = m.starts[1:] + [m.cardinality]
+    for i, (s, e) in enumerate(zip(m.starts, ends)):
+        inside = (values >= s) & (values < e)
+        rows = torch.where(inside, values - s, torch.zeros_like(values))
+        part = t.bag(f"{m.feature}__md{i}")(rows, offs, per_sample_weights=inside.float())
+        name = f"projections.block{i}"
+        out = out + (part @ t.param(m.feature, name) if t.has_param(m.feature, name) else part)
+    return out
+
+
+def _solve(problem: BudgetProblem) -> BudgetChoice:
+    """Two knobs: one ``alpha`` for all features, then a block-boundary scale ``g`` (block starts
+    ``N ** (g * i / K)``) to fine-tune, since dims move in steps of 4."""
+    num_blocks = problem.options.num_blocks
+
+    def layout(f, alpha: float, g: float):
+        n = int(f.cardinality)
+        k = min(num_blocks, n - 1)
+        if n < 8 or k < 2:
+            return FullCompression()
+        starts = [0]
+        for i in range(1, k):
+            starts.append(min(max(int(round(n ** (g * i / k))), starts[-1] + 1), n - (k - i)))
+        return MixedDimCompression(kind="mixed_dim", num_blocks=k, alpha=alpha, block_boundaries=tuple(starts[1:]))
+
+    def total(alpha: float, g: float) -> int:
+        return problem.total({f.name: layout(f, alpha, g) for f in problem.features})
+
+    # Bytes fall as alpha grows: bisect on -alpha.
+    alpha = -bisect(lambda a: total(-a, 1.0), problem.budget, -1.0, -1e-4, steps=25)
+    g = bisect(lambda g: total(alpha, g), problem.budget, 0.05, 1.0, steps=25)
+    notes = [f"alpha {alpha:.4f}, block-boundary scale {g:.3f}; dims are multiples of 4 (FBGEMM)"]
+    floor = total(1.0, 0.05)
+    if problem.budget < floor * (1 - 0.05):
+        full = sum(int(f.cardinality) * f.embedding_dim * 4 for f in problem.features)
+        notes.append(
+            f"target below mixed_dim's floor of {floor:,} B (ratio {floor / full:.4f}): every id keeps "
+            "at least 4 floats (FBGEMM's minimum dim), so the ratio cannot go below ~4 / embedding_dim"
+        )
+    return BudgetChoice({f.name: layout(f, alpha, g) for f in problem.features}, notes=notes)
+
+
+FAMILY = Family(
+    schema=SCHEMA,
+    build=_build,
+    naive=_naive,
+    solve=_solve,
+    lookup_target=0.7,
+    colour="#d62728",
+    needs_counts=True,
+)

@@ -22,7 +22,9 @@ import torch
 from recsys.embeddings.hashing import hash_ids, hash_ids_many, stable_seed
 from recsys.embeddings.combine import Combiner, Concat, PerValue, Weighted
 from recsys.embeddings.methods.base import Chunk, FeatureMethod, uniform_bound
+from recsys.embeddings.methods.family import BudgetChoice, BudgetProblem, Family, NaiveTables, offsets, per_feature_knob
 from recsys.embeddings.plan import TableSpec
+from recsys.features.methods.multi_hash import SCHEMA, MultiHashCompression
 
 # Importance weights start at 1 +- this (ones-centred): the probes start equally weighted.
 WEIGHT_INIT_SPREAD = 0.5
@@ -123,3 +125,42 @@ class MultiHashMethod(FeatureMethod):
             t += f"; weights: splitmix64 mod {self.num_weight_buckets}"
             c = f"weighted {c}" + (" per value, then pooled" if self.per_value else "")
         return t, c
+
+
+def _naive(m: MultiHashMethod, t: NaiveTables, values: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    table = t.bag(f"{m.feature}__mh")
+    offs = offsets(lengths)
+    rows = [hash_ids(values, s, m.num_buckets) for s in m.seeds]
+    if m.importance_weights:
+        w = t.weight(f"{m.feature}__mhw")[hash_ids(values, m.weight_seed, m.num_weight_buckets)]  # (N, 4)
+        parts = [table(r, offs, per_sample_weights=w[:, i]) for i, r in enumerate(rows)]
+    else:
+        parts = [table(r, offs) for r in rows]
+    return sum(parts[1:], parts[0]) if m.combiner_kind == "sum" else torch.cat(parts, 1)
+
+
+def _size(f, s: float, options) -> MultiHashCompression | None:
+    """The knob: ``num_buckets = round(s * N)`` (the weight table, if any, as many rows)."""
+    n = int(f.cardinality)
+    buckets = max(1, round(s * n))
+    return MultiHashCompression(kind="multi_hash", num_buckets=buckets, **options.model_dump()) if buckets < n else None
+
+
+def _solve(problem: BudgetProblem) -> BudgetChoice:
+    choice = per_feature_knob(_size)(problem)
+    if problem.options.importance_weights:
+        choice.notes.append("importance-weight table has as many rows as the main table (num_weight_buckets default)")
+    return choice
+
+
+FAMILY = Family(
+    schema=SCHEMA,
+    build=lambda f, c, ctx: MultiHashMethod(
+        f.name, f.embedding_dim, c.num_buckets, c.num_hashes, c.combiner, c.importance_weights, c.num_weight_buckets, f.multi_valued
+    ),
+    naive=_naive,
+    solve=_solve,
+    # Two probes: twice the kernel work of hashed.
+    lookup_target=0.6,
+    colour="#ff7f0e",
+)

@@ -25,7 +25,9 @@ import torch
 
 from recsys.embeddings.combine import Combiner, Concat, PerValue, Product, Sum
 from recsys.embeddings.methods.base import Chunk, FeatureMethod, split_dim, uniform_bound
+from recsys.embeddings.methods.family import Family, NaiveTables, bag_sum, offsets, per_feature_knob
 from recsys.embeddings.plan import TableSpec
+from recsys.features.methods.qr import SCHEMA, QRCompression
 
 ONES_INIT_SPREAD = 0.5
 
@@ -123,3 +125,52 @@ class QRMethod(FeatureMethod):
             t = "mixed-radix digits " + "x".join(str(r) for r in self.rows)
         c = self.operation + (" per value, then pooled" if self.per_value else "")
         return t, c
+
+
+def _naive(m: QRMethod, t: NaiveTables, values: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    # Digits written out: x mod r0, (x // r0) mod r1, ..., top = x // prod(r) (ids < N).
+    digits, rest = [], values
+    for r in m.rows[:-1]:
+        digits.append(rest % r)
+        rest = rest // r
+    digits.append(rest)
+    tables = [t.bag(f"{m.feature}__qr{j}") for j in range(len(m.rows))]
+    if m.operation == "mult":
+        per_value = torch.nn.functional.embedding(digits[0], tables[0].weight)
+        for d, table in zip(digits[1:], tables[1:]):
+            per_value = per_value * torch.nn.functional.embedding(d, table.weight)
+        return bag_sum(per_value, lengths)
+    offs = offsets(lengths)
+    parts = [table(d, offs) for d, table in zip(digits, tables)]
+    return sum(parts[1:], parts[0]) if m.operation == "add" else torch.cat(parts, 1)
+
+
+def qr_collisions(n: int, rows: float) -> int:
+    """num_collisions m with m + ceil(n / m) ~ rows (smaller root), within [2, sqrt(n)]."""
+    root = math.isqrt(n)
+    if rows * rows < 4 * n:
+        return max(2, root)
+    m = (rows - math.sqrt(rows * rows - 4 * n)) / 2
+    return int(min(max(2, round(m)), max(2, root)))
+
+
+def _size(f, s: float, options) -> QRCompression | None:
+    """The knob: target rows ``R = s * N`` (twice for concat, whose tables are half as wide) ->
+    ``num_collisions`` m, the smaller root of ``m + N / m = R``."""
+    n = int(f.cardinality)
+    if n < 8:
+        return None
+    m = qr_collisions(n, s * n * (2 if options.operation == "concat" else 1))
+    return QRCompression(kind="qr", num_collisions=m, **options.model_dump()) if m < n else None
+
+
+FAMILY = Family(
+    schema=SCHEMA,
+    build=lambda f, c, ctx: QRMethod(f.name, f.embedding_dim, int(f.cardinality), list(c.low_radices), c.operation, f.multi_valued),
+    naive=_naive,
+    solve=per_feature_knob(
+        _size, note="qr with 2 partitions spans ~2/sqrt(N) .. 1/2 of a feature's full rows (num_collisions in [2, sqrt(N)])"
+    ),
+    lookup_target=0.7,
+    colour="#2ca02c",
+)

@@ -14,7 +14,9 @@ import torch
 from recsys.embeddings.combine import Concat
 from recsys.embeddings.hashing import hash_ids, hash_ids_many, stable_seed
 from recsys.embeddings.methods.base import Chunk, FeatureMethod, uniform_bound
+from recsys.embeddings.methods.family import BudgetChoice, BudgetProblem, BuildContext, Family, NaiveTables, offsets
 from recsys.embeddings.plan import TableSpec
+from recsys.features.methods.unified import SCHEMA, FeatureGroup, UnifiedCompression
 
 
 def group_table_names(group: str, num_tables: int) -> list[str]:
@@ -82,3 +84,63 @@ class UnifiedMethod(FeatureMethod):
             f"{self.num_chunks} x splitmix64(x, seed_f,c) mod {self.num_buckets}",
             f"concat {self.num_chunks} chunks of group {self.group}",
         )
+
+
+def _build(f, c: UnifiedCompression, ctx: BuildContext) -> UnifiedMethod:
+    g = ctx.groups[c.group]
+    return UnifiedMethod(f.name, f.embedding_dim, g.name, g.num_buckets, g.num_chunks, g.num_tables, f.multi_valued)
+
+
+def _shared_tables(spec, methods: list[FeatureMethod]) -> list[TableSpec]:
+    """Each used group's tables, read by the chunks of its member features (round-robin)."""
+    shared: list[TableSpec] = []
+    for g in spec.groups:
+        users = [m for m in methods if isinstance(m, UnifiedMethod) and m.group == g.name]
+        if not users:
+            continue
+        readers: list[list[str]] = [[] for _ in range(g.num_tables)]
+        for m in users:
+            for c, key in enumerate(m.keys):
+                readers[c % g.num_tables].append(key)
+        shared.extend(group_tables(g.name, g.num_buckets, users[0].output_dim // g.num_chunks, g.num_tables, readers))
+    return shared
+
+
+def _naive(m: UnifiedMethod, t: NaiveTables, values: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    offs = offsets(lengths)
+    parts = []
+    for c, s in enumerate(m.seeds):
+        table = t.bag(f"{m.group}__shared{c % m.num_tables}")
+        parts.append(table(hash_ids(values, s, m.num_buckets), offs))
+    return torch.cat(parts, 1)
+
+
+def _solve(problem: BudgetProblem) -> BudgetChoice:
+    """The knob: one group per embedding dim, ``num_buckets`` straight from the budget (split
+    between the groups by their full-table bytes)."""
+    chunks = problem.options.num_chunks
+    tables = problem.options.num_tables
+    by_dim: dict[int, list] = {}
+    for f in problem.spec.sparse:
+        by_dim.setdefault(f.embedding_dim, []).append(f)
+    weight = {d: sum(int(f.cardinality) * d for f in fs if f.has_vocab) or 1 for d, fs in by_dim.items()}
+    groups, choice = [], {}
+    for d, fs in by_dim.items():
+        share = problem.budget * weight[d] / sum(weight.values())
+        buckets = max(1, round(share / (d * 4 * tables / chunks)))
+        name = f"unified_d{d}"
+        groups.append(FeatureGroup(name=name, num_buckets=buckets, num_chunks=chunks, num_tables=tables))
+        choice.update({f.name: UnifiedCompression(kind="unified", group=name) for f in fs})
+    return BudgetChoice(choice, groups, [f"one shared table per embedding dim, {chunks} chunks per feature, {tables} table(s) per group"])
+
+
+FAMILY = Family(
+    schema=SCHEMA,
+    build=_build,
+    naive=_naive,
+    solve=_solve,
+    shared_tables=_shared_tables,
+    covers_raw_ids=True,
+    lookup_target=0.9,
+    colour="#9467bd",
+)

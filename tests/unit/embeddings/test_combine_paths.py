@@ -11,6 +11,7 @@ from torchrec.sparse.jagged_tensor import KeyedTensor
 
 from recsys.embeddings import build_embedding_collection
 from recsys.embeddings.combine import CombinePlan, ConcatRun, PerValueStep, ProjectStep, ReduceRun, WeightedStep
+from recsys.embeddings.methods.family import naive_param_key
 from recsys.embeddings.naive import NaiveEmbeddingBagCollection
 
 from emb_helpers import GROUP, VARIANTS, make_spec, random_kjt, variant_spec
@@ -77,8 +78,8 @@ def _check_against_naive(collection, naive, kjt, tables: dict[str, torch.Tensor]
         ref = naive.tables[name.replace(".", "_")].weight.grad
         torch.testing.assert_close(weight.grad, ref, rtol=1e-4, atol=1e-5, msg=f"table {name}")
     for feature, m in collection.methods.items():
-        for key, p in getattr(m, "projections", {}).items():
-            torch.testing.assert_close(p.grad, naive.projections[f"{feature}__{key}"].grad, rtol=1e-4, atol=1e-5)
+        for pname, p in m.named_parameters():
+            torch.testing.assert_close(p.grad, naive.params[naive_param_key(feature, pname)].grad, rtol=1e-4, atol=1e-5)
     return kt
 
 
