@@ -16,6 +16,9 @@ the load generator sends bounded keep-alive requests (``--seconds`` and ``--max-
 level). Prints one row per level: p50 / p95 / p99 latency, QPS, errors and the load average,
 then the same queries through the bare index search, the index's recall@k against exact search
 over the same vectors, and the service's resident memory.
+
+Every flag is checked before any work, the ``--serve-arg`` values with ``recsys serve``'s own
+checks. Exit codes: 0 done, 1 a failure (one line), 2 a usage error (one line naming the flag).
 """
 
 from __future__ import annotations
@@ -26,6 +29,11 @@ import os
 import tempfile
 import time
 from pathlib import Path
+
+from jobs.serve import OneLineParser, float_in, index_setting, int_in
+
+# recsys bench serve sets these of the service itself (loopback, a free port, --threads)
+_OWN_SERVE_FLAGS = ("--host", "--port", "--threads")
 
 
 def concurrency_list(text: str) -> list[int]:
@@ -38,35 +46,94 @@ def concurrency_list(text: str) -> list[int]:
     return levels
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="recsys bench serve", description=__doc__.split("\n\n")[0])
+def build_parser() -> OneLineParser:
+    from serving.retriever import BUILD_SETTINGS
+
+    parser = OneLineParser(prog="recsys bench serve", description=__doc__.split("\n\n")[0])
     parser.add_argument("bundle", nargs="?", help="a bundle folder (or use --synthetic-items)")
-    parser.add_argument("--synthetic-items", type=int, default=None, metavar="N", help="build a synthetic bundle of N items instead")
+    parser.add_argument("--synthetic-items", type=int_in(2, 100_000_000), default=None, metavar="N",
+                        help="build a synthetic bundle of N items instead, N in [2, 10^8]")
     parser.add_argument("--index", default="ivf", choices=["exact", "ivf", "hnsw", "binary"], help="synthetic bundle's index (default ivf)")
-    parser.add_argument("--index-setting", action="append", default=[], metavar="KEY=N", help="synthetic bundle's index settings")
+    parser.add_argument("--index-setting", type=index_setting(tuple(sorted({k for v in BUILD_SETTINGS.values() for k in v}))),
+                        action="append", default=[], metavar="KEY=N", help="synthetic bundle's index settings (N >= 1)")
     parser.add_argument("--catalogue", default="mixture", choices=["mixture", "clustered", "uniform"],
                         help="synthetic vectors (default mixture: overlapping power-law clusters)")
     parser.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "int8"], help="synthetic item vectors' precision (default fp32)")
-    parser.add_argument("--bundle-out", default=None, metavar="DIR", help="keep the synthetic bundle here (default: a temporary folder)")
-    parser.add_argument("--concurrency", type=concurrency_list, default=[1, 2, 4, 8, 32, 64], help="levels (default 1,2,4,8,32,64)")
-    parser.add_argument("--seconds", type=float, default=10.0, help="seconds per level (default 10)")
-    parser.add_argument("--max-requests", type=int, default=100_000, help="requests per level at most (default 100000)")
-    parser.add_argument("--k", type=int, default=100, help="items per request (default 100)")
-    parser.add_argument("--threads", type=int, default=1, help="service and bare-search threads per library (default 1)")
-    parser.add_argument("--build-threads", type=int, default=os.cpu_count() or 1,
-                        help="faiss threads while building the synthetic bundle's index (default: every core)")
-    parser.add_argument("--serve-arg", action="append", default=[], help="extra `recsys serve` argument, e.g. --serve-arg=--max-batch=64")
+    parser.add_argument("--bundle-out", default=None, metavar="DIR",
+                        help="keep the synthetic bundle here, a new folder (default: a temporary folder)")
+    parser.add_argument("--concurrency", type=concurrency_list, default=[1, 2, 4, 8, 32, 64], help="levels in [1, 256] (default 1,2,4,8,32,64)")
+    parser.add_argument("--seconds", type=float_in(0, 3600, low_open=True), default=10.0, help="seconds per level, in (0, 3600] (default 10)")
+    parser.add_argument("--max-requests", type=int_in(1, 10**9), default=100_000, help="requests per level at most, in [1, 10^9] (default 100000)")
+    parser.add_argument("--k", type=int_in(1, 100_000), default=100, help="items per request, in [1, the service's --max-k] (default 100)")
+    parser.add_argument("--threads", type=int_in(1, 256), default=1, help="service and bare-search threads per library, in [1, 256] (default 1)")
+    parser.add_argument("--build-threads", type=int_in(1, 1024), default=os.cpu_count() or 1,
+                        help="faiss threads while building the synthetic bundle's index, in [1, 1024] (default: every core)")
+    parser.add_argument("--serve-arg", action="append", default=[],
+                        help="extra `recsys serve` argument, e.g. --serve-arg=--max-batch=64 (not --host, --port, --threads)")
     parser.add_argument("--out", default=None, help="write the result as JSON here: levels, recall, service_rss_mib, bundle")
-    return parser
+    from jobs.cli import with_examples  # its example at the end of --help
+
+    return with_examples(parser)
+
+
+def check_flags(parser: OneLineParser, args: argparse.Namespace) -> None:
+    """Everything that needs no work: one source of items, folders, the settings, the serve args."""
+    from jobs.serve import build_parser as serve_parser
+    from serving.retriever import BUILD_SETTINGS, SERVE_TIME_SETTINGS
+
+    if (args.bundle is None) == (args.synthetic_items is None):
+        parser.error("give a BUNDLE folder or --synthetic-items N (one of them)")
+    if args.bundle is not None:
+        if not Path(args.bundle).is_dir():
+            parser.error(f"argument BUNDLE: {args.bundle}: no such folder; give the folder `recsys export --out` wrote")
+        for flag, value in (("--bundle-out", args.bundle_out), ("--index-setting", args.index_setting)):
+            if value:
+                parser.error(f"argument {flag}: applies to --synthetic-items bundles only (serve-time settings: "
+                             "--serve-arg=--index-setting=KEY=N)")
+    if args.bundle_out is not None and Path(args.bundle_out).exists():
+        parser.error(f"argument --bundle-out: {args.bundle_out} exists; give a new folder (a bundle is never overwritten in place)")
+    allowed = BUILD_SETTINGS[args.index]
+    for key, value in args.index_setting:
+        if key not in allowed:
+            parser.error(f"argument --index-setting: got {key}={value}; the {args.index} index takes "
+                         + (f"{list(allowed)}" if allowed else "no settings"))
+    if args.out is not None:
+        out = Path(args.out)
+        if out.is_dir() or not (out.parent if str(out.parent) else Path(".")).is_dir():
+            parser.error(f"argument --out: {out}: give a file path in an existing folder")
+    for arg in args.serve_arg:
+        if arg.split("=", 1)[0] in _OWN_SERVE_FLAGS:
+            parser.error(f"argument --serve-arg: got {arg!r}; recsys bench serve sets {list(_OWN_SERVE_FLAGS)} itself")
+
+    class ServeArgParser(OneLineParser):
+        def error(self, message: str):
+            parser.error(f"argument --serve-arg: {message.replace('argument ', '', 1)}")
+
+    serve = serve_parser()
+    serve.__class__ = ServeArgParser
+    serve_args = serve.parse_args(["BUNDLE", *args.serve_arg])
+    kind = args.index
+    if args.bundle is not None:
+        from serving.bundle import BundleError, read_manifest
+
+        try:
+            kind = read_manifest(args.bundle)["index"]["kind"]
+        except (BundleError, KeyError, TypeError):
+            kind = None  # a damaged bundle is refused when it loads, naming the file
+    serve_time = SERVE_TIME_SETTINGS.get(kind, ())
+    for key, value in serve_args.index_setting if kind is not None else ():
+        if key not in serve_time:
+            parser.error(f"argument --serve-arg: --index-setting {key}={value}; the bundle's {kind} index takes "
+                         + (f"{list(serve_time)} at serve time" if serve_time else "no serve-time settings"))
+    if args.k > serve_args.max_k:
+        parser.error(f"argument --k: got {args.k}; the service answers k up to its --max-k {serve_args.max_k} "
+                     f"(raise it with --serve-arg=--max-k={args.k})")
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    if (args.bundle is None) == (args.synthetic_items is None):
-        raise ValueError("recsys bench serve: give a BUNDLE folder or --synthetic-items N (one of them)")
-    if args.synthetic_items is not None and args.synthetic_items < 2:
-        raise ValueError(f"--synthetic-items: got {args.synthetic_items}; give at least 2 items")
-    from serving.retriever import parse_index_settings
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    check_flags(parser, args)
     from serving.retriever import set_threads
 
     set_threads(args.threads)
@@ -83,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
             faiss.omp_set_num_threads(args.build_threads)  # index build only; searches run at --threads
             start = time.perf_counter()
             bundle = synthetic_bundle(Path(args.bundle_out or Path(tmp) / "bundle"), args.synthetic_items, index=args.index,
-                                      index_settings=parse_index_settings(args.index_setting), catalogue=args.catalogue,
+                                      index_settings=dict(args.index_setting), catalogue=args.catalogue,
                                       precision=args.precision)
             build_s = time.perf_counter() - start
             faiss.omp_set_num_threads(args.threads)

@@ -248,7 +248,7 @@ def export_bundle(
     search_vectors = fmt.dequantize(stored, scales)
     settings, notes = resolve_index_settings(index, index_settings, search_vectors.shape[0])
     for line in notes:
-        log(f"--index-setting: {line}")
+        log(line)
     artifacts = build_index(index, search_vectors, settings)
 
     keys = list(model.user_tower.feature_names)

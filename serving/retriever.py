@@ -47,7 +47,7 @@ import torch
 from recsys.retrieval_metrics import topk_lower_index
 
 INDEX_KINDS: tuple[str, ...] = ("exact", "ivf", "hnsw", "binary")
-_SETTINGS: dict[str, tuple[str, ...]] = {
+BUILD_SETTINGS: dict[str, tuple[str, ...]] = {
     "exact": (),
     "ivf": ("nlist", "nprobe", "train_size"),
     "hnsw": ("m", "ef_construction", "ef_search"),
@@ -154,7 +154,7 @@ def resolve_index_settings(kind: str, settings: dict[str, Any] | None, num_items
 
 def check_settings(kind: str, settings: dict[str, Any], allowed: Sequence[str] | None = None) -> None:
     """Raise ``ValueError`` naming any setting the kind does not take or a non-positive value."""
-    allowed = _SETTINGS[kind] if allowed is None else allowed
+    allowed = BUILD_SETTINGS[kind] if allowed is None else allowed
     unknown = sorted(set(settings) - set(allowed))
     if unknown:
         raise ValueError(f"index settings {unknown} are not settings of the {kind} index; allowed: {list(allowed)}")
