@@ -11,7 +11,10 @@ Every column of a side-feature file other than its key becomes a tower feature o
   non-empty value is a number, except integer columns with at most :data:`MAX_CODES` distinct
   values, which are codes (occupation 0-20, flags) and stay categorical; empty = missing (the
   writer stores 0 and counts it in ``missing_dense``);
-* **categorical** otherwise: one id per value; empty = raw id ``-1``.
+* **categorical** otherwise: one id per value; empty = raw id ``-1``; except text with a
+  different value on (nearly) every line (distinct values >= :data:`NEAR_UNIQUE` x lines: names,
+  titles, URLs), which identifies the entity no better than its key and is left out
+  (``side_features.ignored_columns`` in the manifest; a RecBole ``token`` column is always kept).
 
 Ids follow :class:`~recsys.data.interaction_formats.TokenTable`'s rule per column: integers keep
 their value, other text is hashed (blake2b) and kept as the vocabulary token. Feature names are the
@@ -40,6 +43,7 @@ from recsys.data.parquet_source import MISSING_ID, BadRows, show
 from recsys.features.spec import DatasetSpec, DenseFeature, SparseFeature, spec_from_dict
 
 MAX_CODES = 32
+NEAR_UNIQUE = 0.9  # text columns with at least this share of distinct values per line are left out
 ID_DIM = 32
 SIDE_DIM = 8
 RESERVED = ("label", "user_id", "item_id", "timestamp", "history_item_id")
@@ -193,6 +197,8 @@ def _kind(values: np.ndarray, rtype: str | None, list_sep: bytes | None) -> tupl
     if not wrong.any():
         codes = all(_INT.fullmatch(v) for v in uniq.tolist()) and uniq.size <= MAX_CODES
         return ("categorical" if codes else "numeric"), None, 1, int(uniq.size)
+    if values.size > 1 and uniq.size >= NEAR_UNIQUE * values.size:
+        return None, None, 0, int(uniq.size)  # a name / title / URL per key: it says no more than the key
     return "categorical", None, 1, int(uniq.size)
 
 
@@ -241,7 +247,9 @@ def side_features(rows, users: TokenTable, items: TokenTable, bad: BadRows, *, u
                 name = f"{entity}_{name}"
             kind, list_sep_used, max_length, distinct = _kind(values, table.types.get(column), sep)
             if kind is None:
-                ignored[f"{entity}:{column}"] = "RecBole float_seq (no dense lists)" if table.types.get(column) else "empty column"
+                ignored[f"{entity}:{column}"] = ("RecBole float_seq (no dense lists)" if table.types.get(column) else
+                                                 "text, a different value on (nearly) every line: says no more than the key" if distinct
+                                                 else "empty column")
                 continue
             taken.add(name)
             columns[name] = Column(entity, column, kind, list_sep_used, max_length, distinct)

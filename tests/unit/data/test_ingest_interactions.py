@@ -69,13 +69,13 @@ u3,b,5,4
 u3,d,6,4
 u3,e,7,1
 """
-ITEMS = '''item,title,genres,price
-a,"Alpha, The",Comedy|Drama,1.5
-b,Beta,Drama,2
-c,Gamma,,3.25
-d,Delta,Action|Comedy,
-e,Eps,Action,4
-f,Phi,Drama,5
+ITEMS = '''item,title,genres,price,studio
+a,"Alpha, The",Comedy|Drama,1.5,"Works, Inc."
+b,Beta,Drama,2,Acme
+c,Gamma,,3.25,Acme
+d,Delta,Action|Comedy,,
+e,Eps,Action,4,Acme
+f,Phi,Drama,5,"Works, Inc."
 '''
 
 
@@ -91,16 +91,19 @@ def test_csv_with_header_leave_last_out_side_features_round_trip(tmp_path):
     assert sorted(rows_of(out, "validation", "user_id", "item_id")) == [("u1", "b"), ("u2", "c"), ("u3", "d")]
     assert sorted(rows_of(out, "train", "user_id", "item_id")) == [("u1", "a"), ("u2", "a"), ("u3", "b")]
     assert m["split"]["method"] == "leave_last_out" and "later in the input" in m["split"]["tie_rule"]
-    # side features: genres multi-valued, title categorical (quoted comma kept), price numeric (dense)
+    # side features: genres multi-valued, studio categorical (quoted comma kept), price numeric (dense),
+    # title (a different text on every line) left out
     spec = load_spec(out / "features.yaml")
     assert spec.feature("genres").max_length == 2 and spec.feature("genres").tower == "item"
-    assert spec.feature("price").kind == "dense" and spec.feature("title").kind == "sparse"
+    assert spec.feature("price").kind == "dense" and spec.feature("studio").kind == "sparse"
+    assert "title" not in [f.name for f in spec.features] and "item:title" in m["side_features"]["ignored_columns"]
     assert m["side_features"]["price"] == {**m["side_features"]["price"], "tower": "item", "kind": "numeric"}
     assert m["missing_dense"]["price"] == 2  # item d (empty price) in validation and test
     train = pq.read_table(layout.split_files(out, "train")[0]).to_pylist()
     prices = {vocab(out, "item_id")[r["item_id"]]: r["price"] for r in train}
     assert prices == {"a": 1.5, "b": 2.0}
-    assert vocab(out, "title")[train[0]["title"]] in ("Alpha, The", "Beta")
+    studios = {vocab(out, "item_id")[r["item_id"]]: vocab(out, "studio")[r["studio"]] for r in train}
+    assert studios == {"a": "Works, Inc.", "b": "Acme"}
     genres = vocab(out, "genres")
     by_item = {vocab(out, "item_id")[r["item_id"]]: sorted(genres[g] for g in r["genres"]) for r in train}
     assert by_item == {"a": ["Comedy", "Drama"], "b": ["Drama"]}
@@ -327,10 +330,14 @@ def test_lightgcn_bad_id_and_side_file_duplicate_key(tmp_path):
     with pytest.raises(ValueError, match=r"train.txt, line 2: field item: got 'x'; expected a 0-based integer id"):
         ingest.main(["interactions", "--format", "lightgcn", "--train", str(train), "--test", str(test), "--out", str(tmp_path / "o")])
     log = write(tmp_path / "log.csv", LOG)
-    items = write(tmp_path / "items.csv", ITEMS + "b,Again,Drama,1\n")
+    argv = ["interactions", str(log), "--user", "user", "--item", "item", "--item-features", str(tmp_path / "items.csv"),
+            "--item-key", "item", "--out", str(tmp_path / "o")]
+    write(tmp_path / "items.csv", ITEMS + "b,Again,Drama,1,Acme\n")
     with pytest.raises(ValueError, match=r"items.csv, line 8: field item: got 'b', a duplicate key; one line per key"):
-        ingest.main(["interactions", str(log), "--user", "user", "--item", "item", "--item-features", str(items),
-                     "--item-key", "item", "--out", str(tmp_path / "o")])
+        ingest.main(argv)
+    write(tmp_path / "items.csv", ITEMS + "g,Again,Drama,1\n")
+    with pytest.raises(ValueError, match=r"items.csv, line 8: expected 5 ','-separated fields \(item, title, genres, price, studio; quote"):
+        ingest.main(argv)
 
 
 def test_spec_override(tmp_path):
@@ -339,17 +346,17 @@ def test_spec_override(tmp_path):
             "--item-features", str(items), "--item-key", "item", "--list-sep", "|"]
     run([*base, "--out", str(tmp_path / "first")])
     raw = yaml.safe_load((tmp_path / "first" / "features.yaml").read_text())
-    raw["features"] = [f for f in raw["features"] if f["name"] not in ("title", "history_item_id")]
+    raw["features"] = [f for f in raw["features"] if f["name"] not in ("studio", "history_item_id")]
     for f in raw["features"]:
         if f["name"] == "genres":
             f["embedding_dim"] = 4
     (tmp_path / "spec.yaml").write_text(yaml.safe_dump(raw))
     run([*base, "--spec", str(tmp_path / "spec.yaml"), "--out", str(tmp_path / "second")])
     spec = load_spec(tmp_path / "second" / "features.yaml")
-    assert spec.feature("genres").embedding_dim == 4 and "title" not in [f.name for f in spec.features]
+    assert spec.feature("genres").embedding_dim == 4 and "studio" not in [f.name for f in spec.features]
     raw["features"].append({"name": "director", "kind": "sparse", "cardinality": 10, "tower": "item"})
     (tmp_path / "spec.yaml").write_text(yaml.safe_dump(raw))
-    with pytest.raises(ValueError, match=r"features\[director\]: not a side column; side features: \['genres', 'price', 'title'\]"):
+    with pytest.raises(ValueError, match=r"features\[director\]: not a side column; side features: \['genres', 'price', 'studio'\]"):
         run([*base, "--spec", str(tmp_path / "spec.yaml"), "--out", str(tmp_path / "third")])
 
 
