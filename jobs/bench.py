@@ -158,8 +158,10 @@ def _bench_ray_paths(root: Path, split: str, spec: DatasetSpec, bs: int, prefetc
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from jobs.cli import SUBCOMMANDS, with_examples
+
     parser = argparse.ArgumentParser(prog="recsys bench", description="Benchmarks that print figures.")
-    sub = parser.add_subparsers(dest="bench", required=True, metavar="{loader,lookup,train}")
+    sub = parser.add_subparsers(dest="bench", required=True, metavar="{" + ",".join(SUBCOMMANDS["bench"]) + "}")
 
     loader = sub.add_parser("loader", help="rows/s of pyarrow, ParquetBatchReader and Ray Data + collate")
     loader.add_argument("--data", help="an ingested data set; default: write a Criteo-schema one to a temp folder")
@@ -181,7 +183,13 @@ def build_parser() -> argparse.ArgumentParser:
     train = sub.add_parser("train", help="samples/s of the training step loop vs plain TorchRec DLRM")
     add_train_arguments(train)
     train.set_defaults(run=bench_train)
-    return parser
+
+    # Listed here for `recsys bench --help`; main() hands their arguments to their own parsers.
+    from jobs import bench_compression, bench_serve
+
+    for name, own in (*bench_compression.build_parsers().items(), ("serve", bench_serve.build_parser())):
+        sub.add_parser(name, help=SUBCOMMANDS["bench"][name], description=own.description, add_help=False)
+    return with_examples(parser)
 
 
 def _positive(text: str) -> int:

@@ -32,7 +32,9 @@ def build_parsers() -> dict[str, argparse.ArgumentParser]:
     comp.add_argument("--dry-run", action="store_true", help="plan the sweep (sizes, unreachable budgets), run nothing")
     rep = argparse.ArgumentParser(prog="recsys bench report", description="Rewrite report.md and pareto.png from a sweep's results.parquet.")
     rep.add_argument("sweep_dir", help="a sweep folder holding results.parquet")
-    return {"compression": comp, "report": rep}
+    from jobs.cli import with_examples  # its example at the end of --help
+
+    return {"compression": with_examples(comp), "report": with_examples(rep)}
 
 
 def _unfinished(stem: str, resolved: dict) -> Path | None:

@@ -112,7 +112,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="skip bad rows and count them in the manifest instead of stopping at the first")
         p.add_argument("--chunk-rows", type=int, default=200_000, metavar="N", help="rows parsed per chunk (default 200000)")
     add_interactions_parser(sub)
-    return parser
+    from jobs.cli import with_examples  # its example at the end of --help
+
+    return with_examples(parser)
 
 
 def add_interactions_parser(sub: Any) -> None:

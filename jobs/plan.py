@@ -61,7 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="ranks per host, 1 .. world size (default: 8 GPUs, 1 CPU rank)")
     parser.add_argument("--json", type=Path, default=None,
                         help="also write the whole report (every rank) as JSON to this file (its folder must exist)")
-    return parser
+    from jobs.cli import with_examples  # its example at the end of --help
+
+    return with_examples(parser)
 
 
 def check_flags(args: argparse.Namespace) -> list[str]:

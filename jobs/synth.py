@@ -43,7 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="time: 80/10/10 by time (default); leave_last_out: per user, last -> test, previous -> validation")
     inter.add_argument("--spec", default=None,
                        help="feature spec YAML (default features/synthetic_interactions.yaml; add history_item_id for histories)")
-    return parser
+    from jobs.cli import with_examples  # its example at the end of --help
+
+    return with_examples(parser)
 
 
 def _pct(x: float) -> str:

@@ -27,7 +27,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("config", help="a training config YAML (configs/*.yaml)")
     parser.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. train.epochs=2 run_dir=runs/a")
     parser.add_argument("--dry-run", action="store_true", help="check config and data, print the plan, do not train")
-    return parser
+    from jobs.cli import with_examples  # its example at the end of --help
+
+    return with_examples(parser)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -269,7 +269,10 @@ def train_worker(payload: dict[str, Any]) -> None:
     """
     import ray.train
 
-    _quiet_ray_train_logs()
+    from recsys import console
+    from recsys.tensorboard import Curves
+
+    console.setup()  # again: Ray Train's worker logging set-up ran after the process's set-up hook
     ctx = ray.train.get_context()
     w = setup(payload, ctx.get_world_rank(), ctx.get_world_size(), ctx.get_local_rank())
     model, optimizer, plan_rows = build_sharded(w, ctx.get_local_world_size())
@@ -296,6 +299,9 @@ def train_worker(payload: dict[str, Any]) -> None:
         last_saved = state.step
 
     window = _Window()
+    # Rank 0 writes the curves (loss, samples/s, validation metrics) for `tensorboard --logdir runs/`.
+    curves = Curves(payload["run_dir"], enabled=w.rank == 0)
+    progress = _Progress(payload, s.total_steps, state.step, w.rank == 0)
     while state.step < s.total_steps:
         epoch, skip = s.position(state.step)
         step_start = time.perf_counter()
@@ -321,7 +327,9 @@ def train_worker(payload: dict[str, Any]) -> None:
             if s.log(step):
                 mean = window.mean_over_ranks(w.device)
                 state.loss_curve.append([step, mean])
-                w.log(f"step {step}/{s.total_steps} epoch {epoch} loss {mean:.4f} samples/s {window.rate(now, w.global_batch):,.0f}")
+                rate = window.rate(now, w.global_batch)
+                curves.scalars(step, {"train/loss": mean, "train/samples_per_s": rate})
+                progress.log(w, step, epoch, mean, rate)
                 window.reset()
             if s.evaluate(step) or s.checkpoint(step):
                 row: dict[str, Any] = {"step": step, "epoch": epoch}
@@ -329,6 +337,8 @@ def train_worker(payload: dict[str, Any]) -> None:
                     val = evaluate(w, model, w.validation)
                     row.update({f"val_{k}": v for k, v in val.items()})
                     w.log(f"step {step} validation {w.task.describe(val)} ({val['rows']:,} rows)")
+                    curves.scalars(step, {f"validation/{k}": v for k, v in val.items() if k != "rows"})
+                    progress.validation = w.task.describe(val)
                     state.history.append(row)
                 report(dict(row), with_checkpoint=s.checkpoint(step))
                 window.restart()
@@ -339,6 +349,10 @@ def train_worker(payload: dict[str, Any]) -> None:
     val = evaluate(w, model, w.validation)
     test = evaluate(w, model, w.test)
     w.log(f"validation {w.task.describe(val)}; test {w.task.describe(test)}")
+    curves.scalars(state.step, {f"validation/{k}": v for k, v in val.items() if k != "rows"})
+    curves.scalars(state.step, {f"test/{k}": v for k, v in test.items() if k != "rows"})
+    curves.close()
+    progress.done()
     val_row = {f"val_{k}": v for k, v in val.items() if k != "rows"}
     state.history.append({"step": state.step, **val_row})
     final = {
@@ -386,16 +400,48 @@ class _Window:
         return self.steps * global_batch / max(now - self.start, 1e-9)
 
 
-def _quiet_ray_train_logs() -> None:
-    """Ray Train V2 logs every report (with all metrics) at INFO through a logger named after its
-    file, which Ray's logging config does not reach: hold it at RECSYS_RAY_LOG_LEVEL (ERROR)."""
-    import logging
-    import os
+class _Progress:
+    """Rank 0's progress: a step line with rate, ETA and the last validation metric (plain output),
+    or, when the driver draws a bar on its terminal, ``progress.json`` in the run folder for it."""
 
-    level = os.environ.get("RECSYS_RAY_LOG_LEVEL", "ERROR")
-    for name in list(logging.root.manager.loggerDict):
-        if "ray/train" in name or name.startswith("ray.train"):
-            logging.getLogger(name).setLevel(level)
+    def __init__(self, payload: dict[str, Any], total: int, first_step: int, enabled: bool) -> None:
+        self.total, self.first_step, self.enabled = total, first_step, enabled
+        self.bar = payload.get("progress") == "bar"
+        self.path = Path(payload["run_dir"]) / PROGRESS_FILE
+        self.start = time.perf_counter()
+        self.validation = ""
+
+    def eta(self, step: int) -> float:
+        from recsys.console import eta_seconds
+
+        return eta_seconds(step - self.first_step, self.total - self.first_step, time.perf_counter() - self.start)
+
+    def log(self, w: "Worker", step: int, epoch: int, loss: float, rate: float) -> None:
+        if not self.enabled:
+            return
+        if self.bar:
+            self._write(step, loss, rate)
+            return
+        from recsys.console import format_duration
+
+        last = f"; last validation {self.validation}" if self.validation else ""
+        w.log(f"step {step}/{self.total} epoch {epoch} loss {loss:.4f} samples/s {rate:,.0f} ETA {format_duration(self.eta(step))}{last}")
+
+    def done(self) -> None:
+        if self.enabled and self.bar:
+            self._write(self.total, None, None)
+
+    def _write(self, step: int, loss: float | None, rate: float | None) -> None:
+        import json
+        import os
+
+        row = {"step": step, "total": self.total, "loss": loss, "samples_per_s": rate, "validation": self.validation}
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(row))
+        os.replace(tmp, self.path)  # the driver never reads half a file
+
+
+PROGRESS_FILE = "progress.json"
 
 
 def _log(message: str) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import os
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -213,8 +214,10 @@ def _ray_init(config: TrainConfig) -> bool:
     if ray.is_initialized():
         return False
     address = config.ray.address or os.environ.get("RAY_ADDRESS")
+    from recsys.console import ray_log_level, ray_runtime_env
+
     if address:
-        ray.init(address=address)
+        ray.init(address=address, runtime_env=ray_runtime_env())
         return True
     # Local: a Ray instance of this run's own (address="local"), even when other Ray instances run
     # on the machine (without it ray.init() refuses: "Found multiple active Ray instances"); a
@@ -223,12 +226,17 @@ def _ray_init(config: TrainConfig) -> bool:
     # Ray's Python loggers at RECSYS_RAY_LOG_LEVEL (default ERROR): without the dashboard the
     # Train placement-group cleaner warns every few seconds that the state API is unavailable,
     # and FBGEMM logs every table's full argument list; the step lines are printed, not logged.
-    level = os.environ.get("RECSYS_RAY_LOG_LEVEL", "ERROR")
+    level = ray_log_level()
+    # Ray Train's preemption watcher is for cloud nodes that get drained; a local instance has
+    # none, and its actor's start logs a C++ ERROR line ("has constructor arguments in the object
+    # store and max_restarts > 0") on every run.
+    os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
     ray.init(
         address="local",
         num_cpus=max(os.cpu_count() or 1, need),
         include_dashboard=False,
         logging_config=ray.LoggingConfig(log_level=level),
+        runtime_env=ray_runtime_env(),  # recsys.console.setup in every worker before its imports
     )
     return True
 
@@ -293,9 +301,12 @@ def launch(prepared: Prepared, *, shutdown: bool = True) -> dict[str, Any]:
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    from recsys.train.loop import train_worker
+    from recsys import console
+    from recsys.train.loop import PROGRESS_FILE, train_worker
 
     config = prepared.config
+    # A bar on the driver's terminal, fed by rank 0's progress.json (on this machine's disk only)
+    use_bar = console.use_bar() and not (config.ray.address or os.environ.get("RAY_ADDRESS"))
     started = _ray_init(config)
     prepared.run_dir.mkdir(parents=True, exist_ok=True)
     ray_root = storage_root(config, prepared.run_dir)
@@ -312,6 +323,8 @@ def launch(prepared: Prepared, *, shutdown: bool = True) -> dict[str, Any]:
         "data_root": str(Path(config.data.path).resolve()),  # workers run in Ray's own working directory
         "ray_root": str(ray_root),
         "resume_from": str(prepared.resume_from) if prepared.resume_from else None,
+        # rank 0 prints step lines, or feeds the driver's bar through progress.json on a terminal
+        "progress": "bar" if use_bar else "lines",
     }
     trainer = TorchTrainer(
         train_worker,
@@ -327,11 +340,16 @@ def launch(prepared: Prepared, *, shutdown: bool = True) -> dict[str, Any]:
             storage_path=str(ray_root),
             failure_config=FailureConfig(max_failures=config.ray.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=config.train.num_checkpoints),
+            # recsys.console: Ray Train's own lines at ERROR, the workers' library noise silenced
+            # before they import TorchRec (RECSYS_LOG=debug shows everything).
+            logging_config=ray.train.LoggingConfig(log_level=console.ray_log_level()),
+            worker_runtime_env=console.worker_runtime_env(),
         ),
     )
     start = time.perf_counter()
     try:
-        result = trainer.fit()
+        with console.FileProgress(prepared.run_dir / PROGRESS_FILE, "training") if use_bar else nullcontext():
+            result = trainer.fit()
         error = result.error
     except Exception as exc:  # Ray V2 raises TrainingFailedError from fit()
         result, error = None, exc
