@@ -21,6 +21,7 @@ import sys
 from datetime import datetime
 from pathlib import Path
 
+from recsys.folders import check_sweep_dir
 from recsys.train.sweep import PARQUET, load_sweep_config
 
 
@@ -66,8 +67,7 @@ def compression(args: argparse.Namespace) -> int:
         sweep_dir = Path(args.out)
     else:
         sweep_dir = _unfinished(stem, resolved) or Path("runs") / f"bench-{stem}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
-    if sweep_dir.exists() and not sweep_dir.is_dir():
-        raise ValueError(f"--out: {sweep_dir} is a file, not a folder; give a new or existing folder")
+    check_sweep_dir(sweep_dir)  # a new or empty folder, or an earlier sweep: never a run or a data set
     if (sweep_dir / "sweep.json").exists():
         print(f"continuing the sweep in {sweep_dir}: trials with a results.json are not run again")
     plans = plan_sweep(sweep, base, sweep_dir)

@@ -12,6 +12,8 @@
 test, the one before -> validation). Fractions must each be > 0; a bad ``--split`` or
 ``--min-rating`` fails before any data is read.
 
+``--out`` is a new or empty folder; a data set there is replaced only when it is of the same kind and
+``--overwrite`` is given (:mod:`recsys.folders`: never another kind of data set, a run, a sweep).
 Each writes ``DIR/manifest.json`` (plus splits and vocabularies) and prints a short summary;
 bad input raises ``ValueError`` naming file, line and field, which the ``recsys`` command turns
 into a one-line reason and exit code 1. The sources are :mod:`recsys.data.criteo`,
@@ -40,6 +42,7 @@ from recsys.data.parquet_source import (
     ingest_parquet,
 )
 from recsys.features.spec import DatasetSpec, builtin_spec, builtin_spec_path, load_spec, spec_from_dict
+from recsys.folders import OVERWRITE_HELP, check_dataset_out
 
 
 LEAVE_LAST_OUT = "leave_last_out"
@@ -112,6 +115,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="skip bad rows and count them in the manifest instead of stopping at the first")
         p.add_argument("--chunk-rows", type=int, default=200_000, metavar="N", help="rows parsed per chunk (default 200000)")
     add_interactions_parser(sub)
+    for p in sub.choices.values():  # every sub-command writes --out: one rule (recsys.folders)
+        p.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     from jobs.cli import with_examples  # its example at the end of --help
 
     return with_examples(parser)
@@ -220,6 +225,7 @@ def movielens_default_spec(path: str) -> DatasetSpec:
 def main(argv: list[str] | None = None) -> int:
     """Run ``recsys ingest``; returns 0, or raises ValueError / FileNotFoundError on bad input."""
     args = build_parser().parse_args(argv)
+    check_dataset_out(args.out, writes=args.source, overwrite=args.overwrite)  # before any data is read
     if args.source == "interactions":
         return run_interactions(args)
     split = parse_split(args.split, args.source)

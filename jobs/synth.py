@@ -1,6 +1,7 @@
 """Generate the built-in synthetic data sets in the ingest layout, with their oracle metrics.
 
     recsys synth ctr --out data/synthetic_ctr                 # `make run`: 8,000,000 rows
+    recsys synth ctr --out data/synthetic_ctr --overwrite     # `make data`: generate it again
     recsys synth ctr --out DIR [--rows N] [--seed S] [--spec features/synthetic.yaml]
     recsys synth interactions --out DIR [--rows N] [--seed S] [--users U] [--items I]
     recsys synth interactions --out DIR --split leave_last_out [--spec features/synthetic_interactions.yaml]
@@ -23,18 +24,20 @@ from recsys.data.synthetic import check_positive_int
 from recsys.data.synthetic_ctr import CtrSettings, generate_ctr
 from recsys.data.synthetic_interactions import InteractionSettings, generate_interactions
 from recsys.features.spec import load_spec
+from recsys.folders import OVERWRITE_HELP, check_dataset_out
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="recsys synth", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="kind", required=True, metavar="{ctr,interactions}")
     ctr = sub.add_parser("ctr", help="Criteo-like CTR data with a planted click model")
-    ctr.add_argument("--out", required=True, help="output folder (replaced if written by recsys before)")
+    ctr.add_argument("--out", required=True, help="output folder (new or empty; a synthetic ctr data set with --overwrite)")
     ctr.add_argument("--rows", type=int, default=8_000_000, help="total rows, split 80/10/10 in order (default 8000000)")
     ctr.add_argument("--seed", type=int, default=0, help="random seed; same seed -> same data (default 0)")
     ctr.add_argument("--spec", default=None, help="feature spec YAML (default features/synthetic.yaml)")
     inter = sub.add_parser("interactions", help="user-item interactions from planted latent factors")
-    inter.add_argument("--out", required=True, help="output folder (replaced if written by recsys before)")
+    inter.add_argument("--out", required=True,
+                       help="output folder (new or empty; a synthetic interactions data set with --overwrite)")
     inter.add_argument("--rows", type=int, default=500_000, help="interactions, split 80/10/10 by time (default 500000)")
     inter.add_argument("--seed", type=int, default=0, help="random seed; same seed -> same data (default 0)")
     inter.add_argument("--users", type=int, default=20_000, help="number of users (default 20000)")
@@ -43,6 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="time: 80/10/10 by time (default); leave_last_out: per user, last -> test, previous -> validation")
     inter.add_argument("--spec", default=None,
                        help="feature spec YAML (default features/synthetic_interactions.yaml; add history_item_id for histories)")
+    for p in (ctr, inter):
+        p.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     from jobs.cli import with_examples  # its example at the end of --help
 
     return with_examples(parser)
@@ -125,6 +130,7 @@ def _interactions_summary(manifest: dict[str, Any], out: str, seconds: float) ->
 def main(argv: list[str] | None = None) -> int:
     """Parse ``argv``, generate the data set, print its summary; returns the exit code."""
     args = build_parser().parse_args(argv)
+    check_dataset_out(args.out, writes=f"synthetic {args.kind}", overwrite=args.overwrite)
     check_positive_int("--rows", args.rows, 10, "train, validation and test each need rows")
     check_positive_int("--seed", args.seed, 0, "numpy seeds are non-negative")
     print(f"recsys synth {args.kind}: {args.rows:,} rows, seed {args.seed} -> {args.out}", flush=True)

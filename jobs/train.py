@@ -19,6 +19,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from recsys.folders import check_run_dir
 from recsys.train.config import load_config
 
 
@@ -35,6 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_intermixed_args(argv)  # --dry-run before, between or after overrides
     config = load_config(args.config, args.overrides)
+    if config.run_dir:  # a run resumes into its run_dir, but never writes into a data set or a sweep
+        check_run_dir(config.run_dir)
 
     from recsys.train.run import launch, prepare
 

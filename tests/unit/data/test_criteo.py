@@ -146,7 +146,7 @@ def test_cli_ok_and_one_line_error(tmp_path, raw, capsys):
     out = capsys.readouterr().out
     assert "train 6, validation 2, test 2" in out and "C1 " in out
     raw.write_lines(src, [raw.CRITEO_LINE, raw.criteo_line(ids=["xyz"] * 26)])
-    assert cli.main(["ingest", "criteo", str(src), "--out", str(tmp_path / "out")]) == 1
+    assert cli.main(["ingest", "criteo", str(src), "--out", str(tmp_path / "out"), "--overwrite"]) == 1
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and err.startswith("recsys ingest: error: ") and "line 2: field C1: got 'xyz'" in err
     assert cli.main(["ingest", "criteo", str(src), "--out", str(tmp_path / "o"), "--split", "0.8,0.3"]) == 1

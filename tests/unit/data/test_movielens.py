@@ -147,6 +147,6 @@ def test_cli(ml100k, tmp_path, capsys):
     assert cli.main(["ingest", "movielens", str(ml100k), "--out", str(tmp_path / "out"), "--split", "0.6,0.2,0.2"]) == 0
     assert "split by timestamp" in capsys.readouterr().out
     (ml100k / "u.data").write_text("196\t242\t3\n")
-    assert cli.main(["ingest", "movielens", str(ml100k), "--out", str(tmp_path / "out")]) == 1
+    assert cli.main(["ingest", "movielens", str(ml100k), "--out", str(tmp_path / "out"), "--overwrite"]) == 1
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and "u.data, line 1: expected 4" in err
