@@ -38,8 +38,8 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from recsys.data.interaction_formats import _INT, SideTable, TokenTable, parse_floats, read_side_table
-from recsys.data.parquet_source import MISSING_ID, BadRows, show
+from recsys.data.interaction_formats import _INT, FileBadRows, SideTable, TokenTable, parse_floats, read_side_table
+from recsys.data.parquet_source import MISSING_ID, show
 from recsys.features.spec import DatasetSpec, DenseFeature, SparseFeature, spec_from_dict
 
 MAX_CODES = 32
@@ -207,7 +207,7 @@ def _name(column: str) -> str:
     return name if re.match(r"[A-Za-z_]", name) else f"f_{name}"
 
 
-def side_features(rows, users: TokenTable, items: TokenTable, bad: BadRows, *, user_features: Path | None,
+def side_features(rows, users: TokenTable, items: TokenTable, bad: FileBadRows, *, user_features: Path | None,
                   user_key: str | int, item_features: Path | None, item_key: str | int, list_sep: str | None,
                   delimiter: bytes | None, header: bool | None, recbole: bool, field_names: dict[str, str]) -> SideFeatures:
     """Read the side files, join them to the rows (unlisted ids are bad rows), infer each column's kind."""

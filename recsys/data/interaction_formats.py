@@ -28,7 +28,7 @@ import io
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import pandas as pd
@@ -105,6 +105,27 @@ def as_bytes(values: np.ndarray | pa.Array) -> np.ndarray:
     if arr.dtype.kind == "S":
         return arr
     return np.array([str(v).encode("utf-8") for v in arr.tolist()], dtype=bytes) if arr.size else np.zeros(0, "S1")
+
+
+class FileBadRows:
+    """:class:`~recsys.data.parquet_source.BadRows` that names a position ``row`` in parquet files and
+    ``line`` in text files (one run may read both: a CSV log with parquet item features)."""
+
+    def __init__(self, skip: bool):
+        self.skip = skip
+        self._by_unit = {"line": BadRows(skip), "row": BadRows(skip, unit="row")}
+
+    def found(self, file: str | Path, positions: np.ndarray, reason: Callable[[int], str]) -> None:
+        if len(positions):
+            self._by_unit["row" if is_parquet(Path(file)) else "line"].found(file, positions, reason)
+
+    @property
+    def count(self) -> int:
+        return sum(b.count for b in self._by_unit.values())
+
+    def manifest(self) -> dict[str, Any]:
+        examples = self._by_unit["line"].examples + self._by_unit["row"].examples
+        return {"skipped_rows": self.count, "skipped_examples": examples[: self._by_unit["line"].max_examples]}
 
 
 # -- value parsers (numpy bytes arrays -> numbers, with a bad mask) ------------------------------
@@ -253,7 +274,7 @@ def _csv_block(block: bytes, first_line: int, sep: bytes, width: int, layout: st
     return rows, np.array(lines, np.int64), np.array(bad, np.int64), reasons
 
 
-def read_delimited(path: Path, columns: Columns, *, sep: bytes | None, header: bool | None, bad: BadRows,
+def read_delimited(path: Path, columns: Columns, *, sep: bytes | None, header: bool | None, bad: "BadRows | FileBadRows",
                    chunk_rows: int, header_names: list[str] | None = None, quoting: bool = True) -> Iterator[LogPart]:
     """Blocks of a delimited text log (see the module docstring).
 
@@ -303,7 +324,7 @@ def is_parquet(path: Path) -> bool:
         return fh.read(4) == _PARQUET_MAGIC
 
 
-def read_parquet_log(path: Path, columns: Columns, *, bad: BadRows, chunk_rows: int) -> Iterator[LogPart]:
+def read_parquet_log(path: Path, columns: Columns, *, bad: "BadRows | FileBadRows", chunk_rows: int) -> Iterator[LogPart]:
     """Batches of a parquet log; columns by name (or position in the file's schema)."""
     for file in parquet_files(path):
         try:
@@ -342,7 +363,7 @@ def read_parquet_log(path: Path, columns: Columns, *, bad: BadRows, chunk_rows: 
             row += n
 
 
-def read_lightgcn(path: Path, *, bad: BadRows) -> Iterator[LogPart]:
+def read_lightgcn(path: Path, *, bad: "BadRows | FileBadRows") -> Iterator[LogPart]:
     """One LightGCN list file: ``user item item ...`` per line, spaces, 0-based integer ids."""
     text = read_text_bytes(path)
     if not text.strip():
@@ -455,7 +476,7 @@ class SideTable:
     lines: np.ndarray
 
 
-def read_side_table(path: Path, key: str | int, *, sep: bytes | None, header: bool | None, bad: BadRows,
+def read_side_table(path: Path, key: str | int, *, sep: bytes | None, header: bool | None, bad: "BadRows | FileBadRows",
                     recbole: bool = False) -> SideTable:
     """Read a user or item feature file (CSV / TSV with quotes, parquet, or a RecBole .user / .item).
 
@@ -515,7 +536,7 @@ def read_side_table(path: Path, key: str | int, *, sep: bytes | None, header: bo
     return _side(path, k, np.array([ln for ln, _ in good], np.int64), cols, types, bad)
 
 
-def _side(path: Path, key: str, lines: np.ndarray, cols: dict[str, np.ndarray], types: dict[str, str | None], bad: BadRows) -> SideTable:
+def _side(path: Path, key: str, lines: np.ndarray, cols: dict[str, np.ndarray], types: dict[str, str | None], bad: "BadRows | FileBadRows") -> SideTable:
     keys = cols[key]
     empty = keys == b""
     _, first, counts = np.unique(keys, return_index=True, return_counts=True)

@@ -26,6 +26,7 @@ import pyarrow as pa
 from recsys.data.interaction_features import infer_spec, side_features
 from recsys.data.interaction_formats import (
     FORMATS,
+    FileBadRows,
     TIME_ALLOWED,
     Columns,
     LogPart,
@@ -53,7 +54,7 @@ from recsys.data.interaction_splits import (
 )
 from recsys.data.interactions import SPLIT_CODES
 from recsys.data.layout import SPLITS
-from recsys.data.parquet_source import FRACTIONS_ALLOWED, MISSING_ID, BadRows, add_by_split, check_split_rows, fractions_problem, show
+from recsys.data.parquet_source import FRACTIONS_ALLOWED, MISSING_ID, add_by_split, check_split_rows, fractions_problem, show
 from recsys.data.writer import DatasetWriter
 from recsys.features.spec import DatasetSpec
 
@@ -207,7 +208,7 @@ class Rows:
                     pick(self.given), self.file[mask], self.position[mask], self.paths)
 
 
-def _parts(s: IngestSettings, path: Path, bad: BadRows) -> Iterator[LogPart]:
+def _parts(s: IngestSettings, path: Path, bad: FileBadRows) -> Iterator[LogPart]:
     if s.format == "lightgcn":
         yield from read_lightgcn(path, bad=bad)
     elif s.format == "recbole":
@@ -220,7 +221,7 @@ def _parts(s: IngestSettings, path: Path, bad: BadRows) -> Iterator[LogPart]:
         yield from read_delimited(path, s.columns, sep=s.delimiter, header=s.header, bad=bad, chunk_rows=s.chunk_rows)
 
 
-def read_rows(s: IngestSettings, users: TokenTable, items: TokenTable, bad: BadRows) -> Rows:
+def read_rows(s: IngestSettings, users: TokenTable, items: TokenTable, bad: FileBadRows) -> Rows:
     """Read every input file (streamed in blocks); bad values raise or are skipped and counted."""
     out: dict[str, list[np.ndarray]] = {k: [] for k in ("user", "item", "time", "rating", "given", "file", "position", "within")}
     paths = []
@@ -357,7 +358,7 @@ def ingest_interactions(
             user_features, user_key = sides["user"], user_key or columns.user
         if item_features is None and "item" in sides:
             item_features, item_key = sides["item"], item_key or columns.item
-    bad = BadRows(s.skip_bad_rows)
+    bad = FileBadRows(s.skip_bad_rows)
     users, items = TokenTable(), TokenTable()
     rows = read_rows(s, users, items, bad)
     read_rows_count = len(rows)

@@ -143,6 +143,36 @@ def test_parquet_log_with_split_column_kept_as_given(tmp_path):
     assert m["duplicates"]["test_pairs_also_in_train"] == 1 and "dropped" not in m["duplicates"]
 
 
+def test_parquet_null_and_split_column_value_are_bad_rows(tmp_path):
+    table = pa.table({"uid": pa.array([1, None, 1, 2, 2, 2], pa.int64()), "iid": ["x", "y", "z", "x", "z", "y"],
+                      "fold": ["train", "train", "dev", "train", "validation", "test"]})
+    pq.write_table(table, tmp_path / "log.parquet")
+    argv = [str(tmp_path / "log.parquet"), "--user", "uid", "--item", "iid", "--split", "column", "--split-column", "fold"]
+    with pytest.raises(ValueError, match=r"log.parquet, row 2: field uid: got None \(null\); expected a value"):
+        ingest.main(["interactions", *argv, "--out", str(tmp_path / "out")])
+    pq.write_table(table.filter(pa.array([True, False, True, True, True, True])), tmp_path / "log.parquet")
+    with pytest.raises(ValueError, match=r"log.parquet, row 2: field fold: got 'dev'; expected one of train, validation, test"):
+        ingest.main(["interactions", *argv, "--out", str(tmp_path / "out")])
+    pq.write_table(table, tmp_path / "log.parquet")
+    m = run([*argv, "--skip-bad-rows", "--out", str(tmp_path / "out")])
+    assert m["skipped_rows"] == 2 and [e["row"] for e in m["skipped_examples"]] == [2, 3]
+
+
+def test_recbole_given_splits_with_user_file(tmp_path):
+    head = "user_id:token\titem_id:token\ttimestamp:float\n"
+    for name, body in (("train", "1\t10\t1\n1\t11\t2\n2\t10\t1\n"), ("valid", "1\t12\t3\n"), ("test", "2\t12\t5\n")):
+        write(tmp_path / f"toy.{name}.inter", head + body)
+    write(tmp_path / "toy.user", "user_id:token\tage:float\tgender:token\n1\t24\tF\n2\t53\tM\n3\t40\tF\n")
+    out = tmp_path / "out"
+    m = run(["--format", "recbole", "--train", str(tmp_path / "toy.train.inter"), "--validation", str(tmp_path / "toy.valid.inter"),
+             "--test", str(tmp_path / "toy.test.inter"), "--out", str(out)])
+    assert m["source"]["side_files"] == {"user": str(tmp_path / "toy.user")}
+    assert rows_of(out, "test", "user_id", "item_id") == [(2, 12)]
+    assert m["side_features"]["age"]["kind"] == "numeric" and m["side_features"]["gender"]["tower"] == "user"
+    users = pq.read_table(layout.catalogue_path(out, "users")).to_pylist()
+    assert len(users) == 3 and set(users[0]) == {"user_id", "gender"}  # sparse side features; age is dense
+
+
 def test_given_splits_kept_exactly(tmp_path):
     header = "u;i;t\n"
     train = write(tmp_path / "train.csv", header + "a;1;5\na;2;6\nb;1;7\nb;3;8\n")
