@@ -141,3 +141,68 @@ def test_corrupt_bundle_refused_at_start(run, tmp_path):
     (bad / "vocab" / "item_id.parquet").unlink()
     with pytest.raises(BundleError, match=r"vocab/item_id.parquet: missing"):
         create_app(bad)
+
+
+def test_ids_are_matched_by_the_type_of_the_source_ids(run, server):
+    """Issue 18: "exclude": ["24"] was ignored and "user_id": "110" silently became an unknown user."""
+    users, _ = users_of(run, 3)
+    user = users[0]
+    with httpx.Client(base_url=server.url, timeout=30) as client:
+        top = client.post("/v1/retrieve", json={"user": user, "k": 10}).json()
+        as_strings = {name: [str(x) for x in v] if isinstance(v, list) else str(v) for name, v in user.items()}
+        same = client.post("/v1/retrieve", json={"user": as_strings, "k": 10}).json()
+        assert same["items"] == top["items"] and same["oov_features"] == []  # decimal strings are the integers
+        first = top["items"][0]["item_id"]
+        r = client.post("/v1/retrieve", json={"user": user, "k": 10, "exclude": [str(first)]}).json()
+        assert first not in [x["item_id"] for x in r["items"]]
+        r = client.post("/v1/retrieve", json={"user": {**user, "user_id": "u110"}, "k": 10, "exclude": [24, "twenty-four", 1.5]})
+        assert r.status_code == 422
+        errors = {e["field"]: e["message"] for e in r.json()["errors"]}
+        assert set(errors) == {"user.user_id", "exclude[1]", "exclude[2]"}
+        assert "the ids of user_id are integers in the source" in errors["user.user_id"]
+        assert "the ids of item_id are integers in the source" in errors["exclude[1]"]
+        assert "got float 1.5" in errors["exclude[2]"]
+
+
+def test_missing_features_get_the_oov_row_and_are_reported(run, server):
+    users, _ = users_of(run, 1)
+    with httpx.Client(base_url=server.url, timeout=30) as client:
+        r = client.post("/v1/retrieve", json={"user": {"user_id": users[0]["user_id"]}, "k": 5})
+        assert r.status_code == 200, r.text
+        assert r.json()["missing_features"] == ["user_segment", "history_item_id"] and len(r.json()["items"]) == 5
+        r = client.post("/v1/retrieve", json={"user": {}, "k": 5})  # a new user with nothing known: still 5 items
+        assert r.status_code == 200 and r.json()["missing_features"] == ["user_id", "user_segment", "history_item_id"]
+        assert 'recsys_missing_features_total{feature="user_segment"}' in client.get("/metrics").text
+        meta = client.get("/v1/metadata").json()["request"]["features"]
+        assert meta["user_segment"].endswith("if missing: the OOV row") and meta["history_item_id"].endswith("if missing: an empty bag")
+    # the OOV row is what the model gives an unknown id: a missing feature answers as an unknown one does
+    bundle = run[2]
+    from serving.service import LoadedService
+
+    service = LoadedService.from_path(bundle)
+    missing = service.encoder.parse({"user_id": users[0]["user_id"]})
+    unknown = service.encoder.parse({"user_id": users[0]["user_id"], "user_segment": 10**15})
+    assert torch.equal(service.user_vectors([missing]), service.user_vectors([unknown]))
+
+
+def test_require_all_features_restores_the_strict_check(run):
+    config = ServeConfig(require_all_features=True)
+    with ServerThread(create_app(run[2], config)) as s:
+        r = httpx.post(f"{s.url}/v1/retrieve", json={"user": {"user_id": 1}, "k": 5})
+        assert r.status_code == 422
+        assert r.json()["errors"] == [{"field": "user.user_segment", "message": r.json()["errors"][0]["message"]}]
+        assert "missing; this single-valued feature is required" in r.json()["errors"][0]["message"]
+
+
+@pytest.mark.parametrize("body", [
+    b"[" * 9000 + b"]" * 9000,  # within the fixture's 20,000-byte limit; json.loads recursed past 1,000 levels
+    b'{"user": {"user_id": ' + b"[" * 5000 + b"1" + b"]" * 5000 + b"}}",
+    b'{"requests": [' + b"{" * 3000 + b"}" * 3000 + b"]}",
+])
+def test_deeply_nested_json_gets_400_naming_the_body(server, body):
+    with httpx.Client(base_url=server.url, timeout=30) as client:
+        for path in ("/v1/retrieve", "/v1/retrieve/batch"):
+            r = client.post(path, content=body)
+            assert r.status_code == 400, r.text
+            assert r.json()["errors"][0]["field"] == "body" and "levels deep; at most 32" in r.json()["errors"][0]["message"]
+        assert client.get("/healthz").status_code == 200

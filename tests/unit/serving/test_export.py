@@ -160,3 +160,32 @@ def test_cli_export_prints_the_bundle_path(trained_run, tmp_path, capsys):
     assert out.strip().splitlines()[-1] == f"bundle: {tmp_path / 'b'}"
     assert load_bundle(tmp_path / "b").item_codes.shape[1] == 2  # 16 dims -> 2 bytes
     assert main(["export", str(trained_run[1]), "--out", str(tmp_path / "c"), "--index-setting", "nprobe"]) == 1
+
+
+def test_an_impossible_ivf_setting_is_clamped_recorded_and_answers_hold_k(trained_run, tmp_path):
+    """Issue 18: nlist=100000 over 301 items: the line says so, the manifest records 301, k=100 gives 100 items."""
+    from serving.service import LoadedService, Query
+
+    lines = []
+    out = export_bundle(trained_run[1], tmp_path / "ivf", index="ivf", index_settings={"nlist": 100_000, "nprobe": 1},
+                        log=lines.append)
+    assert lines == ["index setting nlist=100000 is above the 301 items (k-means needs a point per cell): built with nlist=301"]
+    service = LoadedService.from_path(out)
+    assert service.bundle.manifest["index"]["settings"] == {"nlist": 301, "nprobe": 1, "train_size": 301}
+    assert service.retriever.settings["nlist"] == 301 and service.notes == []
+    users, _ = user_rows(trained_run[0], load_trained_run(trained_run[1]).spec, service.encoder.keys, 8)
+    queries = [Query(service.encoder.parse(u), 100, np.empty(0, np.int64)) for u in users]
+    answers = service.run(queries)
+    assert all(len(a.items) == 100 for a in answers)  # 300 servable items; nprobe=1 scans one cell of ~1
+    from serving.retriever import Retriever
+
+    exact_items = Retriever(service.retriever.vectors, "exact").search(service.user_vectors([q.user for q in queries]), 100)[1]
+    assert [a.indices.tolist() for a in answers] == exact_items.tolist()
+
+
+def test_the_missing_feature_policy_is_in_the_manifest(trained_run, fp32_bundle, tmp_path):
+    features = load_bundle(fp32_bundle).manifest["user_tower"]["features"]
+    assert {f["name"]: f["missing"] for f in features} == {"user_id": "oov", "user_segment": "oov", "history_item_id": "empty"}
+    strict = export_bundle(trained_run[1], tmp_path / "strict", require_all_features=True)
+    features = load_bundle(strict).manifest["user_tower"]["features"]
+    assert {f["name"]: f["missing"] for f in features} == {"user_id": "required", "user_segment": "required", "history_item_id": "empty"}

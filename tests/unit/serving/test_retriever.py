@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from recsys.retrieval_metrics import exact_topk
-from serving.retriever import Retriever, build_index, default_index_settings, sign_codes
+from serving.retriever import Retriever, build_index, default_index_settings, resolve_index_settings, sign_codes
 from serving.testing import clustered_queries, clustered_vectors, recall_at_k, synthetic_catalogue
 
 
@@ -176,3 +176,51 @@ def test_vectors_kept_at_the_stored_precision_score_as_the_float32_copy(precisio
                                            exclude_indptr=np.arange(0, 29 * len(queries) + 1, 29),
                                            exclude_indices=np.concatenate(exclude))
         np.testing.assert_array_equal(want[1], ref_items.numpy())
+
+
+def test_impossible_ivf_settings_are_clamped_with_a_line_and_recorded():
+    """Issue 18: nlist=100000 over 501 items was built with 501 cells while the manifest said 100000."""
+    settings, notes = resolve_index_settings("ivf", {"nlist": 100_000, "nprobe": 200_000, "train_size": 10}, 501)
+    assert settings == {"nlist": 501, "nprobe": 501, "train_size": 501}
+    assert notes == [
+        "index setting nlist=100000 is above the 501 items (k-means needs a point per cell): built with nlist=501",
+        "index setting train_size=10 is outside [nlist, items] = [501, 501]: built with train_size=501",
+        "index setting nprobe=200000 is above nlist=501 (there are no more cells to scan): built with nprobe=501",
+    ]
+    assert resolve_index_settings("ivf", {"nlist": 8, "nprobe": 2}, 501) == ({"nlist": 8, "nprobe": 2, "train_size": 501}, [])
+    with pytest.raises(ValueError, match=r"index settings \['m'\] are not settings of the ivf index"):
+        resolve_index_settings("ivf", {"m": 3}, 501)
+    vectors = clustered_vectors(501, 16, clusters=8)
+    index_bytes = build_index("ivf", vectors, {"nlist": 50, "nprobe": 4, "train_size": 501}).index_bytes
+    # a bundle written before the clamp was recorded: its manifest says the nlist asked for
+    r = Retriever(vectors, "ivf", {"nlist": 100_000, "nprobe": 4, "train_size": 501}, index_bytes=index_bytes)
+    assert r.settings["nlist"] == 50 and r.notes == ["index setting nlist=100000 in the manifest; the index has nlist=50: serving with the index's"]
+    wide = r.with_settings({"nprobe": 64})
+    assert wide.settings["nprobe"] == 50 and "--index-setting nprobe=64 is above the index's nlist=50" in wide.notes[-1]
+
+
+@pytest.mark.parametrize("kind,settings", [
+    ("ivf", {"nlist": 501, "nprobe": 1, "train_size": 501}),  # one cell of ~1 item scanned: every query short
+    ("ivf", {"nlist": 64, "nprobe": 1, "train_size": 501}),
+    ("hnsw", {"m": 4, "ef_construction": 8, "ef_search": 1}),
+    ("binary", {"rerank": 1}),
+])
+def test_answers_hold_k_items_whenever_the_catalogue_has_k_eligible(kind, settings):
+    """Short ANN rows are answered again by exact search: k items (or every eligible one), exactly scored."""
+    rng = np.random.default_rng(3)
+    vectors = rng.standard_normal((501, 16)).astype(np.float32)
+    queries = rng.standard_normal((12, 16)).astype(np.float32)
+    r = Retriever(vectors, kind, settings)
+    exclude = [rng.choice(np.arange(1, 501), size=n, replace=False) for n in (0, 10, 400, 450, 480, 495, 499, 500, 0, 3, 250, 100)]
+    for k in (1, 20, 100, 500):
+        scores, items = r.search(queries, k, exclude)
+        for row, ex in enumerate(exclude):
+            eligible = 500 - len(ex)
+            got = items[row][items[row] >= 0]
+            assert len(got) == min(k, eligible), (kind, k, row)
+            assert not np.isin(got, ex).any() and (got >= 1).all() and len(set(got.tolist())) == len(got)
+            np.testing.assert_allclose(scores[row][: len(got)], vectors[got] @ queries[row], rtol=1e-5, atol=1e-5)
+    if kind == "ivf" and settings["nlist"] == 501:
+        assert r.exact_fallbacks > 0
+        _, ref = Retriever(vectors, "exact").search(queries, 100, exclude)
+        np.testing.assert_array_equal(r.search(queries, 100, exclude)[1], ref)  # every row fell back: the exact answer
