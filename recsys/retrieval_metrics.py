@@ -61,7 +61,8 @@ every rank's ``compute()`` exact over all queries.
 
 from __future__ import annotations
 
-from typing import Sequence
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -70,14 +71,18 @@ __all__ = [
     "DEFAULT_KS",
     "PROTOCOLS",
     "PerUserEvaluator",
+    "Queries",
     "RetrievalEvaluator",
     "evaluate_per_user",
     "evaluate_retrieval",
     "exact_topk",
     "exclusion_rows",
     "metric_names",
+    "new_evaluator",
     "popularity_thirds",
     "popularity_vectors",
+    "rank_scores",
+    "split_queries",
     "topk_lower_index",
     "union_csr",
     "user_item_csr",
@@ -89,12 +94,20 @@ THIRDS: tuple[str, ...] = ("head", "torso", "tail")
 _SCORE_BUDGET = 1 << 24  # scores per chunk (64 MB of float32) when chunk_size is not given
 
 
-def topk_lower_index(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+def topk_lower_index(scores: torch.Tensor, k: int, *, floor: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Top-k per row of ``(n, V)`` scores, descending, ties by lower column index.
 
-    ``torch.topk`` finds the k-th largest value ``c``; every score ``> c`` is in, and of the scores
-    ``== c`` the lowest indices fill the remaining places; a stable descending sort then orders
-    the k picks by score, keeping ascending index order within ties.
+    ``torch.topk`` finds the k largest values; where no other score equals the k-th value ``c``
+    (``#{scores >= c} == k``, nearly every row of real scores) its picks are the answer. In rows
+    where more scores equal ``c`` than places are left, every score ``> c`` is in and the lowest
+    indices of the scores ``== c`` fill the rest. The k picks are then ordered by score, descending,
+    ascending index within ties (a sort by index, then a stable sort by score).
+
+    Args:
+        scores: ``(n, V)``.
+        k: list length.
+        floor: for callers that drop every pick scoring ``<= floor`` (e.g. item-kNN's zero
+            similarities): which of such tied picks fill the list is then left to ``torch.topk``.
 
     Returns:
         ``(values (n, k), indices (n, k))`` with ``k = min(k, V)``.
@@ -104,14 +117,22 @@ def topk_lower_index(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.
     if k == 0 or n == 0:
         empty = torch.empty((n, k), dtype=torch.int64, device=scores.device)
         return scores.new_empty((n, k)), empty
-    kth = torch.topk(scores, k, dim=1).values[:, -1:]  # (n, 1)
-    greater = scores > kth  # (n, V)
-    equal = scores == kth  # (n, V)
-    need = k - greater.sum(dim=1, keepdim=True)  # (n, 1) places left for ties at the k-th value
-    take = greater | (equal & (torch.cumsum(equal, dim=1) <= need))  # (n, V), exactly k per row
-    indices = take.nonzero()[:, 1].view(n, k)  # (n, k) ascending index within each row
+    values, indices = torch.topk(scores, k, dim=1)  # (n, k) ties at the k-th value: any of them
+    kth = values[:, -1:]  # (n, 1)
+    tied = (scores >= kth).sum(dim=1) > k  # (n,) ties across the cut
+    if floor is not None:
+        tied &= kth[:, 0] > floor
+    ambiguous = tied.nonzero()[:, 0]
+    if ambiguous.numel():
+        sub, sub_kth = scores[ambiguous], kth[ambiguous]
+        greater = sub > sub_kth
+        equal = sub == sub_kth
+        need = k - greater.sum(dim=1, keepdim=True)  # places left for ties at the k-th value
+        take = greater | (equal & (torch.cumsum(equal, dim=1) <= need))  # exactly k per row
+        indices[ambiguous] = take.nonzero()[:, 1].view(-1, k)
+    indices = torch.sort(indices, dim=1).values  # ascending index ...
     values = scores.gather(1, indices)
-    order = torch.sort(values, dim=1, descending=True, stable=True).indices
+    order = torch.sort(values, dim=1, descending=True, stable=True).indices  # ... kept within ties
     return values.gather(1, order), indices.gather(1, order)
 
 
@@ -621,3 +642,98 @@ def evaluate_per_user(
     evaluator = PerUserEvaluator(item_vectors, ks, item_counts=item_counts, excluded_items=excluded_items, chunk_size=chunk_size)
     evaluator.update(user_vectors, target_indptr, target_indices, exclude_indptr, exclude_indices)
     return evaluator.compute()
+
+
+# -- the queries of a split under a protocol ---------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Queries:
+    """What one evaluation split asks under a protocol, in the form the evaluators take.
+
+    ``per_row``: one query per row (``users[q]``, ``targets[q]`` its item). ``per_user``: one query
+    per user with at least one held-out item, ascending user index (``users[q]``; its distinct
+    held-out items ``targets[target_indptr[q]:target_indptr[q + 1]]``). ``exclude`` holds each
+    USER's exclusion set (CSR over user indices, or None); :meth:`block` expands it to the queries.
+    """
+
+    protocol: str
+    users: np.ndarray
+    targets: np.ndarray
+    target_indptr: np.ndarray | None = None
+    exclude: tuple[np.ndarray, np.ndarray] | None = None
+
+    def __len__(self) -> int:
+        return int(self.users.size)
+
+    @property
+    def pairs(self) -> int:
+        """(query, target) pairs: rows for ``per_row``, distinct held-out (user, item) pairs for ``per_user``."""
+        return int(self.targets.size)
+
+    def block(self, start: int, stop: int) -> tuple[Any, ...]:
+        """The evaluator's arguments after the vectors / scores for queries ``[start, stop)``."""
+        users = self.users[start:stop]
+        eptr = eidx = None
+        if self.exclude is not None:
+            eptr, eidx = exclusion_rows(self.exclude, users)
+        if self.protocol == "per_row":
+            return self.targets[start:stop], eptr, eidx
+        tptr = self.target_indptr[start : stop + 1]
+        return tptr - tptr[0], self.targets[tptr[0] : tptr[-1]], eptr, eidx
+
+
+def split_queries(
+    protocol: str, users: np.ndarray, items: np.ndarray, num_users: int,
+    exclude: tuple[np.ndarray, np.ndarray] | None = None,
+) -> Queries:
+    """The :class:`Queries` of a split's ``(user, item)`` rows (row order) under ``protocol``.
+
+    Raises:
+        ValueError: an unknown protocol (names the allowed ones).
+    """
+    users, items = np.asarray(users, np.int64), np.asarray(items, np.int64)
+    if protocol == "per_row":
+        return Queries(protocol, users, items, None, exclude)
+    if protocol == "per_user":
+        held_out = user_item_csr(users, items, num_users)
+        query_users = np.flatnonzero(np.diff(held_out[0]))
+        tptr, tidx = exclusion_rows(held_out, query_users)
+        return Queries(protocol, query_users, tidx, tptr, exclude)
+    raise ValueError(f"model.eval_protocol: got {protocol!r}; allowed: {', '.join(PROTOCOLS)}")
+
+
+def new_evaluator(protocol: str, item_vectors: torch.Tensor, ks: Sequence[int], **kwargs: Any) -> "_Evaluator":
+    """:class:`RetrievalEvaluator` (``per_row``) or :class:`PerUserEvaluator` (``per_user``)."""
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"model.eval_protocol: got {protocol!r}; allowed: {', '.join(PROTOCOLS)}")
+    return (RetrievalEvaluator if protocol == "per_row" else PerUserEvaluator)(item_vectors, ks, **kwargs)
+
+
+def rank_scores(evaluator: "_Evaluator", queries: Queries, scores_of: Callable[[np.ndarray], torch.Tensor]) -> None:
+    """Feed every query to ``evaluator`` with scores from ``scores_of(users) -> (n, V)``, chunked."""
+    chunk = evaluator.rows_per_chunk
+    for start in range(0, len(queries), chunk):
+        stop = min(start + chunk, len(queries))
+        evaluator.update_scores(scores_of(queries.users[start:stop]), *queries.block(start, stop))
+
+
+EXCLUDABLE: tuple[str, ...] = ("train", "validation")
+
+
+def exclusion_for(
+    split: str, exclude: Sequence[str], seen: Callable[[str], tuple[np.ndarray, np.ndarray]]
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """Each user's exclusion set when ``split`` is ranked with ``model.eval_exclude`` = ``exclude``.
+
+    The test split leaves out the items of every split named in ``exclude``; the validation split
+    only the training items (if ``train`` is named): validation never excludes itself.
+    ``seen(name)`` gives a split's :func:`user_item_csr`. None: nothing is excluded.
+    """
+    names = [name for name in exclude if split == "test" or name == "train"]
+    if not names:
+        return None
+    out = seen(names[0])
+    for name in names[1:]:
+        out = union_csr(out, seen(name))
+    return out
