@@ -28,7 +28,10 @@ It runs in three steps:
    ``prepare`` + ``launch`` (a Ray Train ``TorchTrainer``, Train V2's supported Train-in-Tune
    pattern: the trial reserves ``resources.trial_cpus`` for its driver, the Train worker group its
    own ``ray.num_workers x ray.cpus_per_worker``). Finished trials are never re-run: running the same
-   command again after a crash or Ctrl-C runs only the missing or failed ones.
+   command again after a crash or Ctrl-C runs only the missing or failed ones. Each trial records what
+   it runs with (``trial.json``) first; continuing a sweep whose trials ran with another config
+   (other ``base.overrides``, an edited base config, other options or lookup settings) is refused
+   with the differing keys (:func:`check_unchanged`), so one ``sweep.json`` never reports two configs.
 3. :func:`collect`: one row per trial into ``results.parquet``, from which
    :mod:`recsys.train.report` writes ``report.md`` and ``pareto.png``.
 
@@ -68,7 +71,7 @@ from recsys.train.sweep_config import (  # noqa: F401  (the sweep's public names
 
 __all__ = [
     "SweepConfig", "SweepConfigError", "TrialPlan", "Task", "TASKS", "budget_label", "load_sweep_config",
-    "sweep_config_from_dict", "plan_sweep", "run_sweep", "collect",
+    "sweep_config_from_dict", "plan_sweep", "run_sweep", "collect", "check_unchanged", "SweepChangedError",
 ]
 
 TRIALS = "trials"
@@ -76,6 +79,9 @@ RESULTS = "results.json"
 LOOKUP = "lookup.json"
 FAILURE = "failure.json"
 PARQUET = "results.parquet"
+TRIAL = "trial.json"  # what a trial was run with (its TrainConfig and lookup timing), written before it runs
+# Keys of a trial's config that say where and how it runs, not what it computes.
+UNCOMPARED = ("run_dir", "resume", "resume_allow_changes")
 
 
 # -- planning ---------------------------------------------------------------------------------
@@ -143,7 +149,73 @@ def plan_sweep(sweep: SweepConfig, base: TrainConfig, sweep_dir: Path, *, log=No
     if "full" in sweep.methods and 1.0 not in sweep.budgets:  # still run the reference
         ref = _size(base, "full", 1.0, 0, {}, scratch, prepare)
         plans = [_trial(ref, seed, trials_dir) for seed in sweep.seeds] + plans
+    check_unchanged(plans, sweep, sweep_dir)
     return plans
+
+
+class SweepChangedError(ValueError):
+    """A sweep folder's trials ran with another config than the one given now."""
+
+
+def _recorded(run_dir: Path) -> dict[str, Any] | None:
+    """What a trial folder says it was run with: ``trial.json``, else (trials of older sweeps) the
+    config in its ``results.json``; ``None`` when it holds neither (never started)."""
+    trial = _read_json(run_dir / TRIAL)
+    if trial is not None:
+        return trial
+    results = _read_json(run_dir / RESULTS)
+    if results is not None and isinstance(results.get("config"), dict):
+        return {"config": results["config"]}
+    return None
+
+
+def _differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """``key: old -> new`` for every leaf both configs have and disagree on (keys only one side has
+    come from another recsys version's schema and are not compared)."""
+    from recsys.train.checks import flatten
+
+    a, b = flatten(old), flatten(new)
+    return [f"{key}: {json.dumps(a[key])} -> {json.dumps(b[key])}" for key in sorted(a.keys() & b.keys())
+            if a[key] != b[key] and key.split(".")[-1] not in UNCOMPARED and key not in UNCOMPARED]
+
+
+def check_unchanged(plans: list[TrialPlan], sweep: SweepConfig, sweep_dir: Path) -> None:
+    """Refuse to continue a sweep whose trials ran with another config than this sweep gives them.
+
+    A trial folder that was started (``trial.json``, or a ``results.json`` of an older sweep) keeps
+    its results, ``lookup.json`` and checkpoints; continuing it with a changed config (other
+    ``base.overrides``, an edited base config, other ``options`` or ``lookup`` settings) would mix
+    results of two configs under one ``sweep.json``. Adding methods, budgets or seeds is fine: their
+    trials are new folders.
+
+    Raises:
+        SweepChangedError: the differing keys per trial (and of the sweep config), in one message.
+    """
+    changed: dict[str, list[str]] = {}
+    for plan in plans:
+        if not plan.config:
+            continue
+        recorded = _recorded(sweep_dir / TRIALS / plan.trial_id)
+        if recorded is None:
+            continue
+        diffs = _differences(recorded.get("config") or {}, plan.config)
+        if "lookup" in recorded:
+            diffs += [f"lookup.{d}" for d in _differences(recorded["lookup"], sweep.lookup.model_dump(mode="json"))]
+        if diffs:
+            changed[plan.trial_id] = diffs
+    if not changed:
+        return
+    saved = (_read_json(sweep_dir / "sweep.json") or {}).get("sweep")
+    sweep_diffs = _differences(saved, sweep.model_dump(mode="json")) if isinstance(saved, dict) else []
+    shown = list(changed.items())[:3]
+    raise SweepChangedError(
+        f"--out {sweep_dir}: {len(changed)} trial(s) there ran with another config than this sweep gives them; continuing "
+        "would mix results of two configs. "
+        + (f"sweep config: {'; '.join(sweep_diffs)}. " if sweep_diffs else "")
+        + " ".join(f"trial {tid}: {'; '.join(diffs[:4])}{' ...' if len(diffs) > 4 else ''}." for tid, diffs in shown)
+        + (f" ({len(changed) - len(shown)} more trials likewise.)" if len(changed) > len(shown) else "")
+        + " Give a new --out for the changed sweep, or continue it with the config its trials ran with"
+    )
 
 
 CALIBRATION_STEPS = 3  # solver re-runs where the model's plan counts bytes differently from the solver
@@ -314,6 +386,8 @@ def run_trial(trial: dict[str, Any]) -> dict[str, Any]:
     run_dir = Path(trial["config"]["run_dir"])
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / FAILURE).unlink(missing_ok=True)
+    # Before anything runs: a later continuation compares its config with this (check_unchanged).
+    _write_json(run_dir / TRIAL, {"config": trial["config"], "lookup": trial["lookup"]})
     try:
         raw = dict(trial["config"], resume=bool(checkpoint_folders(run_dir)))  # a crashed trial continues
         prepared = prepare(TrainConfig.model_validate(raw))

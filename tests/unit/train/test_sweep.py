@@ -186,3 +186,96 @@ def test_trial_rows_say_what_each_folder_holds(tmp_path):
     assert (rows["broke"]["status"], rows["broke"]["reason"]) == ("failed", "loss is nan at step 3")
     assert rows["never"]["status"] == "not_run"  # interrupted before it finished: the next run does it
     assert (rows["far"]["status"], rows["far"]["reason"], rows["far"]["run_dir"]) == ("unreachable", "below the floor", None)
+
+
+# -- continuing a sweep with a changed config (issue 18) ---------------------------------------
+
+
+@pytest.fixture(scope="module")
+def ctr_data(tmp_path_factory) -> Path:
+    from jobs import synth
+
+    out = tmp_path_factory.mktemp("sweep_continue") / "ctr"
+    assert synth.main(["ctr", "--out", str(out), "--rows", "3000", "--seed", "2"]) == 0
+    return out
+
+
+def ran(plans, sweep_dir: Path, sweep, *, old_results: bool = False) -> None:
+    """The trial folders as `run_trial` leaves them (trial.json first, then results.json), by hand."""
+    import json
+
+    from recsys.train.sweep import RESULTS, TRIAL, TRIALS, write_plan
+
+    write_plan(plans, sweep_dir, sweep)
+    for p in plans:
+        folder = sweep_dir / TRIALS / p.trial_id
+        folder.mkdir(parents=True, exist_ok=True)
+        if old_results:  # a trial of a sweep run before trial.json existed: results.json holds the config
+            (folder / RESULTS).write_text(json.dumps({"auc": 0.7, "config": {**p.config, "resume": False}}))
+        else:
+            (folder / TRIAL).write_text(json.dumps({"config": p.config, "lookup": sweep.lookup.model_dump()}))
+            (folder / RESULTS).write_text(json.dumps({"auc": 0.7}))
+
+
+def continue_config(data: Path, overrides: list[str], **changes):
+    raw = dict(data={"path": str(data)}, methods=["full", "hashed"], budgets=[1, "1/4"], seeds=[0],
+               base={"config": str(ROOT / "configs" / "ctr_synthetic_full.yaml"), "overrides": overrides}, keep_full_below=100)
+    return sweep_config_from_dict(good(**{**raw, **changes}))
+
+
+def test_a_sweep_continued_with_changed_overrides_is_refused_with_the_keys(ctr_data, tmp_path):
+    from recsys.train.sweep import SweepChangedError, plan_sweep
+
+    quiet = dict(log=lambda *a, **k: None)
+    sweep, base = continue_config(ctr_data, ["train.max_steps=300"])
+    sweep_dir = tmp_path / "bq"
+    plans = plan_sweep(sweep, base, sweep_dir, **quiet)
+    ran(plans, sweep_dir, sweep)
+    # The same sweep again: every trial is done, nothing to run.
+    assert {p.status for p in plan_sweep(sweep, base, sweep_dir, **quiet)} == {"done"}
+    # More seeds: the old trials are unchanged, the new ones pending.
+    more, base_more = continue_config(ctr_data, ["train.max_steps=300"], seeds=[0, 1])
+    statuses = {p.trial_id: p.status for p in plan_sweep(more, base_more, sweep_dir, **quiet)}
+    assert {s for t, s in statuses.items() if t.endswith("-s0")} == {"done"} and {s for t, s in statuses.items() if t.endswith("-s1")} == {"pending"}
+    # Other base.overrides: refused, naming the sweep's key and each trial's differing keys.
+    changed, base_changed = continue_config(ctr_data, ["train.max_steps=10"])
+    with pytest.raises(SweepChangedError) as err:
+        plan_sweep(changed, base_changed, sweep_dir, **quiet)
+    text = str(err.value)
+    assert f"{len(plans)} trial(s) there ran with another config than this sweep gives them; continuing would mix results" in text
+    assert 'sweep config: base.overrides: ["train.max_steps=300"] -> ["train.max_steps=10"]' in text
+    assert "trial full-1-s0: train.max_steps: 300 -> 10." in text and "trial hashed-1_4-s0: train.max_steps: 300 -> 10." in text
+    assert text.endswith("Give a new --out for the changed sweep, or continue it with the config its trials ran with")
+    # Other lookup settings (they made each trial's lookup.json): refused too.
+    timing, base_timing = continue_config(ctr_data, ["train.max_steps=300"], lookup={"steps": 9})
+    with pytest.raises(SweepChangedError, match=r"lookup.steps: 5 -> 9"):
+        plan_sweep(timing, base_timing, sweep_dir, **quiet)
+
+
+def test_trials_of_an_older_sweep_are_compared_by_their_results_config(ctr_data, tmp_path):
+    from recsys.train.sweep import SweepChangedError, plan_sweep
+
+    quiet = dict(log=lambda *a, **k: None)
+    sweep, base = continue_config(ctr_data, ["train.max_steps=300"])
+    sweep_dir = tmp_path / "old"
+    ran(plan_sweep(sweep, base, sweep_dir, **quiet), sweep_dir, sweep, old_results=True)
+    assert {p.status for p in plan_sweep(sweep, base, sweep_dir, **quiet)} == {"done"}  # resume=false is not a change
+    changed, base_changed = continue_config(ctr_data, ["train.max_steps=300", "optimizer.dense.lr=0.1"])
+    with pytest.raises(SweepChangedError, match=r"trial full-1-s0: optimizer.dense.lr: 0.005 -> 0.1\."):
+        plan_sweep(changed, base_changed, sweep_dir, **quiet)
+
+
+def test_bench_compression_says_it_in_one_line(ctr_data, tmp_path, capsys):
+    from jobs import cli
+    from recsys.train.sweep import plan_sweep
+
+    import yaml
+
+    sweep, base = continue_config(ctr_data, ["train.max_steps=300"])
+    sweep_dir = tmp_path / "cli"
+    ran(plan_sweep(sweep, base, sweep_dir, log=lambda *a, **k: None), sweep_dir, sweep)
+    path = tmp_path / "bench_x.yaml"
+    path.write_text("# recsys bench compression bench_x.yaml\n" + yaml.safe_dump(sweep.model_dump(mode="json")))
+    assert cli.main(["bench", "compression", str(path), "--out", str(sweep_dir), "--dry-run", "base.overrides=[train.max_steps=20]"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "recsys bench: error: --out" in err and "train.max_steps: 300 -> 20" in err
