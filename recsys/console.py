@@ -307,7 +307,7 @@ class Progress:
         self.stream = stream if stream is not None else sys.stdout
         self.clock = clock
         self.start = self.last_line = clock()
-        self.done = 0.0
+        self.done: float = 0  # an int while the counts are ints (tqdm prints 12/12, not 12.0/12)
         self.extra = ""
         self.closed = False
         if bar is None:
@@ -316,8 +316,10 @@ class Progress:
         if bar:
             from tqdm import tqdm
 
+            # 1.2M rows reads better than 1234567 rows; 12/120 steps better than 12.0/120
+            scale = total is None or total >= 10_000
             self._bar = tqdm(total=total, unit=f" {unit}", desc=desc, file=self.stream, dynamic_ncols=True,
-                             unit_scale=True, leave=True)
+                             unit_scale=scale, leave=True)
             _live_bars.append(self._bar)
 
     def rate(self) -> float:
