@@ -91,6 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--spec", required=True, metavar="YAML", help="feature spec naming the header's columns")
             p.add_argument("--delimiter", default=",", help="field separator: ',' (default), '\\t' or tab, ';', '|'")
             p.add_argument("--label", default=None, metavar="COL", help="the column holding the spec's label (default: the label's name)")
+            p.add_argument("--rating-label", action="store_true",
+                           help="the label is a rating or other number (default: 0 or 1, a click; other values are bad lines)")
         elif name == "parquet":
             p.add_argument("--spec", required=True, metavar="YAML", help="feature spec of the columns")
             p.add_argument("--timestamp-split", action="store_true",
@@ -250,7 +252,8 @@ def main(argv: list[str] | None = None) -> int:
     elif args.source == "avazu":
         manifest = ingest_avazu(args.path, args.out, spec, **common)
     elif args.source == "csv":
-        manifest = ingest_csv(args.path, args.out, spec, delimiter=args.delimiter, label=args.label, **common)
+        manifest = ingest_csv(args.path, args.out, spec, delimiter=args.delimiter, label=args.label,
+                              label_is_rating=args.rating_label, **common)
     else:
         manifest = ingest_parquet(args.path, args.out, spec, timestamp_split=args.timestamp_split, **common)
     print(summary(manifest, args.out, time.perf_counter() - start))

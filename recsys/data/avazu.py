@@ -7,7 +7,7 @@ The file is CSV with exactly this header (:data:`AVAZU_HEADER`)::
     id,click,hour,C1,banner_pos,site_id,site_domain,site_category,app_id,app_domain,app_category,
     device_id,device_ip,device_model,device_type,device_conn_type,C14,C15,C16,C17,C18,C19,C20,C21
 
-* ``click`` (0 / 1) is the label; ``id`` (unique per row) is dropped.
+* ``click`` (0 / 1) is the label (any other value is a bad line, as in Criteo); ``id`` (unique per row) is dropped.
 * ``hour`` is ``YYMMDDHH`` (e.g. ``14102100``: 2014-10-21, 00h) and becomes two features:
   ``day_of_week`` (0 = Monday .. 6 = Sunday) and ``hour_of_day`` (0 .. 23); a bad date or hour is
   a bad line naming the ``hour`` field.
@@ -23,6 +23,7 @@ every training row. Parsing, bad lines, ``--skip-bad-rows``, gzip and BOM detect
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -80,7 +81,8 @@ def avazu_layout(path: Path, header: list[str], spec: DatasetSpec) -> CsvLayout:
         raise ValueError(f"feature spec {spec.name!r}: 'hour' is split into {list(HOUR_FEATURES)}; name those instead")
     if spec.label is not None and spec.label.name != "click":
         raise ValueError(f"feature spec {spec.name!r}: the label is {spec.label.name!r}; Avazu's label column is 'click'")
-    return csv_layout(path, header, spec, derived=hour, derive={"hour": split_hour})
+    layout = csv_layout(path, header, spec, derived=hour, derive={"hour": split_hour})
+    return dataclasses.replace(layout, label_hint="Avazu's click column holds 0 or 1")
 
 
 def ingest_avazu(

@@ -6,7 +6,8 @@
 The first line is the header; every spec feature names a column of it (``--label COL``: the
 column that holds the spec's label, when it is named differently). Other columns are ignored.
 
-* label: a finite number (``0`` / ``1`` for CTR).
+* label: ``0`` or ``1`` (a click), as Criteo's and Avazu's; any finite number with ``--rating-label``
+  (``label_is_rating``: a rating or another numeric target).
 * dense features: numbers (``1.5``, ``-3``, ``1e-3``); empty -> null (missing; the writer stores
   0, after the spec's transform).
 * sparse features (single-valued): any text; each value -> a stable non-negative int64 raw id,
@@ -20,8 +21,9 @@ UTF-8 byte order mark is skipped (:func:`recsys.data.criteo.open_binary`). Lines
 order, so the split is by row position (first 80% train, next 10% validation, last 10% test by
 default), bad lines included, as for Criteo.
 
-Bad lines (wrong field count, NUL bytes, a label or dense value that is not a number) raise a
-``ValueError`` naming file, line and field, or with ``skip_bad_rows`` are skipped and counted.
+Bad lines (wrong field count, NUL bytes, a label that is not 0 / 1 (or not a number, for a rating
+label), a dense value that is not a number) raise a ``ValueError`` naming file, line and field, or
+with ``skip_bad_rows`` are skipped and counted.
 """
 
 from __future__ import annotations
@@ -62,16 +64,28 @@ def bytes_id(value: bytes) -> int:
     return int.from_bytes(digest, "little") & 0x7FFF_FFFF_FFFF_FFFF
 
 
+DELIMITER_NAMES = {"tab": "\t", "\\t": "\t", "comma": ",", "semicolon": ";", "pipe": "|", "space": " "}
+DELIMITER_ALLOWED = ("one or more punctuation characters, a tab or a space (e.g. ',', ';', '|', '::', '\\t'), "
+                     "or a name: " + ", ".join(DELIMITER_NAMES))
+
+
 def parse_delimiter(text: str) -> bytes:
-    """``","`` / ``"\\t"`` / ``"tab"`` / ``";"`` -> the separator byte(s).
+    """``","`` / ``"\\t"`` / ``"tab"`` / ``";"`` / ``"::"`` -> the separator byte(s).
+
+    A delimiter must never occur inside a value it separates: letters and digits (ids, words),
+    ``.``, ``+`` and ``-`` (numbers), quotes (quoted fields are not supported), backslashes (an
+    escape the shell did not expand, e.g. ``'\\|'``), newlines and other control characters are refused.
 
     Raises:
-        ValueError: empty, a newline, or a quote.
+        ValueError: the delimiter and what is allowed.
     """
-    named = {"tab": "\t", "\\t": "\t", "comma": ",", "semicolon": ";", "pipe": "|", "space": " "}
-    sep = named.get(text, text)
-    if not sep or "\n" in sep or "\r" in sep or '"' in sep:
-        raise ValueError(f"--delimiter {text!r}: expected one or more characters other than newline and '\"', e.g. ',' or '\\t'")
+    sep = DELIMITER_NAMES.get(text, text)
+    if not sep:
+        raise ValueError(f"--delimiter {text!r}: empty; give {DELIMITER_ALLOWED}")
+    bad = sorted({c for c in sep if c.isalnum() or c in ".+-'\"\\" or (not c.isprintable() and c != "\t")})
+    if bad:
+        raise ValueError(f"--delimiter {text!r}: {', '.join(repr(c) for c in bad)} cannot separate fields "
+                         f"(it occurs inside values, or is not text); give {DELIMITER_ALLOWED}")
     return sep.encode("utf-8")
 
 
@@ -105,16 +119,21 @@ class CsvLayout:
     dense: list[tuple[str, int]]
     sparse: list[tuple[str, int]]
     derived: list[tuple[int, Derive]] = field(default_factory=list)
+    label_is_rating: bool = False  # any finite number; else 0 or 1 (a click)
+    label_hint: str = "--rating-label for a rating or other numeric label"
 
 
 def csv_layout(path: Path, header: list[str], spec: DatasetSpec, *, label: str | None = None,
-               derived: dict[str, tuple[str, ...]] | None = None, derive: dict[str, Derive] | None = None) -> CsvLayout:
+               derived: dict[str, tuple[str, ...]] | None = None, derive: dict[str, Derive] | None = None,
+               label_is_rating: bool = False, sep: bytes | None = None) -> CsvLayout:
     """Match the spec's features to header columns; every problem at once.
 
     Args:
         label: the label's column name, if not the spec label's name.
         derived: column -> the feature names it yields (not looked up in the header).
         derive: column -> the function that computes them.
+        label_is_rating: the label is any finite number (default: 0 or 1).
+        sep: the delimiter, to say so when the header does not split on it.
 
     Raises:
         ValueError: a spec feature has no column (the header is listed), a duplicated column, no
@@ -138,6 +157,10 @@ def csv_layout(path: Path, header: list[str], spec: DatasetSpec, *, label: str |
     missing = [c for c in wanted if c not in index]
     if missing:
         problems.append(f"columns {missing} named by the spec{' / --label' if label else ''} are not in the header {header}")
+        others = [d for d in (",", ";", "\t", "|") if len(header) == 1 and d in header[0] and d.encode() != sep]
+        if others:  # one column holding another separator: the delimiter is the likely mistake
+            problems.append(f"the header did not split on --delimiter {(sep or b',').decode()!r} but holds {others[0]!r}: "
+                            f"is the delimiter {others[0]!r}? (--delimiter {'tab' if others[0] == chr(9) else repr(others[0])})")
     if problems:
         raise ValueError(f"{path}: the feature spec {spec.name!r} does not fit this file: " + "; ".join(problems))
     return CsvLayout(
@@ -146,6 +169,7 @@ def csv_layout(path: Path, header: list[str], spec: DatasetSpec, *, label: str |
         dense=[(f.name, index[f.name]) for f in spec.dense],
         sparse=[(f.name, index[f.name]) for f in spec.sparse if f.name not in made],
         derived=[(index[c], (derive or {})[c]) for c in derived],
+        label_is_rating=label_is_rating,
     )
 
 
@@ -197,7 +221,10 @@ def parse_block(block: bytes, first_line: int, sep: bytes, layout: CsvLayout) ->
     checks: list[tuple[int, np.ndarray, str]] = []
     name, j = layout.label
     y, bad_y = parse_numbers(f, j)
-    checks.append((j, bad_y | np.isnan(y), "a number (the label; 0 or 1 for CTR)"))
+    if layout.label_is_rating:
+        checks.append((j, bad_y | np.isnan(y), "a number (the label, a rating)"))
+    else:  # as Criteo's: a click label is 0 or 1; BCE on a 5-star rating trains garbage silently
+        checks.append((j, bad_y | ((y != 0) & (y != 1)), f"0 or 1 (the click label; {layout.label_hint})"))
     arrays: dict[str, pa.Array] = {name: pa.array(np.nan_to_num(y).astype(np.float32))}
     for name, j in layout.dense:
         x, bad_x = parse_numbers(f, j)
@@ -285,6 +312,7 @@ def ingest_csv(
     *,
     delimiter: str = ",",
     label: str | None = None,
+    label_is_rating: bool = False,
     fractions: Sequence[float] = DEFAULT_FRACTIONS,
     skip_bad_rows: bool = False,
     chunk_rows: int = 200_000,
@@ -298,6 +326,7 @@ def ingest_csv(
         spec: feature spec; each feature reads the column of its name.
         delimiter: the field separator (``,``; ``\\t`` or ``tab`` for TSV).
         label: the column holding the spec's label feature, if named differently.
+        label_is_rating: the label is any finite number (a rating); default: 0 or 1, as a click.
         fractions: (train, validation, test) fractions of the rows, in file order.
         skip_bad_rows: skip and count bad lines instead of raising.
         chunk_rows: lines parsed per block.
@@ -312,7 +341,8 @@ def ingest_csv(
     """
     sep = parse_delimiter(delimiter)
     return ingest_delimited(
-        path, out_dir, spec, lambda p, header: csv_layout(p, header, spec, label=label), sep=sep,
-        source={"kind": "csv", "format": "delimited text with header", "delimiter": sep.decode("utf-8"), "label_column": label},
+        path, out_dir, spec, lambda p, header: csv_layout(p, header, spec, label=label, label_is_rating=label_is_rating, sep=sep),
+        sep=sep, source={"kind": "csv", "format": "delimited text with header", "delimiter": sep.decode("utf-8"), "label_column": label,
+                         "label": "rating" if label_is_rating else "click (0 / 1)"},
         fractions=fractions, skip_bad_rows=skip_bad_rows, chunk_rows=chunk_rows, log=log,
     )

@@ -94,6 +94,10 @@ def test_strings_hash_like_movielens():
         (lambda f: f.__setitem__(2, "14023100"), "hour", "'14023100'"),  # 31 February
         (lambda f: f.__setitem__(2, "1410210"), "hour", "'1410210'"),  # 7 digits
         (lambda f: f.__setitem__(1, "yes"), "click", "'yes'"),
+        # Labels outside 0 / 1 are refused as Criteo's are (BCE on them trains nonsense silently).
+        (lambda f: f.__setitem__(1, "2"), "click", r"'2'; expected 0 or 1 \(the click label; Avazu's click column holds 0 or 1\)"),
+        (lambda f: f.__setitem__(1, "-1"), "click", "'-1'; expected 0 or 1"),
+        (lambda f: f.__setitem__(1, "0.5"), "click", "'0.5'; expected 0 or 1"),
     ],
 )
 def test_avazu_bad_values_name_file_line_and_field(tmp_path, row, field, shown):
@@ -183,3 +187,52 @@ def test_csv_bad_inputs_name_file_line_and_field(tmp_path):
     nul = write(tmp_path / "nul.csv", ["1;u1;1.0;0;item\x00;x"] + csv_rows(10), header="row;user;price;y;item;note")
     with pytest.raises(ValueError, match=r"nul.csv, line 2: NUL byte"):
         ingest.main(["csv", str(nul), "--spec", str(spec), "--out", str(tmp_path / "o"), "--delimiter", ";", "--label", "y"])
+
+
+def test_csv_labels_are_0_or_1_unless_the_label_is_a_rating(tmp_path):
+    spec = tmp_path / "clicks.yaml"
+    spec.write_text(CSV_SPEC)
+    rows = csv_rows(60)
+    rows[30] = "30;u1;1.0;4;item-1;x"  # a 4-star rating where a click was expected
+    src = write(tmp_path / "clicks.csv", rows, header="row;user;price;y;item;note")
+    argv = ["csv", str(src), "--spec", str(spec), "--delimiter", ";", "--label", "y"]
+    with pytest.raises(ValueError, match=r"clicks.csv, line 32: field y: got '4'; expected 0 or 1 \(the click label; "
+                                         r"--rating-label for a rating or other numeric label\)"):
+        ingest.main([*argv, "--out", str(tmp_path / "o")])
+    assert not (tmp_path / "o").exists()
+    assert ingest.main([*argv, "--out", str(tmp_path / "ratings"), "--rating-label"]) == 0
+    manifest = layout.read_manifest(tmp_path / "ratings")
+    assert manifest["source"]["label"] == "rating" and manifest["rows"]["total"] == 60
+    labels = np.concatenate([pq.read_table(layout.split_files(tmp_path / "ratings", s)).column("clicked").to_numpy() for s in layout.SPLITS])
+    assert labels[30] == 4.0 and set(np.unique(labels)) == {0.0, 1.0, 4.0}
+    rows[30] = "30;u1;1.0;good;item-1;x"  # a rating label must still be a number
+    src = write(tmp_path / "words.csv", rows, header="row;user;price;y;item;note")
+    with pytest.raises(ValueError, match=r"words.csv, line 32: field y: got 'good'; expected a number \(the label, a rating\)"):
+        ingest.main(["csv", str(src), "--spec", str(spec), "--delimiter", ";", "--label", "y", "--out", str(tmp_path / "w"), "--rating-label"])
+
+
+@pytest.mark.parametrize(("delimiter", "said"), [
+    ("", "empty"), ("a", "'a' cannot separate fields"), ("1", "'1' cannot separate fields"), (".", "'.' cannot separate fields"),
+    ("-", "'-' cannot separate fields"), ('"', "'\"' cannot separate fields"), ("\\|", r"'\\\\' cannot separate fields"),
+    ("\n", r"'\\n' cannot separate fields"), ("tabs", "'a', 'b', 's', 't' cannot separate fields"),
+])
+def test_an_invalid_delimiter_is_refused_as_such_before_any_data_is_read(delimiter, said, tmp_path):
+    spec = tmp_path / "clicks.yaml"
+    spec.write_text(CSV_SPEC)
+    with pytest.raises(ValueError, match=rf"^--delimiter .*: {said}.*give one or more punctuation characters, a tab or a space"):
+        ingest.main(["csv", str(tmp_path / "absent.csv"), "--spec", str(spec), "--out", str(tmp_path / "o"), "--delimiter", delimiter])
+
+
+@pytest.mark.parametrize("delimiter", [",", ";", "|", "::", "tab", "\\t", "\t", "space", "pipe"])
+def test_valid_delimiters(delimiter):
+    from recsys.data.csv_source import parse_delimiter
+
+    assert parse_delimiter(delimiter) in (b",", b";", b"|", b"::", b"\t", b" ")
+
+
+def test_a_header_that_does_not_split_on_the_delimiter_names_the_likely_one(tmp_path):
+    spec = tmp_path / "clicks.yaml"
+    spec.write_text(CSV_SPEC)
+    src = write(tmp_path / "clicks.csv", [r.replace(";", ",") for r in csv_rows(20)], header="row,user,price,clicked,item,note")
+    with pytest.raises(ValueError, match=r"the header did not split on --delimiter ';' but holds ',': is the delimiter ','\?"):
+        ingest.main(["csv", str(src), "--spec", str(spec), "--out", str(tmp_path / "o"), "--delimiter", ";"])
