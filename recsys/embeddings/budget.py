@@ -29,6 +29,7 @@ from pydantic import BaseModel
 from recsys.embeddings.builder import build_method, compile_plan
 from recsys.embeddings.methods.family import BudgetProblem
 from recsys.embeddings.methods.registry import FAMILIES, family
+from recsys.embeddings.plan import PRECISION_BYTES
 from recsys.features.budget_options import BudgetOptions, parse_budget_options
 from recsys.features.compression import FullCompression
 from recsys.features.spec import DatasetSpec, SparseFeature
@@ -75,7 +76,7 @@ class BudgetSolution:
 
 def _feature_bytes(feature: SparseFeature, counts: np.ndarray | None = None) -> int:
     m = build_method(feature, {}, counts, device="meta")
-    return sum(t.num_bytes for t in m.tables()) + sum(p.num_bytes for p in getattr(m, "projection_specs", list)())
+    return sum(t.num_bytes for t in m.planned_tables()) + sum(p.num_bytes for p in getattr(m, "projection_specs", list)())
 
 
 def solve_budget(
@@ -86,6 +87,7 @@ def solve_budget(
     target_ratio: float | None = None,
     counts: dict[str, np.ndarray] | None = None,
     options: dict | BudgetOptions | None = None,
+    precision: str = "fp32",
 ) -> BudgetSolution:
     """Choose ``method``'s hyperparameters for every vocab feature so the plan fits the target.
 
@@ -97,6 +99,9 @@ def solve_budget(
         options: fixed hyperparameters of the method, e.g. ``{"num_hashes": 3}``,
             ``{"operation": "concat"}``, ``{"num_chunks": 4}``, typed per method by
             :mod:`recsys.features.budget_options` (a mapping or the typed options).
+        precision: row precision of the sized features' tables, ``fp32`` or ``fp16`` (half the
+            bytes per row, so about twice the rows for the same target); the ratio stays one of
+            the FP32 full tables.
 
     Raises:
         ValueError: unknown method, both or neither target given, or a non-positive target;
@@ -122,11 +127,19 @@ def solve_budget(
     if others:
         notes.append(f"raw-id features {[f.name for f in others]} keep their compression (no full-table baseline)")
     fixed = sum(_feature_bytes(f) for f in others) if not fam.covers_raw_ids else 0
+    if precision not in PRECISION_BYTES:
+        raise ValueError(f"precision {precision!r}: allowed {list(PRECISION_BYTES)}")
+
+    def at_precision(compression: BaseModel) -> BaseModel:
+        return compression.model_copy(update={"precision": precision})
 
     def measure(f: SparseFeature, compression: BaseModel) -> int:
-        return _feature_bytes(f.model_copy(update={"compression": compression}), counts.get(f.name))
+        return _feature_bytes(f.model_copy(update={"compression": at_precision(compression)}), counts.get(f.name))
 
-    choice = fam.solve(BudgetProblem(spec, vocab, options, target - fixed, counts, measure))
+    choice = fam.solve(BudgetProblem(spec, vocab, options, target - fixed, counts, measure, precision))
+    choice.compressions = {name: at_precision(c) for name, c in choice.compressions.items()}
+    if precision != "fp32":
+        notes.append(f"rows stored in {precision} ({PRECISION_BYTES[precision]} bytes per value); the ratio is of fp32 full tables")
     notes.extend(choice.notes)
     kept_full = [f.name for f in vocab if not fam.baseline and isinstance(choice.compressions.get(f.name), FullCompression)]
     if kept_full:

@@ -29,7 +29,9 @@ def build_method(
 ) -> FeatureMethod:
     """Compile one sparse feature's compression spec into a method (its family's ``build``)."""
     c = feature.compression
-    return family(c.kind).build(feature, c, BuildContext(groups=groups, counts=counts, device=device))
+    method = family(c.kind).build(feature, c, BuildContext(groups=groups, counts=counts, device=device))
+    method.precision = c.precision
+    return method
 
 
 def build_embedding_collection(

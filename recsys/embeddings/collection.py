@@ -26,7 +26,7 @@ from collections.abc import Sequence
 
 import torch
 from torch import nn
-from torchrec import EmbeddingBagCollection, EmbeddingBagConfig, EmbeddingCollection, EmbeddingConfig, PoolingType
+from torchrec import DataType, EmbeddingBagCollection, EmbeddingBagConfig, EmbeddingCollection, EmbeddingConfig, PoolingType
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor, KeyedTensor
 
 from recsys.embeddings.combine import CombinePlan, FeatureEntry, Layout, Product, Sum, combiner_keys
@@ -34,6 +34,8 @@ from recsys.embeddings.methods.base import FeatureMethod
 from recsys.embeddings.plan import EmbeddingPlan, FeaturePlan, TableSpec
 
 _BAGS = "bags"
+# Row precision -> TorchRec's table data type (FBGEMM's weights_precision when sharded).
+_DATA_TYPES = {"fp32": DataType.FP32, "fp16": DataType.FP16}
 
 
 class CompressedEmbeddingBagCollection(nn.Module):
@@ -69,7 +71,7 @@ class CompressedEmbeddingBagCollection(nn.Module):
         self._mean = [pooling.get(m.feature, "sum") == "mean" for m in methods]
         self._full_rows = dict(full_rows or {})
         self._notes = list(notes)
-        self._tables = [t for m in methods for t in m.tables()] + list(shared_tables)
+        self._tables = [t for m in methods for t in m.planned_tables()] + list(shared_tables)
 
         self._destination: dict[str, str] = {}
         bag_configs: list[EmbeddingBagConfig] = []
@@ -82,6 +84,7 @@ class CompressedEmbeddingBagCollection(nn.Module):
                 feature_names=list(t.feature_names),
                 weight_init_min=t.init_min,
                 weight_init_max=t.init_max,
+                data_type=_DATA_TYPES[t.precision],
             )
             if t.per_value:
                 per_value.setdefault(t.embedding_dim, []).append(EmbeddingConfig(**common))

@@ -20,6 +20,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from recsys.features.methods.base import PRECISION_BYTES
+
 FLOAT32_BYTES = 4
 
 
@@ -35,6 +37,7 @@ class TableSpec:
         per_value: in an ``EmbeddingCollection`` (per-value vectors, combined before pooling)
             instead of the ``EmbeddingBagCollection``.
         init_min, init_max: uniform init bounds.
+        precision: ``fp32`` or ``fp16`` rows (FBGEMM ``weights_precision``); bytes count it.
     """
 
     name: str
@@ -44,10 +47,11 @@ class TableSpec:
     per_value: bool = False
     init_min: float = -0.01
     init_max: float = 0.01
+    precision: str = "fp32"
 
     @property
     def num_bytes(self) -> int:
-        return self.num_embeddings * self.embedding_dim * FLOAT32_BYTES
+        return self.num_embeddings * self.embedding_dim * PRECISION_BYTES[self.precision]
 
 
 @dataclass(frozen=True)
@@ -113,8 +117,8 @@ class EmbeddingPlan:
         projections) or ``adam`` (two floats per parameter)."""
         if optimizer == "rowwise_adagrad":
             return sum(t.num_embeddings * FLOAT32_BYTES for t in self.tables) + self.projection_bytes
-        if optimizer == "adam":
-            return 2 * self.total_bytes
+        if optimizer == "adam":  # two FP32 moments per value, whatever the rows' precision
+            return 2 * (sum(t.num_embeddings * t.embedding_dim * FLOAT32_BYTES for t in self.tables) + self.projection_bytes)
         if optimizer == "sgd":
             return 0
         raise ValueError(f"optimizer {optimizer!r}: allowed 'sgd', 'rowwise_adagrad', 'adam'")
@@ -128,7 +132,7 @@ class EmbeddingPlan:
         ]
         lines = _columns(rows)
         lines.append("")
-        trows = [("table", "rows", "dim", "bytes", "collection", "init")]
+        trows = [("table", "rows", "dim", "bytes", "collection", "init", "precision")]
         trows += [
             (
                 t.name,
@@ -137,10 +141,11 @@ class EmbeddingPlan:
                 f"{t.num_bytes:,}",
                 "EC (per value)" if t.per_value else "EBC",
                 f"U({t.init_min:.4g}, {t.init_max:.4g})",
+                t.precision,
             )
             for t in self.tables
         ]
-        trows += [(p.name, f"{p.in_dim}x{p.out_dim}", "-", f"{p.num_bytes:,}", "projection", "N(0, 1/in)") for p in self.projections]
+        trows += [(p.name, f"{p.in_dim}x{p.out_dim}", "-", f"{p.num_bytes:,}", "projection", "N(0, 1/in)", "fp32") for p in self.projections]
         lines += _columns(trows)
         lines.append("")
         ratio = self.ratio

@@ -34,6 +34,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 from recsys.features.budget_options import BUDGET_METHODS, BudgetOptions, budget_option_problems
 from recsys.features.compression import CompressionSpec, FeatureGroup
 from recsys.features.errors import Problem, Problems, SpecError, validation_problems
+from recsys.features.methods.base import PRECISION_BYTES
 from recsys.features.spec import DatasetSpec
 from recsys.models.ctr import DCNConfig, DLRMConfig
 from recsys.models.two_tower import TwoTowerConfig
@@ -121,9 +122,13 @@ class EmbeddingsConfig(_Section):
         budget: solve a method at a memory ratio for all vocabulary features (applied first).
         compression: per-feature compression overrides, e.g. ``{C3: {kind: hashed, num_buckets: 100000}}``.
         groups: extra unified groups (``{name, num_buckets, num_chunks, num_tables}``) for overrides.
+        precision: row precision of EVERY sparse feature's tables, whatever its method: ``fp32``,
+            or ``fp16`` (half the bytes per row; the budget solver sizes for it, so a ratio buys
+            about twice the rows). Applied after the budget and the overrides.
     """
 
     budget: BudgetConfig | None = None
+    precision: Literal["fp32", "fp16"] = "fp32"
     compression: dict[str, CompressionSpec] = Field(default_factory=dict)
     groups: list[FeatureGroup] = Field(default_factory=list)
 
@@ -319,13 +324,15 @@ def resolve_spec(config: TrainConfig, data_spec: DatasetSpec, counts: dict[str, 
         raise ConfigError("embeddings", errors)
     spec, notes = data_spec, []
     if emb.budget is not None:
-        spec, note = _solve(spec, emb.budget, counts)
+        spec, note = _solve(spec, emb.budget, counts, emb.precision)
         notes.append(note)
-    if emb.compression or emb.groups:
+    if emb.compression or emb.groups or emb.precision != "fp32":
         raw = spec.to_dict()
         for f in raw["features"]:
             if f["name"] in emb.compression:
                 f["compression"] = emb.compression[f["name"]].model_dump(mode="json")
+            if f.get("kind") == "sparse" and emb.precision != "fp32":
+                f["compression"] = {**f.get("compression", {"kind": "full"}), "precision": emb.precision}
         raw["groups"] = raw["groups"] + [g.model_dump(mode="json") for g in emb.groups]
         try:
             spec = DatasetSpec.model_validate(raw)
@@ -336,17 +343,20 @@ def resolve_spec(config: TrainConfig, data_spec: DatasetSpec, counts: dict[str, 
     return spec, notes
 
 
-def _solve(spec: DatasetSpec, budget: BudgetConfig, counts: dict[str, np.ndarray] | None) -> tuple[DatasetSpec, str]:
+def _solve(
+    spec: DatasetSpec, budget: BudgetConfig, counts: dict[str, np.ndarray] | None, precision: str = "fp32"
+) -> tuple[DatasetSpec, str]:
     """Run the budget solver, on the features with at least ``keep_full_below`` ids only."""
     from recsys.embeddings.budget import solve_budget
 
     small = [f for f in spec.sparse if f.has_vocab and int(f.cardinality) < budget.keep_full_below]
     if not small:
-        solution = solve_budget(spec, budget.method, target_ratio=budget.ratio, counts=counts, options=budget.method_options)
+        solution = solve_budget(spec, budget.method, target_ratio=budget.ratio, counts=counts, options=budget.method_options,
+                                precision=precision)
         return solution.spec, solution.format()
     small_names = {f.name for f in small}
     full_bytes = sum(int(f.cardinality) * f.embedding_dim * 4 for f in spec.sparse if f.has_vocab)
-    small_bytes = sum(int(f.cardinality) * f.embedding_dim * 4 for f in small)
+    small_bytes = sum(int(f.cardinality) * f.embedding_dim * PRECISION_BYTES[precision] for f in small)
     target = round(budget.ratio * full_bytes) - small_bytes
     if target <= 0:
         raise ConfigError(
@@ -355,7 +365,8 @@ def _solve(spec: DatasetSpec, budget: BudgetConfig, counts: dict[str, np.ndarray
              f"{small_bytes:,} B, more than ratio {budget.ratio} of {full_bytes:,} B; lower keep_full_below"],
         )
     large = spec.model_copy(update={"features": [f for f in spec.features if f.name not in small_names]})
-    solution = solve_budget(large, budget.method, target_bytes=target, counts=counts, options=budget.method_options)
+    solution = solve_budget(large, budget.method, target_bytes=target, counts=counts, options=budget.method_options,
+                            precision=precision)
     solved = {f.name: f for f in solution.spec.features}
     features = [solved.get(f.name, f) for f in spec.features]
     resolved = spec.model_copy(update={"features": features, "groups": list(spec.groups) + list(solution.spec.groups)})

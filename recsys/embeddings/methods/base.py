@@ -23,6 +23,7 @@ for the plan printout, and ``FAMILY``: build, naive reference, the solver's knob
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import torch
 from torch import nn
@@ -43,6 +44,7 @@ class FeatureMethod(nn.Module):
     """
 
     kind: str = "?"
+    precision: str = "fp32"  # of the rows of its tables; set by the builder from the compression spec
 
     def __init__(self, feature: str, output_dim: int, multi_valued: bool):
         super().__init__()
@@ -55,6 +57,10 @@ class FeatureMethod(nn.Module):
 
     def transform(self, values: torch.Tensor, lengths: torch.Tensor) -> list[Chunk]:
         raise NotImplementedError
+
+    def planned_tables(self) -> list[TableSpec]:
+        """:meth:`tables` at the method's row precision (what the collection builds and the plan counts)."""
+        return [replace(t, precision=self.precision) for t in self.tables()]
 
     def combiner(self) -> Combiner:
         """The combiner declaration (keys it reads are physical features of :meth:`tables` or of

@@ -93,7 +93,9 @@ class BudgetProblem:
         budget: bytes the sized features may take together.
         counts: vocabulary counts per feature (may be empty).
         measure: exact bytes of one feature with a given compression (tables + dense parameters,
-            measured on the built method).
+            measured on the built method, at :attr:`precision`).
+        precision: the row precision every sized feature gets (``fp32`` / ``fp16``); the solver
+            applies it to the compressions a knob makes, a knob that computes bytes itself reads it.
     """
 
     spec: "DatasetSpec"
@@ -102,6 +104,7 @@ class BudgetProblem:
     budget: int
     counts: dict[str, np.ndarray]
     measure: Callable[["SparseFeature", BaseModel], int]
+    precision: str = "fp32"
 
     def total(self, choice: dict[str, BaseModel]) -> int:
         """Exact bytes of the features under ``choice`` (feature name -> compression)."""

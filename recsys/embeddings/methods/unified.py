@@ -15,7 +15,7 @@ from recsys.embeddings.combine import Concat
 from recsys.embeddings.hashing import hash_ids, hash_ids_many, stable_seed
 from recsys.embeddings.methods.base import Chunk, FeatureMethod, uniform_bound
 from recsys.embeddings.methods.family import BudgetChoice, BudgetProblem, BuildContext, Family, NaiveTables, offsets
-from recsys.embeddings.plan import TableSpec
+from recsys.embeddings.plan import PRECISION_BYTES, TableSpec
 from recsys.features.methods.unified import SCHEMA, FeatureGroup, UnifiedCompression
 
 
@@ -23,11 +23,13 @@ def group_table_names(group: str, num_tables: int) -> list[str]:
     return [f"{group}__shared{t}" for t in range(num_tables)]
 
 
-def group_tables(group: str, num_buckets: int, chunk_dim: int, num_tables: int, feature_names: list[list[str]]) -> list[TableSpec]:
+def group_tables(
+    group: str, num_buckets: int, chunk_dim: int, num_tables: int, feature_names: list[list[str]], precision: str = "fp32"
+) -> list[TableSpec]:
     """The shared tables of a group; ``feature_names[t]`` are the physical features reading table t."""
     a = uniform_bound(num_buckets)
     return [
-        TableSpec(name, num_buckets, chunk_dim, tuple(feature_names[t]), False, -a, a)
+        TableSpec(name, num_buckets, chunk_dim, tuple(feature_names[t]), False, -a, a, precision)
         for t, name in enumerate(group_table_names(group, num_tables))
     ]
 
@@ -98,11 +100,17 @@ def _shared_tables(spec, methods: list[FeatureMethod]) -> list[TableSpec]:
         users = [m for m in methods if isinstance(m, UnifiedMethod) and m.group == g.name]
         if not users:
             continue
+        precisions = sorted({m.precision for m in users})
+        if len(precisions) > 1:
+            raise ValueError(
+                f"group {g.name}: its features store rows in {precisions}; a shared table has one precision: "
+                "give every member feature the same compression precision"
+            )
         readers: list[list[str]] = [[] for _ in range(g.num_tables)]
         for m in users:
             for c, key in enumerate(m.keys):
                 readers[c % g.num_tables].append(key)
-        shared.extend(group_tables(g.name, g.num_buckets, users[0].output_dim // g.num_chunks, g.num_tables, readers))
+        shared.extend(group_tables(g.name, g.num_buckets, users[0].output_dim // g.num_chunks, g.num_tables, readers, precisions[0]))
     return shared
 
 
@@ -127,10 +135,10 @@ def _solve(problem: BudgetProblem) -> BudgetChoice:
     groups, choice = [], {}
     for d, fs in by_dim.items():
         share = problem.budget * weight[d] / sum(weight.values())
-        buckets = max(1, round(share / (d * 4 * tables / chunks)))
+        buckets = max(1, round(share / (d * PRECISION_BYTES[problem.precision] * tables / chunks)))
         name = f"unified_d{d}"
         groups.append(FeatureGroup(name=name, num_buckets=buckets, num_chunks=chunks, num_tables=tables))
-        choice.update({f.name: UnifiedCompression(kind="unified", group=name) for f in fs})
+        choice.update({f.name: UnifiedCompression(kind="unified", group=name, precision=problem.precision) for f in fs})
     return BudgetChoice(choice, groups, [f"one shared table per embedding dim, {chunks} chunks per feature, {tables} table(s) per group"])
 
 

@@ -21,10 +21,23 @@ Cardinality = Union[int, Literal["raw"]]
 FeatureCheck = Callable[[BaseModel, Cardinality, int], list[Problem]]
 
 
+Precision = Literal["fp32", "fp16"]
+PRECISION_BYTES: dict[str, int] = {"fp32": 4, "fp16": 2}
+
+
 class CompressionModel(BaseModel):
-    """Base of every per-feature compression spec: frozen, unknown keys refused."""
+    """Base of every per-feature compression spec: frozen, unknown keys refused.
+
+    Args:
+        precision: how the rows of the method's physical tables are stored: ``fp32`` or ``fp16``
+            (half the bytes; FBGEMM's kernels read FP16 rows and accumulate in FP32, and the
+            fused optimizer writes them back rounded). Dense parameters (projections) stay FP32.
+            ``embeddings.precision`` in a training config sets it for every feature.
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+    precision: Precision = "fp32"
 
 
 class OptionsModel(BaseModel):

@@ -79,7 +79,7 @@ def test_raw_ids_take_hashing_kinds_only():
         ({"kind": "mixed_dim", "num_blocks": 3, "block_boundaries": [5]}, "needs 2"),
         ({"kind": "mixed_dim", "num_blocks": 3, "block_boundaries": [50, 5000]}, "block_boundaries: got [50, 5000]; last boundary 5000"),
         ({"kind": "bloom"}, "features[C1].compression.kind: got 'bloom'; allowed: 'full', 'hashed'"),
-        ({"kind": "hashed", "num_buckets": 10, "colour": 1}, "features[C1].compression.colour: unknown key (got 1); allowed keys: ['kind', 'num_buckets']"),
+        ({"kind": "hashed", "num_buckets": 10, "colour": 1}, "features[C1].compression.colour: unknown key (got 1); allowed keys: ['kind', 'num_buckets', 'precision']"),
     ],
 )
 def test_bad_compression_names_the_feature(compression, fragment):

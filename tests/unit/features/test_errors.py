@@ -30,7 +30,7 @@ def test_bad_qr_and_multi_hash_options_have_clean_paths():
         "features[C2].compression.combiner: got 'max'; allowed: 'sum' or 'concat'",
         "features[C2].compression.num_weight_buckets: got 0; allowed: >= 1",
         "features[C2].compression.seed: unknown key (got 3); allowed keys: "
-        "['combiner', 'importance_weights', 'kind', 'num_buckets', 'num_hashes', 'num_weight_buckets']",
+        "['combiner', 'importance_weights', 'kind', 'num_buckets', 'num_hashes', 'num_weight_buckets', 'precision']",
     ]
     noise = ("sparse.", ".qr", ".multi_hash", "function-", "constrained-", "Input should", "Value error")
     assert not [e for e in errors if any(n in e for n in noise)], errors
