@@ -51,6 +51,7 @@ _RETRIEVE_KEYS = ("user", "k", "exclude", "exclude_history")
 # No valid body nests deeper than 4 (batch > request > user > list); json.loads recurses per level and
 # a few thousand levels raise RecursionError, so depth is checked on the raw bytes first.
 JSON_MAX_DEPTH = 32
+DEFAULT_K = 100  # a request without k gets min(DEFAULT_K, max_k) items
 
 
 @dataclass(frozen=True)
@@ -217,8 +218,11 @@ class App:
         prefix = f"{path}." if path else ""
         if not isinstance(body, dict):
             raise RequestError([FieldError(path or "body", f"got {type(body).__name__}; give an object with keys {list(_RETRIEVE_KEYS)}")])
-        errors = [FieldError(f"{prefix}{key}", f"unknown field; allowed: {list(_RETRIEVE_KEYS)}") for key in body if key not in _RETRIEVE_KEYS]
-        k = body.get("k", 100)
+        errors = [FieldError(f"{prefix}{key or chr(34) * 2}", f"unknown field; allowed: {list(_RETRIEVE_KEYS)}")  # "" named as ""
+                  for key in body if key not in _RETRIEVE_KEYS]
+        k = body.get("k", min(DEFAULT_K, self.config.max_k))  # the default never exceeds the service's own limit
+        if isinstance(k, float) and k.is_integer():
+            k = int(k)  # 15.0 is an integer to JSON Schema (and to the OpenAPI document)
         if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= self.config.max_k:
             errors.append(FieldError(f"{prefix}k", f"got {short_repr(k)}; give an integer in [1, {self.config.max_k}] (max_k)"))
         exclude = body.get("exclude", [])

@@ -8,8 +8,9 @@ A request names each user-tower feature with a raw value (single-valued features
     {"user_id": 1042, "user_segment": 3, "history_item_id": [77, 12]}
 
 Ids are matched by the type of the source's ids (:func:`coerce_id`): where the source's ids are
-integers, an integer or a string holding a decimal integer (``"1042"``, as clients that cannot
-hold int64 send them) is accepted and any other string is refused; where the source had string
+integers, an integer (``1042``, or ``1042.0``: an integer to JSON Schema) or a string holding a
+decimal integer (``"1042"``, as clients that cannot hold int64 send them) is accepted and any
+other string is refused; where the source had string
 ids (the vocabulary keeps them as tokens), a string is looked up as a token and an integer as the
 raw id ingest derived from it. A wrong type is a :class:`FieldError`, never a silent OOV.
 
@@ -74,6 +75,8 @@ def coerce_id(item: Any, name: str, string_ids: bool, where: str, errors: list[F
         where: the field path.
         errors: where a problem is appended.
     """
+    if isinstance(item, float) and item.is_integer() and _INT64_MIN <= item < _INT64_MAX:
+        item = int(item)  # 24.0 is the integer 24 to JSON Schema (and to the OpenAPI document); 24.5 is refused
     if isinstance(item, bool) or not isinstance(item, (int, str)):
         kind = "a string token or an integer" if string_ids else "an integer"
         errors.append(FieldError(where, f"got {type(item).__name__} {short_repr(item)}; give {kind} id of {name}"))
@@ -202,7 +205,7 @@ class UserEncoder:
         out = []
         for i, item in enumerate(items):
             where = f"{path}[{i}]" if info.multi_valued else path
-            if isinstance(item, bool) or not isinstance(item, (int, str)):
+            if isinstance(item, (list, dict)):
                 errors.append(FieldError(where, f"got {type(item).__name__} {short_repr(item)}; give {allowed}"))
                 return None
             item = coerce_id(item, info.name, info.string_ids, where, errors)

@@ -89,7 +89,7 @@ def openapi_schema(service, config) -> dict[str, Any]:
         "additionalProperties": False,
         "properties": {
             "user": user,
-            "k": {"type": "integer", "minimum": 1, "maximum": config.max_k, "default": 100},
+            "k": {"type": "integer", "minimum": 1, "maximum": config.max_k, "default": min(100, config.max_k)},
             "exclude": {"type": "array", "items": item_id, "maxItems": config.max_exclude, "default": []},
             "exclude_history": {"type": "boolean", "default": False},
         },

@@ -101,7 +101,7 @@ def test_encode_lays_users_out_feature_major_and_pads_one_user(encoder):
 
 @pytest.mark.parametrize("user,field,message", [
     ({"user_id": 1, "device": 1, "age": 3}, "user.age", r"unknown feature; the user tower takes \['user_id', 'history_item_id', 'device', 'segment'\]"),
-    ({"user_id": 1.5, "device": 1}, "user.user_id", "got float 1.5; give one id"),
+    ({"user_id": 1.5, "device": 1}, "user.user_id", "got float 1.5; give a string token or an integer id of user_id"),
     ({"user_id": True, "device": 1}, "user.user_id", "got bool True"),
     ({"user_id": [1, 2], "device": 1}, "user.user_id", "got a list of 2; user_id is single-valued"),
     ({"user_id": 1, "device": 1, "history_item_id": 8}, "user.history_item_id", "got int; history_item_id is multi-valued"),
