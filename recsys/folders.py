@@ -54,13 +54,17 @@ class FolderContents:
 
     def describe(self) -> str:
         """``a csv data set (clicks, 1,000 rows)``, ``a training run``, ``a non-empty folder (a.txt, b)``."""
-        article = "an" if self.dataset_kind[:1] in tuple("aeiou") else "a"
         what = {
-            "missing": "nothing", "empty": "an empty folder", "dataset": f"{article} {self.dataset_kind} data set",
+            "missing": "nothing", "empty": "an empty folder", "dataset": f"{_a(self.dataset_kind)} data set",
             "training run": "a training run", "sweep": "a sweep", "bundle": "a serving bundle",
             "file": "a file, not a folder", "other": "a non-empty folder",
         }[self.kind]
         return f"{what} ({self.detail})" if self.detail else what
+
+
+def _a(kind: str) -> str:
+    """``an avazu``, ``a csv``."""
+    return f"{'an' if kind[:1] in tuple('aeiou') else 'a'} {kind}"
 
 
 def dataset_kind(manifest: dict[str, Any]) -> str:
@@ -122,12 +126,12 @@ def check_dataset_out(path: str | Path, *, writes: str, overwrite: bool, flag: s
         raise FolderError(f"{flag} {path}: holds {found.describe()}; pass --overwrite to replace it, or give another {flag}")
     if found.kind == "dataset":
         raise FolderError(
-            f"{flag} {path}: holds {found.describe()}; this command writes a {writes} data set and never replaces "
+            f"{flag} {path}: holds {found.describe()}; this command writes {_a(writes)} data set and never replaces "
             f"a data set of another kind (not even with --overwrite): give another {flag}, or remove the folder yourself"
         )
     raise FolderError(
         f"{flag} {path}: holds {found.describe()}; a data set is written only into a new or empty folder, or over "
-        f"a {writes} data set with --overwrite: give another {flag}"
+        f"{_a(writes)} data set with --overwrite: give another {flag}"
     )
 
 

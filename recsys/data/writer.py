@@ -128,10 +128,11 @@ class DatasetWriter:
         entries = {p.name for p in self.out.iterdir()}
         ours = {layout.MANIFEST, "features.yaml", "vocab", ".staging", *layout.SPLITS, *layout.CATALOGUE_FILES.values()}
         if entries and not (entries <= ours):
-            raise ValueError(
-                f"--out {self.out}: folder holds other files ({sorted(entries - ours)[:5]}); "
-                "give an empty or new folder, or one written by recsys before"
-            )
+            from recsys.folders import inspect_folder
+
+            found = inspect_folder(self.out)
+            what = f"holds {found.describe()}" if found.kind != "other" else f"folder holds other files ({sorted(entries - ours)[:5]})"
+            raise ValueError(f"--out {self.out}: {what}; give an empty or new folder, or a data set written by recsys before")
 
     def __enter__(self) -> "DatasetWriter":
         return self

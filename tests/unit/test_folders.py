@@ -86,7 +86,7 @@ def test_every_ingest_subcommand_refuses_another_kind_before_reading_its_input(s
         argv += ["--spec", str(tmp_path / "no_spec.yaml")]
     if source == "interactions":
         argv += ["--user", "u", "--item", "i"]
-    with pytest.raises(FolderError, match=rf"holds a synthetic ctr data set .*; this command writes a {source} data set and never replaces"):
+    with pytest.raises(FolderError, match=rf"holds a synthetic ctr data set .*; this command writes an? {source} data set and never replaces"):
         ingest.main(argv)
 
 

@@ -89,6 +89,14 @@ def test_out_folder_rules(tmp_path):
     with pytest.raises(ValueError, match=r"--out .*foreign: folder holds other files \(\['notes.txt'\]\)"):
         DatasetWriter(foreign, _spec())
     assert (foreign / "notes.txt").exists()
+    run = tmp_path / "run"  # a training run's folder is named as such
+    (run / "ray").mkdir(parents=True)
+    (run / "results.json").write_text("{}")
+    with pytest.raises(ValueError, match=r"--out .*run: holds a training run \(results.json, ray\); give an empty or new folder"):
+        DatasetWriter(run, _spec())
+    run.joinpath("results.json").unlink()
+    run.joinpath("ray").rmdir()
+    run.rmdir()
     w = DatasetWriter(tmp_path / "ds", _spec())
     w.add("train", _frame([1]))
     _finish(w)
