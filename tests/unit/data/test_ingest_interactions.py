@@ -423,3 +423,21 @@ def test_ml_latest_small_random_split(tmp_path):
     assert m["catalogue"]["items"]["source_rows"] == 9742 and m["catalogue"]["items"]["rows"] == 9743
     assert m["side_features"]["genres"]["kind"] == "multi_valued"
     assert m["split"] == {**m["split"], "method": "random", "ratios": [0.8, 0.1, 0.1], "seed": 0}
+
+
+@pytest.mark.slow  # a Ray training (~1-4 min on the shared 2-core machine)
+@pytest.mark.integration
+def test_ingested_log_trains_two_tower(tmp_path):
+    from jobs import train
+
+    rng = np.random.default_rng(2)
+    users, items = rng.integers(200, size=6000), rng.integers(150, size=6000)
+    items = np.where(rng.random(6000) < 0.7, (users * 7 + rng.integers(5, size=6000)) % 150, items)  # a learnable pattern
+    log = write(tmp_path / "log.csv", "u,i,t\n" + "".join(f"{u},{i},{k}\n" for k, (u, i) in enumerate(zip(users, items))))
+    out = tmp_path / "data"
+    run([str(log), "--user", "u", "--item", "i", "--timestamp", "t", "--split", "leave_last_out", "--out", str(out)])
+    config = Path(__file__).resolve().parents[3] / "configs" / "two_tower_movielens.yaml"
+    assert train.main([str(config), f"data.path={out}", f"run_dir={tmp_path / 'run'}", "train.epochs=3", "data.batch_size=256",
+                       "data.eval_batch_size=512"]) == 0
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert results["test_rows"] == 200 and results["recall@10"] > results["popularity_recall@10"]
