@@ -17,8 +17,8 @@ by :class:`~recsys.data.parquet_source.BadRows`. Formats:
 * **LightGCN lists**: one line per user, ``user item item ...`` separated by spaces, 0-based ids;
   the items of a line are in time order.
 
-Side-feature files (a user or item key plus attribute columns) are small and read whole
-(:func:`read_side_table`).
+Side-feature files (a user or item key plus attribute columns) are small and read whole by
+:func:`recsys.data.interaction_features.read_side_table`.
 """
 
 from __future__ import annotations
@@ -274,7 +274,7 @@ def _csv_block(block: bytes, first_line: int, sep: bytes, width: int, layout: st
     return rows, np.array(lines, np.int64), np.array(bad, np.int64), reasons
 
 
-def read_delimited(path: Path, columns: Columns, *, sep: bytes | None, header: bool | None, bad: "BadRows | FileBadRows",
+def read_delimited(path: Path, columns: Columns, *, sep: bytes | None, header: bool | None, bad: BadRows | FileBadRows,
                    chunk_rows: int, header_names: list[str] | None = None, quoting: bool = True) -> Iterator[LogPart]:
     """Blocks of a delimited text log (see the module docstring).
 
@@ -324,7 +324,7 @@ def is_parquet(path: Path) -> bool:
         return fh.read(4) == _PARQUET_MAGIC
 
 
-def read_parquet_log(path: Path, columns: Columns, *, bad: "BadRows | FileBadRows", chunk_rows: int) -> Iterator[LogPart]:
+def read_parquet_log(path: Path, columns: Columns, *, bad: BadRows | FileBadRows, chunk_rows: int) -> Iterator[LogPart]:
     """Batches of a parquet log; columns by name (or position in the file's schema)."""
     for file in parquet_files(path):
         try:
@@ -363,7 +363,7 @@ def read_parquet_log(path: Path, columns: Columns, *, bad: "BadRows | FileBadRow
             row += n
 
 
-def read_lightgcn(path: Path, *, bad: "BadRows | FileBadRows") -> Iterator[LogPart]:
+def read_lightgcn(path: Path, *, bad: BadRows | FileBadRows) -> Iterator[LogPart]:
     """One LightGCN list file: ``user item item ...`` per line, spaces, 0-based integer ids."""
     text = read_text_bytes(path)
     if not text.strip():
@@ -452,101 +452,3 @@ def recbole_columns(path: Path, columns: Columns) -> Columns:
     if problems:
         raise ValueError(f"{path}: " + "; ".join(problems))
     return columns
-
-
-# -- side-feature files ---------------------------------------------------------------------------
-@dataclass
-class SideTable:
-    """A side-feature file read whole: the key column and every other column, as text per row.
-
-    Attributes:
-        path: the file.
-        key: the key column's name.
-        keys: ``(n,)`` key values (bytes), distinct.
-        columns: column name -> ``(n,)`` values (bytes; empty = missing).
-        types: column name -> RecBole type (``token``, ``token_seq``, ``float``) or None (infer).
-        lines: ``(n,)`` 1-based line (row) number of each key.
-    """
-
-    path: Path
-    key: str
-    keys: np.ndarray
-    columns: dict[str, np.ndarray]
-    types: dict[str, str | None]
-    lines: np.ndarray
-
-
-def read_side_table(path: Path, key: str | int, *, sep: bytes | None, header: bool | None, bad: "BadRows | FileBadRows",
-                    recbole: bool = False) -> SideTable:
-    """Read a user or item feature file (CSV / TSV with quotes, parquet, or a RecBole .user / .item).
-
-    Raises:
-        ValueError: the key is not a column, a line has the wrong number of fields, a key is empty
-            or listed twice (as bad rows: file, line, field, value).
-    """
-    if not path.is_file() and not path.is_dir():
-        raise FileNotFoundError(f"{path}: no such side-feature file")
-    if not recbole and is_parquet(path):
-        table = pa.concat_tables([pq.read_table(f) for f in parquet_files(path)])
-        names = table.column_names
-        k = names[key] if isinstance(key, int) and key < len(names) else key
-        if k not in names:
-            raise ValueError(f"{path}: key {key!r} is not a column of {names}")
-        cols = {n: as_bytes(pc.cast(table.column(n), pa.string()).fill_null("")) for n in names}
-        lines = np.arange(1, table.num_rows + 1)
-        types: dict[str, str | None] = {n: None for n in names}
-        unit_rows = cols
-        return _side(path, k, lines, unit_rows, types, bad)
-    data = read_text_bytes(path)
-    if not data.strip():
-        raise ValueError(f"{path}: empty file; expected a header line, then one line per key")
-    sep = b"\t" if recbole else (sep if sep is not None else sniff_delimiter(path))
-    text = data.decode("utf-8", "surrogateescape")
-    reader = csv.reader(io.StringIO(text), delimiter=sep.decode()) if len(sep) == 1 and not recbole else None
-    rows_iter = reader if reader is not None else (line.split(sep.decode()) for line in text.splitlines())
-    rows, lines, previous = [], [], 0
-    for parts in rows_iter:
-        line = previous + 1
-        previous = reader.line_num if reader is not None else previous + 1
-        if parts:
-            rows.append(parts)
-            lines.append(line)
-    if recbole:
-        head = recbole_header(path)
-        names, types = head.names, dict(zip(head.names, head.types))
-        rows, lines = rows[1:], lines[1:]
-    elif has_header({"key": key}, header):
-        names, types = rows[0], {n: None for n in rows[0]}
-        rows, lines = rows[1:], lines[1:]
-    else:
-        names = [f"column_{j}" for j in range(len(rows[0]))]
-        types = {n: None for n in names}
-    width = len(names)
-    k = names[key] if isinstance(key, int) and key < width else key
-    if k not in names:
-        raise ValueError(f"{path}: key {key!r} is not a column of {names}" + (" (RecBole: names without :type)" if recbole else ""))
-    wrong = {ln: len(p) for ln, p in zip(lines, rows) if len(p) != width or any("\x00" in v for v in p)}
-    if wrong:
-        bad.found(path, np.array(sorted(wrong)), lambda ln: (
-            "NUL byte: binary or UTF-16 data; expected text" if wrong[ln] == width else
-            f"expected {width} {sep.decode()!r}-separated fields ({', '.join(names)}; quote values holding the delimiter), got {wrong[ln]}"))
-    good = [(ln, p) for ln, p in zip(lines, rows) if ln not in wrong]
-    cols = {n: np.array([p[j].encode("utf-8", "surrogateescape") for _, p in good], dtype=bytes) if good else np.zeros(0, "S1")
-            for j, n in enumerate(names)}
-    return _side(path, k, np.array([ln for ln, _ in good], np.int64), cols, types, bad)
-
-
-def _side(path: Path, key: str, lines: np.ndarray, cols: dict[str, np.ndarray], types: dict[str, str | None], bad: "BadRows | FileBadRows") -> SideTable:
-    keys = cols[key]
-    empty = keys == b""
-    _, first, counts = np.unique(keys, return_index=True, return_counts=True)
-    dup = np.ones(keys.size, bool)
-    dup[first] = False
-    problem = empty | dup
-    if problem.any():
-        bad.found(path, lines[problem], lambda ln: (
-            f"field {key}: got '';  expected a key (not empty)" if keys[int(np.searchsorted(lines, ln))] == b""
-            else f"field {key}: got {show(keys[int(np.searchsorted(lines, ln))].decode('utf-8', 'replace'))}, a duplicate key; one line per key"))
-    keep = ~problem
-    return SideTable(path, key, keys[keep], {n: v[keep] for n, v in cols.items() if n != key},
-                     {n: t for n, t in types.items() if n != key}, lines[keep])
