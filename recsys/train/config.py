@@ -156,14 +156,34 @@ class OptimizerConfig(_Section):
     dense: DenseOptimizerConfig = DenseOptimizerConfig()
 
 
+class EarlyStoppingConfig(_Section):
+    """Stop when a validation metric has not improved for ``patience`` evaluations, then test the
+    best parameters (see ``docs/early-stopping.md``).
+
+    Args:
+        metric: a validation metric the task yields, ``val_`` + its name (``val_auc``,
+            ``val_recall@20``: the ``@k`` must be in ``model.eval_ks``).
+        mode: ``max`` or ``min``; default: the metric's own direction (``val_logloss``: min).
+        patience: evaluations in a row without improvement that stop the run.
+        min_delta: an improvement must beat the best value by more than this.
+    """
+
+    metric: str
+    mode: Literal["max", "min"] | None = None
+    patience: Annotated[int, Field(ge=1)]
+    min_delta: Annotated[float, Field(ge=0.0)] = 0.0
+
+
 class LoopConfig(_Section):
     """Args:
         epochs: passes over the training split.
         max_steps: stop after this many steps (global count) even mid-epoch.
         log_every: a log line every N steps.
-        eval_every: validation AUC / logloss every N steps; 0: at the end of each epoch.
+        eval_every: validation metrics every N steps; 0: at the end of each epoch.
         checkpoint_every: a checkpoint every N steps (0: only at the end).
-        num_checkpoints: checkpoints kept (oldest deleted by Ray).
+        num_checkpoints: checkpoints kept (oldest deleted by Ray); with early stopping, the
+            checkpoints holding the best parameters so far are kept first (and the latest always).
+        early_stopping: stop on a validation metric at each evaluation; default: train all steps.
         seed: model init, file order and shuffle-buffer seed (same config and seed -> same run).
     """
 
@@ -173,6 +193,7 @@ class LoopConfig(_Section):
     eval_every: Annotated[int, Field(ge=0)] = 0
     checkpoint_every: Annotated[int, Field(ge=0)] = 0
     num_checkpoints: Annotated[int, Field(ge=1)] = 2
+    early_stopping: EarlyStoppingConfig | None = None
     seed: int = 0
 
 
@@ -278,9 +299,34 @@ def config_from_dict(raw: Any, overrides: list[str] | None = None, source: str =
         config = TrainConfig.model_validate(raw)
     except ValidationError as exc:
         raise ConfigError(source, errors + [p.line("<config>") for p in validation_problems(exc, raw, TrainConfig)]) from None
+    errors += early_stopping_problems(config)
     if errors:
         raise ConfigError(source, errors)
     return config
+
+
+def early_stopping_problems(config: TrainConfig) -> list[str]:
+    """``train.early_stopping`` must watch a validation metric the config's task yields, in its direction."""
+    from recsys.train.tasks import task_class
+
+    es = config.train.early_stopping
+    if es is None:
+        return []
+    task = task_class(config.model.arch)
+    names = task.metric_names(config.model)
+    allowed = [f"val_{n}" for n in names]
+    if es.metric not in allowed:
+        stem, at, _ = es.metric.partition("@")
+        hint = ""
+        if at and any(a.partition("@")[0] == stem for a in allowed):
+            hint = f"; its cut-off must be in model.eval_ks (got {list(config.model.eval_ks)})"
+        return [f"train.early_stopping.metric: got {es.metric!r}; task {task.name!r} ({config.model.arch}) "
+                f"yields {allowed}{hint}"]
+    higher = task.higher_is_better(es.metric)
+    if es.mode is not None and (es.mode == "max") != higher:
+        return [f"train.early_stopping.mode: got {es.mode!r} for {es.metric}, where {'higher' if higher else 'lower'} "
+                f"is better; use mode: {'max' if higher else 'min'} or leave mode out"]
+    return []
 
 
 def load_config(path: str | Path, overrides: list[str] | None = None) -> TrainConfig:

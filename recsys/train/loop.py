@@ -36,7 +36,8 @@ from recsys.data.loader import ShardReader
 from recsys.features.spec import DatasetSpec, spec_from_dict
 from recsys.train import checkpoint, faults, sharding
 from recsys.train.config import TrainConfig
-from recsys.train.tasks import Retrieval, Task, tables_of, task_for
+from recsys.train.early_stopping import EarlyStopping
+from recsys.train.tasks import EvalContext, Task, tables_of, task_for
 
 
 class TrainingStopped(ValueError):
@@ -80,6 +81,7 @@ class TrainState:
     resumed_from_step: int | None = None
     configs: list[dict[str, Any]] = field(default_factory=list)  # [{"from_step", "config"}] every config used
     sharding_plan: list[dict[str, Any]] | None = None
+    early_stopping: EarlyStopping | None = None  # with train.early_stopping
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -87,6 +89,8 @@ class TrainState:
     @classmethod
     def from_json(cls, raw: dict[str, Any]) -> "TrainState":
         known = {k: raw[k] for k in cls.__dataclass_fields__ if k in raw}
+        if known.get("early_stopping") is not None:
+            known["early_stopping"] = EarlyStopping.from_json(known["early_stopping"])
         return cls(**known)
 
     def record_config(self, config: dict[str, Any]) -> None:
@@ -151,7 +155,7 @@ class Worker:
     fault: faults.Fault | None
     payload: dict[str, Any]
     task: Task
-    train_files: list[Path]
+    files: dict[str, list[Path]]  # per split, its parquet files (the evaluation context)
 
     @property
     def global_batch(self) -> int:
@@ -184,7 +188,7 @@ def setup(payload: dict[str, Any], rank: int, world: int, local_rank: int) -> Wo
     schedule = schedule_for(config, train.steps_per_epoch)
     return Worker(
         config, spec, rank, world, device, train, validation, test, schedule, faults.load_fault(payload["run_dir"], payload.get("ray_root")), payload,
-        task_for(config.model.arch, payload.get("data_root", config.data.path)), files["train"],
+        task_for(config.model.arch, payload.get("data_root", config.data.path)), files,
     )
 
 
@@ -244,7 +248,25 @@ def restore(w: Worker, model: torch.nn.Module, optimizer: Any) -> TrainState:
         state.resumed_from_step = state.step
         w.log(f"resumed from checkpoint at step {state.step} ({choice[0][1]})")
     state.record_config(w.payload["config"])
+    state.early_stopping = _early_stopping(w, state.early_stopping, state.step, choice[0][1] if choice[0] else None)
     return state
+
+
+def _early_stopping(w: Worker, saved: EarlyStopping | None, step: int, resumed_from: str | None) -> EarlyStopping | None:
+    """The early-stopping state of the config, continuing the checkpoint's count where it watched
+    the same metric (patience and min_delta as the config says now)."""
+    cfg = w.config.train.early_stopping
+    if cfg is None:
+        return None
+    higher = w.task.higher_is_better(cfg.metric) if cfg.mode is None else cfg.mode == "max"
+    if saved is None or saved.metric != cfg.metric or saved.higher_is_better != higher:
+        if saved is not None:
+            w.log(f"early stopping now watches {cfg.metric}; the checkpoint's count on {saved.metric} starts over")
+        return EarlyStopping(cfg.metric, higher, cfg.patience, cfg.min_delta)
+    saved.patience, saved.min_delta = cfg.patience, cfg.min_delta
+    if saved.best_step == step and resumed_from is not None:
+        saved.best_checkpoint = resumed_from  # the best was written at the step resumed from
+    return saved
 
 
 # -- evaluation -------------------------------------------------------------------------------
@@ -252,9 +274,52 @@ def restore(w: Worker, model: torch.nn.Module, optimizer: Any) -> TrainState:
 
 def evaluate(w: "Worker", model: torch.nn.Module, reader: ShardReader) -> dict[str, float]:
     """The task's exact metrics of one split (collective: every rank calls it)."""
-    if isinstance(w.task, Retrieval):
-        return w.task.evaluate_split(model, reader, w.device, w.config, w.train_files)
-    return w.task.evaluate(model, reader, w.device)
+    split = "test" if reader is w.test else "validation"
+    return w.task.evaluate(model, reader, w.device, EvalContext(w.config, w.files, split))
+
+
+def observe(w: "Worker", state: TrainState, step: int, row: dict[str, Any]) -> bool:
+    """Hand an evaluation's row to early stopping; True if it holds the new best parameters.
+
+    Every rank observes rank 0's value (broadcast), so all take the same decision.
+    """
+    es = state.early_stopping
+    if es is None:
+        return False
+    value = [row.get(es.metric)]
+    dist.broadcast_object_list(value, src=0)
+    best = es.observe(step, value[0])
+    w.log(f"early stopping: {es.metric} {value[0]:.4f} at step {step}; best {es.best if es.best is not None else float('nan'):.4f} "
+          f"at step {es.best_step} ({es.bad_evaluations}/{es.patience} evaluations without improvement)")
+    return best
+
+
+def checkpoint_score(state: TrainState, best: bool) -> dict[str, float]:
+    """The score Ray keeps checkpoints by when early stopping is on (``CheckpointConfig``'s
+    ``checkpoint_score_attribute``): the time a checkpoint became the best, 0 for any other. So the
+    newest best (and the bests before it, up to ``train.num_checkpoints``) outrank every other
+    checkpoint; Ray also always keeps the latest, which resume reads."""
+    if state.early_stopping is None:
+        return {}
+    return {"early_stopping_score": time.time() if best else 0.0}
+
+
+def restore_best(w: "Worker", model: torch.nn.Module, optimizer: Any, es: EarlyStopping) -> None:
+    """Load the parameters of the best evaluation (collective)."""
+    dist.barrier()  # every rank's upload of the best checkpoint is long done; this makes it certain
+    path = [es.best_checkpoint]
+    dist.broadcast_object_list(path, src=0)
+    reason = checkpoint.verify_checkpoint(path[0]) if path[0] else "no checkpoint was recorded"
+    if reason is not None:
+        raise TrainingStopped(f"early stopping: cannot restore the best parameters (step {es.best_step}) from {path[0]}: {reason}")
+    checkpoint.load_into(path[0], model, optimizer)
+    w.log(f"early stopping: restored the parameters of step {es.best_step} ({es.metric} {es.best:.4f}) from {path[0]}")
+
+
+def _history_val(state: TrainState, step: int) -> dict[str, Any]:
+    """The validation metrics recorded at ``step`` (keys without ``val_``, ``rows`` included)."""
+    row = next(r for r in reversed(state.history) if r.get("step") == step)
+    return {k[len("val_"):]: v for k, v in row.items() if k.startswith("val_")}
 
 
 # -- the loop ---------------------------------------------------------------------------------
@@ -302,7 +367,8 @@ def train_worker(payload: dict[str, Any]) -> None:
     # Rank 0 writes the curves (loss, samples/s, validation metrics) for `tensorboard --logdir runs/`.
     curves = Curves(payload["run_dir"], enabled=w.rank == 0)
     progress = _Progress(payload, s.total_steps, state.step, w.rank == 0)
-    while state.step < s.total_steps:
+    es = state.early_stopping
+    while state.step < s.total_steps and not (es and es.stopped_at is not None):
         epoch, skip = s.position(state.step)
         step_start = time.perf_counter()
         for batch in w.train.train_batches(epoch, skip):
@@ -340,13 +406,26 @@ def train_worker(payload: dict[str, Any]) -> None:
                     curves.scalars(step, {f"validation/{k}": v for k, v in val.items() if k != "rows"})
                     progress.validation = w.task.describe(val)
                     state.history.append(row)
-                report(dict(row), with_checkpoint=s.checkpoint(step))
+                best = s.evaluate(step) and observe(w, state, step, row)
+                if es and es.exhausted:
+                    es.stopped_at = step
+                report({**row, **checkpoint_score(state, best)}, with_checkpoint=s.checkpoint(step) or best)
+                if best:
+                    es.best_checkpoint = ray.train.get_checkpoint().path  # the folder Ray persisted it to
                 window.restart()
-            if step >= s.total_steps:
+            if step >= s.total_steps or (es and es.stopped_at is not None):
                 break
             step_start = time.perf_counter()
 
-    val = evaluate(w, model, w.validation)
+    if es is not None and es.stopped_at is not None:
+        val, fresh = _history_val(state, es.stopped_at), False  # that evaluation stopped the run
+    else:
+        val, fresh = evaluate(w, model, w.validation), True
+        if es is not None:
+            observe(w, state, state.step, {f"val_{k}": v for k, v in val.items()})
+    if es is not None and es.best_step is not None and es.best_step != state.step:
+        restore_best(w, model, optimizer, es)
+        val = _history_val(state, es.best_step)
     test = evaluate(w, model, w.test)
     w.log(f"validation {w.task.describe(val)}; test {w.task.describe(test)}")
     curves.scalars(state.step, {f"validation/{k}": v for k, v in val.items() if k != "rows"})
@@ -354,7 +433,8 @@ def train_worker(payload: dict[str, Any]) -> None:
     curves.close()
     progress.done()
     val_row = {f"val_{k}": v for k, v in val.items() if k != "rows"}
-    state.history.append({"step": state.step, **val_row})
+    if fresh:
+        state.history.append({"step": state.step, **val_row})
     final = {
         "final": True,
         "step": state.step,
@@ -369,6 +449,8 @@ def train_worker(payload: dict[str, Any]) -> None:
         "world_size": w.world,
         "resumed_from_step": state.resumed_from_step,
     }
+    if es is not None:  # the final checkpoint holds the best parameters
+        final.update(best_step=es.best_step, stopped_early=es.stopped_at is not None, **checkpoint_score(state, True))
     report(final, with_checkpoint=True)
 
 

@@ -298,7 +298,7 @@ def launch(prepared: Prepared, *, shutdown: bool = True) -> dict[str, Any]:
     """
     import ray
     import ray.train
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train import FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
     from recsys import console
@@ -339,7 +339,7 @@ def launch(prepared: Prepared, *, shutdown: bool = True) -> dict[str, Any]:
             name=RAY_RUN_NAME,
             storage_path=str(ray_root),
             failure_config=FailureConfig(max_failures=config.ray.max_failures),
-            checkpoint_config=CheckpointConfig(num_to_keep=config.train.num_checkpoints),
+            checkpoint_config=checkpoint_config(config),
             # recsys.console: Ray Train's own lines at ERROR, the workers' library noise silenced
             # before they import TorchRec (RECSYS_LOG=debug shows everything).
             logging_config=ray.train.LoggingConfig(log_level=console.ray_log_level()),
@@ -364,15 +364,34 @@ def launch(prepared: Prepared, *, shutdown: bool = True) -> dict[str, Any]:
         raise error
     metrics = dict(result.metrics or {})
     final_state = read_train_state(result.checkpoint.path) if result.checkpoint else {}
+    results = results_of(prepared, metrics, final_state, wall, result.checkpoint.path if result.checkpoint else None)
+    layout.write_json_atomic(prepared.run_dir / RESULTS, results)
+    return results
+
+
+def checkpoint_config(config: TrainConfig) -> Any:
+    """Ray's checkpoint retention: the newest ``train.num_checkpoints``; with early stopping, the
+    checkpoints holding the best parameters first (their score, :func:`recsys.train.loop.checkpoint_score`,
+    outranks every other), and Ray always keeps the latest, which resume reads."""
+    from ray.train import CheckpointConfig
+
+    if config.train.early_stopping is None:
+        return CheckpointConfig(num_to_keep=config.train.num_checkpoints)
+    return CheckpointConfig(
+        num_to_keep=config.train.num_checkpoints, checkpoint_score_attribute="early_stopping_score", checkpoint_score_order="max",
+    )
+
+
+def results_of(prepared: Prepared, metrics: dict[str, Any], final_state: dict[str, Any], wall: float, checkpoint_path: str | None) -> dict[str, Any]:
+    """``results.json``: the task's own keys (:meth:`~recsys.train.tasks.Task.results`; a retrieval run
+    has no CTR keys), then the run's bytes, speed, history, config and plan; early stopping's
+    ``best_step``, ``stopped_early`` and curve where it is on."""
+    config = prepared.config
     plan = prepared.plan
     oracle = prepared.manifest.get("oracle") or {}
+    task = task_for(config.model.arch, config.data.path)
     results = {
-        "auc": metrics.get("auc"),
-        "logloss": metrics.get("logloss"),
-        "oracle_auc": oracle.get("auc"),
-        "oracle_logloss": oracle.get("logloss"),
-        "val_auc": metrics.get("val_auc"),
-        "val_logloss": metrics.get("val_logloss"),
+        **task.results(metrics, oracle),
         "embedding_bytes": plan.total_bytes,
         "full_table_bytes": plan.full_bytes,
         "compression_ratio": plan.ratio,
@@ -385,7 +404,7 @@ def launch(prepared: Prepared, *, shutdown: bool = True) -> dict[str, Any]:
         "test_rows": metrics.get("test_rows"),
         "val_rows": metrics.get("val_rows"),
         "split_rows": prepared.rows,
-        "checkpoint": result.checkpoint.path if result.checkpoint else None,
+        "checkpoint": checkpoint_path,
         "history": final_state.get("history"),
         "loss_curve": final_state.get("loss_curve"),
         "config": config.model_dump(mode="json"),
@@ -408,16 +427,10 @@ def launch(prepared: Prepared, *, shutdown: bool = True) -> dict[str, Any]:
         "feature_spec": prepared.spec.to_dict(),
     }
     results["towers"] = _bytes_by_tower(plan, prepared.spec)
-    bookkeeping = {"final", "step", "epoch", "samples"}
-    for key, value in metrics.items():  # the task's other metrics (e.g. recall@k), as reported
-        if key not in results and key not in bookkeeping:
-            results[key] = value
     results["oracle"] = oracle or None
-    # Synthetic interactions: the planted ranking's recall@k, and the ranking by TRUE popularity
-    # (not the training counts that the popularity_* baseline ranks by).
-    for k, v in (oracle.get("recall") or {}).items():
-        results[f"oracle_recall@{k}"] = v
-    for k, v in (oracle.get("popularity_recall") or {}).items():
-        results[f"oracle_true_popularity_recall@{k}"] = v
-    layout.write_json_atomic(prepared.run_dir / RESULTS, results)
+    es = final_state.get("early_stopping")
+    if config.train.early_stopping is not None and es is not None:
+        results["best_step"] = es["best_step"]
+        results["stopped_early"] = es["stopped_at"] is not None
+        results["early_stopping"] = {k: v for k, v in es.items() if k != "best_checkpoint"}
     return results

@@ -1,12 +1,12 @@
 """The sweep config of ``recsys bench compression``: YAML + ``key=value`` overrides -> a frozen, validated
 :class:`SweepConfig` and its base :class:`~recsys.train.config.TrainConfig`; every error at once, with
 dotted paths, through the project's one formatter (:mod:`recsys.features.errors`). The tasks a sweep
-can measure (:data:`TASKS`) live here too. See :mod:`recsys.train.sweep` for the format.
+can measure are the training tasks' registry (:data:`recsys.train.tasks.TASKS`, re-exported here).
+See :mod:`recsys.train.sweep` for the format.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -18,6 +18,7 @@ from recsys.embeddings.budget import METHODS
 from recsys.features.budget_options import budget_option_problems
 from recsys.features.errors import Problem, Problems, SpecError, format_value, validation_problems
 from recsys.train.config import ConfigError, TrainConfig, config_from_dict, parse_overrides
+from recsys.train.tasks import TASKS, Metric, Task
 
 __all__ = ["Metric", "SweepConfig", "SweepConfigError", "Task", "TASKS", "budget_label", "load_sweep_config", "sweep_config_from_dict"]
 
@@ -29,89 +30,8 @@ class SweepConfigError(SpecError):
 
 
 # -- tasks ------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Metric:
-    """One quality metric of a task.
-
-    Args:
-        name: its ``results.parquet`` column (``recall_at_100``).
-        higher_is_better: which way is better (ranks methods, signs the report's Δ).
-        label: how the report and the plot write it (``recall@100``).
-        key: its key in a trial's ``results.json`` (``recall@100``); default ``name``.
-        oracle: the column holding the data set's oracle value of the same metric, drawn and
-            reported as a reference where trials have it (synthetic data); ``None``: none shown.
-    """
-
-    name: str
-    higher_is_better: bool
-    label: str
-    key: str | None = None
-    oracle: str | None = None
-
-    @property
-    def source(self) -> str:
-        """The ``results.json`` key."""
-        return self.key or self.name
-
-
-@dataclass(frozen=True)
-class Task:
-    """What a sweep measures for one kind of training job.
-
-    Args:
-        name: the sweep config's ``task``.
-        archs: the base training config's ``model.arch`` values this task trains.
-        metrics: quality metrics read from a trial's ``results.json`` (the first ranks methods).
-        extra: further ``(column, results.json key)`` pairs kept in ``results.parquet`` beside the
-            metrics (validation metrics, the oracle's, baselines), not ranked.
-        eval_ks: cut-offs the base config's ``model.eval_ks`` must hold (the metrics' ``@k``).
-    """
-
-    name: str
-    archs: tuple[str, ...]
-    metrics: tuple[Metric, ...]
-    extra: tuple[tuple[str, str], ...] = ()
-    eval_ks: tuple[int, ...] = ()
-
-    @property
-    def primary(self) -> Metric:
-        return self.metrics[0]
-
-    @property
-    def columns(self) -> tuple[tuple[str, str], ...]:
-        """``(column, results.json key)`` of every metric column of ``results.parquet``, in order."""
-        return tuple((m.name, m.source) for m in self.metrics) + self.extra
-
-
-def _at(prefix: str, metric: str, k: int) -> tuple[str, str]:
-    return f"{prefix}{metric}_at_{k}", f"{prefix}{metric}@{k}"
-
-
-TASKS: dict[str, Task] = {
-    "ctr": Task(
-        "ctr", ("dlrm", "dcn"), (Metric("auc", True, "AUC"), Metric("logloss", False, "logloss")),
-        extra=(("val_auc", "val_auc"), ("val_logloss", "val_logloss"), ("oracle_auc", "oracle_auc")),
-    ),
-    # Two-tower retrieval: every test row ranks the whole catalogue (recsys.train.tasks.Retrieval).
-    # oracle_*: the planted model's own ranking on synthetic interactions; popularity_*: the
-    # training-count baseline on the same rows.
-    "retrieval": Task(
-        "retrieval", ("two_tower",),
-        (
-            Metric("recall_at_100", True, "recall@100", key="recall@100", oracle="oracle_recall_at_100"),
-            Metric("recall_at_10", True, "recall@10", key="recall@10", oracle="oracle_recall_at_10"),
-            Metric("ndcg_at_10", True, "NDCG@10", key="ndcg@10"),
-        ),
-        extra=(
-            _at("val_", "recall", 100), _at("val_", "recall", 10), _at("val_", "ndcg", 10), ("mrr", "mrr"),
-            _at("oracle_", "recall", 100), _at("oracle_", "recall", 10),
-            _at("popularity_", "recall", 100), _at("popularity_", "recall", 10),
-        ),
-        eval_ks=(10, 100),
-    ),
-}
+# The tasks a sweep can measure are the training tasks' one registry (recsys.train.tasks.TASKS):
+# each declares its architectures, the metrics a sweep ranks by and the columns it keeps.
 
 
 # -- the sweep config -------------------------------------------------------------------------
@@ -288,7 +208,7 @@ def sweep_config_from_dict(raw: Any, overrides: list[str] | None = None, source:
     return sweep, base
 
 
-def _task_problems(task: Task, base: TrainConfig, path: str) -> list[str]:
+def _task_problems(task: type[Task], base: TrainConfig, path: str) -> list[str]:
     """The base config must train the sweep's task and report the metrics it ranks by."""
     arch = base.model.arch
     if arch not in task.archs:

@@ -1,7 +1,7 @@
-"""Tasks: what a job adds to the one training loop (model, loss, metrics, data checks).
+"""Tasks: what a job adds to the one training loop (model, loss, evaluation, result keys).
 
 ``recsys train`` runs one loop (:mod:`recsys.train.loop`) for every job; the model config's
-``arch`` picks the task:
+``arch`` picks the task from the one registry, :data:`TASKS`:
 
 ========================  ==========================  =====================================
 task                      ``model.arch``              metrics (exact, every row once)
@@ -12,15 +12,20 @@ task                      ``model.arch``              metrics (exact, every row 
                                                       over the WHOLE item catalogue
 ========================  ==========================  =====================================
 
-A task builds the unsharded module (tables on ``meta``; ``module(batch) -> (loss, outputs)``,
-so DMP can wrap it), checks the data before Ray starts, scores a split on all ranks, and formats
-its metrics for the log and the summary line. A new job adds a task, not a loop.
+A task declares its architectures, the metrics one evaluation yields (the keys early stopping
+may watch, with their direction), the metrics a compression sweep ranks by, and the keys it
+writes into ``results.json``; it builds the unsharded module (tables on ``meta``;
+``module(batch) -> (loss, outputs)``, so DMP can wrap it), checks the data before Ray starts,
+scores a split on all ranks with an :class:`EvalContext`, and formats its metrics for the log
+and the summary line. A new job adds one :class:`Task` subclass and one line in :data:`TASKS`;
+the loop, the driver, the config checks and the sweeps read the registry.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Mapping
 
 import numpy as np
 import pyarrow as pa
@@ -37,34 +42,143 @@ if TYPE_CHECKING:
     from recsys.train.config import TrainConfig
 
 
-class Task(Protocol):
+@dataclass(frozen=True)
+class Metric:
+    """One quality metric a compression sweep reads from a trial.
+
+    Args:
+        name: its ``results.parquet`` column (``recall_at_100``).
+        higher_is_better: which way is better (ranks methods, signs the report's Δ).
+        label: how the report and the plot write it (``recall@100``).
+        key: its key in a trial's ``results.json`` (``recall@100``); default ``name``.
+        oracle: the column holding the data set's oracle value of the same metric, drawn and
+            reported as a reference where trials have it (synthetic data); ``None``: none shown.
+    """
+
     name: str
-    primary: str  # the metric that says "better" (higher is better)
+    higher_is_better: bool
+    label: str
+    key: str | None = None
+    oracle: str | None = None
+
+    @property
+    def source(self) -> str:
+        """The ``results.json`` key."""
+        return self.key or self.name
+
+
+@dataclass(frozen=True)
+class EvalContext:
+    """What a task's evaluation reads besides the model and the split's reader.
+
+    Args:
+        config: the resolved training config.
+        files: per split (``train`` / ``validation`` / ``test``), its parquet files (e.g. the
+            training rows whose items leave the ranking).
+        split: the split being scored, ``validation`` or ``test``.
+    """
+
+    config: "TrainConfig"
+    files: Mapping[str, list[Path]]
+    split: str
+
+
+class Task:
+    """The contract of a task; subclasses set the class attributes and implement the methods.
+
+    Class attributes (read by the registry, the config checks and the sweeps without an instance):
+
+    * ``name``: the sweep config's ``task``;
+    * ``archs``: the ``model.arch`` values this task trains;
+    * ``metrics``: the quality metrics a compression sweep reads from ``results.json`` (the first
+      ranks methods: :attr:`primary`);
+    * ``extra``: further ``(results.parquet column, results.json key)`` pairs a sweep keeps,
+      not ranked (validation metrics, the oracle's, baselines);
+    * ``eval_ks``: cut-offs the base config's ``model.eval_ks`` must hold for ``metrics``;
+    * ``primary`` and ``columns``: derived (the first metric; every metric column in order).
+    """
+
+    name: ClassVar[str]
+    archs: ClassVar[tuple[str, ...]]
+    metrics: ClassVar[tuple[Metric, ...]]
+    extra: ClassVar[tuple[tuple[str, str], ...]] = ()
+    eval_ks: ClassVar[tuple[int, ...]] = ()
+    primary: ClassVar[Metric]
+    columns: ClassVar[tuple[tuple[str, str], ...]]
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls.primary = cls.metrics[0]
+        cls.columns = tuple((m.name, m.source) for m in cls.metrics) + tuple(cls.extra)
+
+    def __init__(self, root: str | Path | None = None):
+        self.root = Path(root) if root is not None else None  # the data set's folder
+
+    @classmethod
+    def metric_names(cls, model: Any) -> tuple[str, ...]:
+        """The keys one evaluation of the model yields (validation prefixes them ``val_``),
+        without ``rows`` and baselines: what early stopping may watch. ``model``: the config's
+        ``model`` section."""
+        raise NotImplementedError
+
+    @classmethod
+    def higher_is_better(cls, name: str) -> bool:
+        """The direction of a metric of :meth:`metric_names` (a ``val_`` prefix is ignored)."""
+        raise NotImplementedError
 
     def check_data(self, files: dict[str, list[Path]], spec: DatasetSpec, root: Path) -> None:
         """Driver side, before Ray starts: raise ``ValueError`` naming file / row / field."""
+        raise NotImplementedError
 
     def plan(self, spec: DatasetSpec, counts: dict[str, np.ndarray] | None) -> "EmbeddingPlan":
         """The embedding plan of the model this task builds (every physical table, exact bytes)."""
+        raise NotImplementedError
 
     def build(self, config: "TrainConfig", spec: DatasetSpec, counts: dict[str, np.ndarray] | None, device: torch.device) -> torch.nn.Module:
         """The unsharded module, tables on ``meta``: ``module(batch) -> (loss, outputs)``."""
+        raise NotImplementedError
 
-    def evaluate(self, model: torch.nn.Module, reader: "ShardReader", device: torch.device) -> dict[str, float]:
-        """Exact metrics of one split over all ranks (collective); includes ``rows``."""
+    def evaluate(self, model: torch.nn.Module, reader: "ShardReader", device: torch.device, context: EvalContext) -> dict[str, float]:
+        """Exact metrics of one split over all ranks (collective; the same dict on every rank);
+        includes ``rows``."""
+        raise NotImplementedError
+
+    def results(self, final: Mapping[str, Any], oracle: Mapping[str, Any]) -> dict[str, Any]:
+        """The task's own keys of ``results.json``, from the loop's final report (test metrics
+        unprefixed, validation ``val_``) and the data set's oracle (synthetic data; else ``{}``)."""
+        raise NotImplementedError
 
     def describe(self, m: dict[str, Any], prefix: str = "") -> str:
         """``m`` as a short phrase for the log (``prefix`` e.g. ``val_``)."""
+        raise NotImplementedError
 
     def summary(self, results: dict[str, Any]) -> str:
         """The driver's last line before ``run_dir:`` (test metrics against the baselines)."""
+        raise NotImplementedError
 
 
-class CTR:
+# Keys of the loop's final report that are bookkeeping, not a task's metrics.
+BOOKKEEPING = frozenset({
+    "final", "step", "epoch", "samples", "steps", "test_rows", "val_rows", "train_seconds", "samples_per_s",
+    "world_size", "resumed_from_step", "best_step", "stopped_early", "early_stopping_score",
+})
+
+
+class CTR(Task):
     """Click-through rate: BCE on 0/1 labels; exact AUC and logloss."""
 
     name = "ctr"
-    primary = "auc"
+    archs = ("dlrm", "dcn")
+    metrics = (Metric("auc", True, "AUC"), Metric("logloss", False, "logloss"))
+    extra = (("val_auc", "val_auc"), ("val_logloss", "val_logloss"), ("oracle_auc", "oracle_auc"))
+
+    @classmethod
+    def metric_names(cls, model: Any) -> tuple[str, ...]:
+        return ("auc", "logloss")
+
+    @classmethod
+    def higher_is_better(cls, name: str) -> bool:
+        return name.removeprefix("val_") != "logloss"
 
     def plan(self, spec: DatasetSpec, counts: dict[str, np.ndarray] | None) -> "EmbeddingPlan":
         from recsys.embeddings import compile_plan
@@ -87,7 +201,7 @@ class CTR:
         return CTRTask(build_ctr_model(config.model, spec, collection, device=device))
 
     @torch.no_grad()
-    def evaluate(self, model: torch.nn.Module, reader: "ShardReader", device: torch.device) -> dict[str, float]:
+    def evaluate(self, model: torch.nn.Module, reader: "ShardReader", device: torch.device, context: EvalContext) -> dict[str, float]:
         model.eval()
         probs, labels = [], []
         for batch, real in reader.eval_batches():
@@ -100,6 +214,14 @@ class CTR:
         p = np.concatenate([g[0] for g in gathered])
         y = np.concatenate([g[1] for g in gathered])
         return {"auc": metrics.auc(y, p), "logloss": metrics.logloss(y, p), "rows": int(y.size)}
+
+    def results(self, final: Mapping[str, Any], oracle: Mapping[str, Any]) -> dict[str, Any]:
+        # These keys and their order are what CTR runs always wrote (sweeps read them).
+        return {
+            "auc": final.get("auc"), "logloss": final.get("logloss"),
+            "oracle_auc": oracle.get("auc"), "oracle_logloss": oracle.get("logloss"),
+            "val_auc": final.get("val_auc"), "val_logloss": final.get("val_logloss"),
+        }
 
     def describe(self, m: dict[str, Any], prefix: str = "") -> str:
         return f"AUC {m[prefix + 'auc']:.4f} logloss {m[prefix + 'logloss']:.4f}"
@@ -117,7 +239,12 @@ def tables_of(module: torch.nn.Module) -> list[Any]:
     return [t for m in module.modules() if isinstance(m, CompressedEmbeddingBagCollection) for t in m.plan().tables]
 
 
-class Retrieval:
+def _at(prefix: str, metric: str, k: int) -> tuple[str, str]:
+    """``("val_", "recall", 10)`` -> ``("val_recall_at_10", "val_recall@10")``: a parquet column and its key."""
+    return f"{prefix}{metric}_at_{k}", f"{prefix}{metric}@{k}"
+
+
+class Retrieval(Task):
     """Two-tower retrieval: in-batch sampled softmax (logQ, accidental hits, mixed negatives, SSL);
     exact full-catalogue metrics with the popularity baseline next to them.
 
@@ -131,15 +258,38 @@ class Retrieval:
     """
 
     name = "retrieval"
+    archs = ("two_tower",)
+    # oracle_*: the planted model's own ranking on synthetic interactions; popularity_*: the
+    # training-count baseline on the same rows.
+    metrics = (
+        Metric("recall_at_100", True, "recall@100", key="recall@100", oracle="oracle_recall_at_100"),
+        Metric("recall_at_10", True, "recall@10", key="recall@10", oracle="oracle_recall_at_10"),
+        Metric("ndcg_at_10", True, "NDCG@10", key="ndcg@10"),
+    )
+    extra = (
+        _at("val_", "recall", 100), _at("val_", "recall", 10), _at("val_", "ndcg", 10), ("mrr", "mrr"),
+        _at("oracle_", "recall", 100), _at("oracle_", "recall", 10),
+        _at("popularity_", "recall", 100), _at("popularity_", "recall", 10),
+    )
+    eval_ks = (10, 100)
 
     def __init__(self, root: str | Path | None = None):
-        self.root = Path(root) if root is not None else None
+        super().__init__(root)
         self._seen = None  # (indptr, items): each user's training items
         self._catalogue = None
 
-    @property
-    def primary(self) -> str:
-        return "recall@100"
+    @classmethod
+    def metric_names(cls, model: Any) -> tuple[str, ...]:
+        # Read from the evaluator itself (an empty one, two items), so the names early stopping
+        # accepts are exactly the keys evaluation yields, whatever metrics the evaluator grows.
+        from recsys.retrieval_metrics import RetrievalEvaluator
+
+        empty = RetrievalEvaluator(torch.zeros((2, 1)), list(model.eval_ks), item_counts=np.ones(2, dtype=np.int64))
+        return tuple(k for k in empty.compute() if k != "rows" and not k.startswith("rows/"))
+
+    @classmethod
+    def higher_is_better(cls, name: str) -> bool:
+        return True  # recall, NDCG, hit rate, MRR, coverage: more is better
 
     def _config(self, config: "TrainConfig"):
         return config.model
@@ -270,8 +420,19 @@ class Retrieval:
             result.update({f"popularity_{k}": v for k, v in _all_reduced(popular).items() if k != "rows"})
         return result
 
-    def evaluate(self, model, reader, device):  # the loop calls evaluate_split with its context
-        raise NotImplementedError("Retrieval.evaluate needs the run's context; the loop calls evaluate_split")
+    def evaluate(self, model: torch.nn.Module, reader: "ShardReader", device: torch.device, context: EvalContext) -> dict[str, float]:
+        return self.evaluate_split(model, reader, device, context.config, list(context.files["train"]))
+
+    def results(self, final: Mapping[str, Any], oracle: Mapping[str, Any]) -> dict[str, Any]:
+        """Every metric the loop reported (test unprefixed, ``val_``, ``popularity_``), then the
+        oracle's: the planted ranking's recall@k and the ranking by TRUE popularity (not the
+        training counts that ``popularity_*`` ranks by), on synthetic interactions."""
+        out = {k: v for k, v in final.items() if k not in BOOKKEEPING}
+        for k, v in (oracle.get("recall") or {}).items():
+            out[f"oracle_recall@{k}"] = v
+        for k, v in (oracle.get("popularity_recall") or {}).items():
+            out[f"oracle_true_popularity_recall@{k}"] = v
+        return out
 
     def describe(self, m: dict[str, Any], prefix: str = "") -> str:
         ks = sorted(int(k.split("@")[1]) for k in m if k.startswith(prefix + "recall@") and "/" not in k)
@@ -296,10 +457,31 @@ def _all_reduced(evaluator) -> dict[str, float]:
     return evaluator.compute()
 
 
+# The one registry of tasks: a new task is a Task subclass and one line here.
+TASKS: dict[str, type[Task]] = {t.name: t for t in (CTR, Retrieval)}
+
+
+def task_class(arch: str) -> type[Task]:
+    """The task that trains ``model.arch`` ``arch``."""
+    for task in TASKS.values():
+        if arch in task.archs:
+            return task
+    known = sorted(a for t in TASKS.values() for a in t.archs)
+    raise ValueError(f"model.arch: got {arch!r}; no training task for it; tasks train {known}")
+
+
 def task_for(arch: str, root: str | Path | None = None) -> Task:
     """The task of a model architecture (``model.arch``); ``root`` is the data set's folder."""
-    if arch in ("dlrm", "dcn"):
-        return CTR()
-    if arch == "two_tower":
-        return Retrieval(root)
-    raise ValueError(f"model.arch: got {arch!r}; no training task for it")
+    return task_class(arch)(root)
+
+
+def _check_registry() -> None:
+    seen: dict[str, str] = {}
+    for task in TASKS.values():
+        for arch in task.archs:
+            if arch in seen:
+                raise TypeError(f"model.arch {arch!r} is claimed by tasks {seen[arch]!r} and {task.name!r}")
+            seen[arch] = task.name
+
+
+_check_registry()

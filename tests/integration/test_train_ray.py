@@ -320,3 +320,20 @@ def test_data_parallel_only_for_per_value_tables_is_refused(data):
     )
     with pytest.raises(ConfigError, match=r"sharding.sharding_types: got \['data_parallel'\] for per-value table M1__qr0"):
         prepare(config)
+
+
+def test_early_stopping_on_two_workers_restores_the_best_step(data, tmp_path):
+    # min_delta 1: no AUC improves by 1, so the first evaluation (step 4) is the best and the
+    # second (step 8) stops the run, on both ranks (a disagreement would hang their collectives).
+    run_dir = tmp_path / "stopped"
+    stopped = run(data, run_dir, "ray.num_workers=2", "train.epochs=2", "sharding.sharding_types=[table_wise]", "train.eval_every=4",
+                  "train.early_stopping={metric: val_auc, mode: max, patience: 1, min_delta: 1.0}")
+    assert (stopped["best_step"], stopped["steps"], stopped["stopped_early"]) == (4, 8, True)
+    assert [s for s, _ in stopped["early_stopping"]["curve"]] == [4, 8]
+    assert stopped["val_auc"] == stopped["early_stopping"]["curve"][0][1]  # the best evaluation's, not the last
+    assert [row["step"] for row in stopped["history"]] == [4, 8]
+    # Ray kept the best checkpoint; the final one (what export reads) holds its parameters.
+    (best_step, best), (final_step, final) = checkpoint_folders(run_dir)
+    assert (best_step, final_step) == (4, 8) and Path(stopped["checkpoint"]) == final
+    a, b = checkpoint_tensors(best), checkpoint_tensors(final)
+    assert all(torch.equal(a[k], b[k]) for k in a if k.startswith("model."))
