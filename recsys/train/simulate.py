@@ -574,7 +574,10 @@ def _format(plan: ClusterPlan) -> list[str]:
                 "add ranks, or give more memory per rank"
             )
         else:
-            lines.append("  no memory tier is short: the sharding constraints leave no plan; allow more sharding types")
+            lines.append(
+                "  no memory tier is short: the sharding constraints leave no plan (e.g. whole tables that do not pack into "
+                "the ranks' room); allow more sharding types (row_wise / column_wise split a table), or add ranks or memory"
+            )
     return lines
 
 

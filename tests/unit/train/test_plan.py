@@ -244,3 +244,21 @@ def test_a_plan_short_of_memory_says_so_as_torchrec_does(spec):
     plan = simulate_plan(config(sharding_types=["table_wise"]), spec, cluster("cpu", 1, ddr_gib=1 / 4096))
     assert plan.memory_short and [s.kind for s in plan.shortfalls] == ["reservation"]
     assert "DDR: memory is short before any table" in plan.format()
+
+
+def test_tables_that_do_not_pack_are_blamed_on_the_constraints_as_torchrec_does():
+    # Three equal tables, table_wise only, two CPU ranks each with room for 1.5 of them: in total
+    # they fit (3 <= 2 x 1.5), but no rank takes two whole tables. TorchRec says "strict
+    # constraints"; recsys must not claim memory is short, and must say how to get a plan.
+    three = spec_from_dict({"name": "three", "features": [{"name": "label", "kind": "label"}, {"name": "I1", "kind": "dense"}]
+                            + [{"name": f"C{i}", "kind": "sparse", "cardinality": 1_000_000, "embedding_dim": 8} for i in range(3)]})
+    roomy = simulate_plan(config(sharding_types=["table_wise"]), three, cluster("cpu", 2, ddr_gib=1))
+    assert roomy.fits and roomy.sharding_mix == {"table_wise": 3}
+    table, reserved = roomy.tables[0].ddr_bytes, roomy.ranks[0].reserved_ddr
+    tight = simulate_plan(config(sharding_types=["table_wise"]), three, cluster("cpu", 2, ddr_gib=(1.5 * table + reserved) / GIB))
+    assert not tight.fits and not tight.memory_short and tight.shortfalls == () and "strict constraints" in tight.reason
+    text = tight.format()
+    assert "no memory tier is short: the sharding constraints leave no plan (e.g. whole tables that do not pack" in text
+    assert "allow more sharding types (row_wise / column_wise split a table)" in text
+    split = simulate_plan(config(sharding_types=["table_wise", "row_wise"]), three, cluster("h100", 2, hbm_gib=(1.5 * table + reserved) / GIB + 0.02))
+    assert split.fits
