@@ -139,8 +139,8 @@ def add_interactions_parser(sub: Any) -> None:
     p.add_argument("--timestamp", default=None, metavar="COL", help="time column (integers, numbers or ISO 8601); without it, input order is time order")
     p.add_argument("--rating", default=None, metavar="COL", help="rating column, read for --min-rating")
     p.add_argument("--min-rating", type=float, default=None, metavar="X", help="keep rows with rating >= X (implicit positives)")
-    p.add_argument("--split", default="random", choices=["leave_last_out", "time", "random", "column"],
-                   help="how one LOG is split (default random: per user, --ratios, --seed)")
+    p.add_argument("--split", default=None, choices=["leave_last_out", "time", "random", "column"],
+                   help="how one LOG is split (default random: per user, --ratios, --seed); not with given splits")
     p.add_argument("--split-column", default=None, metavar="COL", help="with --split column: the column holding train / validation / test")
     p.add_argument("--ratios", default="0.8,0.1,0.1", metavar="F,F,F", help="train,validation,test fractions for time / random (default 0.8,0.1,0.1)")
     p.add_argument("--seed", type=int, default=0, metavar="S", help="seed of the random split (default 0)")
@@ -168,12 +168,14 @@ def run_interactions(args: argparse.Namespace) -> int:
     from recsys.data.interactions_ingest import IngestSettings, check_settings, ingest_interactions, parse_ratios
 
     path = lambda text: Path(text) if text is not None else None  # noqa: E731
+    if args.split is not None and args.path is None:
+        raise ValueError(f"--split {args.split}: given --train/--validation/--test files are kept as given; drop --split")
     settings = IngestSettings(
         format=args.format, log=path(args.path), train=path(args.train), validation=path(args.validation), test=path(args.test),
         columns=Columns(column_ref(args.user), column_ref(args.item), column_ref(args.timestamp), column_ref(args.rating),
                         column_ref(args.split_column)),
         delimiter=parse_delimiter(args.delimiter) if args.delimiter is not None else None, header=args.header,
-        min_rating=args.min_rating, split=args.split, ratios=parse_ratios(args.ratios), seed=args.seed,
+        min_rating=args.min_rating, split=args.split or "random", ratios=parse_ratios(args.ratios), seed=args.seed,
         history_length=args.history_length, skip_bad_rows=args.skip_bad_rows, chunk_rows=args.chunk_rows,
     )
     check_settings(settings)

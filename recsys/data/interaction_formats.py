@@ -257,7 +257,7 @@ def _first_line(path: Path) -> bytes:
 def _csv_block(block: bytes, first_line: int, sep: bytes, width: int, layout: str) -> tuple[list[list[bytes]], np.ndarray, np.ndarray, dict[int, str]]:
     """A block with quotes: (rows, their lines, bad lines, reasons) through Python's csv module."""
     text = block.decode("utf-8", "surrogateescape")
-    reader = csv.reader(io.StringIO(text), delimiter=sep.decode("utf-8") if len(sep) == 1 else ",")
+    reader = csv.reader(io.StringIO(text), delimiter=sep.decode("utf-8"))
     rows, lines, bad, reasons, previous = [], [], [], {}, 0
     for parts in reader:
         line = first_line + previous
@@ -300,7 +300,7 @@ def read_delimited(path: Path, columns: Columns, *, sep: bytes | None, header: b
     field_name = {role: head[j] if head else f"column {j}" for role, j in index.items()}
     layout = f"({', '.join(head)})" if head else ""
     for first_line, block in read_line_blocks(path, chunk_rows):
-        if quoting and b'"' in block:
+        if quoting and len(sep) == 1 and b'"' in block:  # the csv module takes one-character delimiters
             rows, lines, bad_lines, reasons = _csv_block(block, first_line, sep, width, layout)
             vals = {role: np.array([r[j] for r in rows], dtype=bytes) if rows else np.zeros(0, "S1") for role, j in index.items()}
             reason: Callable[[int], str] = reasons.__getitem__

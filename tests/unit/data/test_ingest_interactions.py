@@ -390,6 +390,12 @@ def test_spec_override(tmp_path):
         run([*base, "--spec", str(tmp_path / "spec.yaml"), "--out", str(tmp_path / "third")])
 
 
+def test_given_splits_refuse_a_split_rule(tmp_path):
+    log = write(tmp_path / "log.csv", LOG)
+    with pytest.raises(ValueError, match=r"--split time: given --train/--validation/--test files are kept as given; drop --split"):
+        ingest.main(["interactions", "--train", str(log), "--test", str(log), "--split", "time", "--out", str(tmp_path / "o")])
+
+
 def test_settings_check_needs_existing_files(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"nope.csv: no such file"):
         check_settings(IngestSettings(log=tmp_path / "nope.csv", columns=Columns("u", "i")))
