@@ -444,7 +444,7 @@ class RetrievalEvaluator(_Evaluator):
         self._each_chunk(scores.shape[0], targets, exclude_indptr, exclude_indices, lambda start, stop: scores[start:stop])
 
     def _each_chunk(self, num_rows: int, targets, exclude_indptr, exclude_indices, score) -> None:
-        targets = torch.as_tensor(np.asarray(targets.cpu() if isinstance(targets, torch.Tensor) else targets), dtype=torch.int64)
+        targets = torch.from_numpy(np.array(targets.cpu() if isinstance(targets, torch.Tensor) else targets, dtype=np.int64))  # own copy
         targets = targets.to(self.item_vectors.device)
         if targets.shape != (num_rows,):
             raise ValueError(f"targets: got shape {tuple(targets.shape)}; expected ({num_rows},), one item per row")

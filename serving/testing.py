@@ -49,7 +49,7 @@ def make_run(root: str | Path, *, rows: int = 6000, users: int = 200, items: int
     spec = layout.dataset_spec(data)
     config = config_from_dict({
         "data": {"path": str(data.resolve()), "batch_size": 64, "eval_batch_size": 256},
-        "model": {"arch": "two_tower", "user_layers": list(layers), "item_layers": list(layers), "eval_exclude_seen": False},
+        "model": {"arch": "two_tower", "user_layers": list(layers), "item_layers": list(layers), "eval_exclude": []},
         "optimizer": {"embedding": {"kind": "rowwise_adagrad", "lr": 0.05}, "dense": {"kind": "adam", "lr": 0.001}},
         "train": {"epochs": 1},
         "ray": {"num_workers": 1},

@@ -36,13 +36,14 @@ class FittedALS:
 
 
 class ALS:
-    """Implicit ALS (module docstring); grid: ``factors`` x ``regularization`` x ``alpha``, ``iterations`` fixed."""
+    """Implicit ALS (module docstring); grid: ``factors`` x ``alpha``; ``regularization`` 0.1 and
+    ``iterations`` 15 fixed (on ml-latest-small a regularization of 0.01 instead of 0.1 moved
+    validation recall@20 by under 0.01 while factors and alpha moved it by up to 0.04)."""
 
     name: ClassVar[str] = "als"
     label: ClassVar[str] = "ALS"
     grid: ClassVar[tuple[Mapping[str, Any], ...]] = tuple(
-        {"factors": f, "regularization": r, "alpha": a, "iterations": 15}
-        for f in (64, 128) for r in (0.01, 0.1) for a in (1.0, 10.0)
+        {"factors": f, "regularization": 0.1, "alpha": a, "iterations": 15} for f in (64, 128) for a in (1.0, 10.0)
     )
 
     def fit(self, train: Interactions, params: Mapping[str, Any], *, seed: int = 0, num_threads: int = 1) -> FittedALS:

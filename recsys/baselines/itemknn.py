@@ -87,7 +87,7 @@ class ItemKNN:
 
     name: ClassVar[str] = "itemknn"
     label: ClassVar[str] = "item-kNN"
-    grid: ClassVar[tuple[Mapping[str, Any], ...]] = tuple({"neighbours": k} for k in (50, 100, 200, 400))
+    grid: ClassVar[tuple[Mapping[str, Any], ...]] = tuple({"neighbours": k} for k in (20, 50, 100, 200))
 
     def __init__(self) -> None:
         # (train, K, lists): the grid's fits share one similarity pass over the same training rows

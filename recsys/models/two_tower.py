@@ -534,9 +534,16 @@ class TwoTowerConfig(BaseModel):
         user_id_feature: the user tower's single-valued id feature (whose training items
             evaluation can exclude).
         eval_ks: the cut-offs of the retrieval metrics.
-        eval_exclude_seen: evaluation leaves each user's training items out of its ranking (the
-            target itself always stays ranked); off to compare with the synthetic oracle, whose
-            ranking excludes nothing.
+        eval_protocol: ``per_row`` (one query per held-out interaction) or ``per_user`` (one query
+            per user with all of the user's held-out items: the LightGCN / RecBole convention);
+            see ``docs/evaluation.md``.
+        eval_exclude: the splits whose items leave a user's ranking at test time: ``[train]``,
+            ``[train, validation]``, or ``[]`` (the synthetic oracle's protocol, which excludes
+            nothing). Validation excludes at most the training items. A target always stays ranked.
+        baselines: classic methods ranked beside the model on the same rows
+            (:data:`recsys.baselines.BASELINES`: ``popularity``, ``itemknn``, ``als``).
+        baseline_max_items: above this many catalogue items, ``itemknn`` and ``als`` are skipped
+            (their fit would cost more than the run).
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -557,8 +564,39 @@ class TwoTowerConfig(BaseModel):
     ssl_temperature: Annotated[float, Field(gt=0.0)] = 0.1
     ssl_mask_rate: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.5
     user_id_feature: str = "user_id"
-    eval_ks: tuple[Annotated[int, Field(ge=1)], ...] = Field((10, 50, 100), min_length=1)
-    eval_exclude_seen: bool = True
+    eval_ks: tuple[Annotated[int, Field(ge=1)], ...] = Field((10, 20, 50, 100), min_length=1)
+    eval_protocol: Literal["per_row", "per_user"] = "per_row"
+    eval_exclude: tuple[Literal["train", "validation"], ...] = ("train",)
+    baselines: tuple[str, ...] = ("popularity", "itemknn", "als")
+    baseline_max_items: Annotated[int, Field(ge=1)] = 300_000
+
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed_keys(cls, data):
+        if isinstance(data, dict) and "eval_exclude_seen" in data:
+            value = data["eval_exclude_seen"]
+            raise ValueError(
+                f"eval_exclude_seen: got {value!r}; this key is now eval_exclude, a list of splits: "
+                f"write `eval_exclude: {'[train]' if value else '[]'}` instead"
+            )
+        return data
+
+    @model_validator(mode="after")
+    def _eval_choices(self) -> "TwoTowerConfig":
+        from recsys.baselines import BASELINES
+
+        if self.eval_exclude not in ((), ("train",), ("train", "validation")):
+            raise ValueError(
+                f"eval_exclude: got {list(self.eval_exclude)}; allowed: [train], [train, validation] "
+                "(test also leaves out the validation items) or [] (nothing excluded)"
+            )
+        unknown = [b for b in self.baselines if b not in BASELINES]
+        if unknown or len(set(self.baselines)) != len(self.baselines):
+            raise ValueError(
+                f"baselines: got {list(self.baselines)}; give distinct names from {sorted(BASELINES)} "
+                "(or [] for none)"
+            )
+        return self
 
     @model_validator(mode="after")
     def _same_output_dim(self) -> "TwoTowerConfig":

@@ -28,7 +28,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Mapping
 
 import numpy as np
-import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 import torch.distributed as dist
@@ -246,15 +245,14 @@ def _at(prefix: str, metric: str, k: int) -> tuple[str, str]:
 
 class Retrieval(Task):
     """Two-tower retrieval: in-batch sampled softmax (logQ, accidental hits, mixed negatives, SSL);
-    exact full-catalogue metrics with the popularity baseline next to them.
+    exact full-catalogue metrics with the classic baselines next to them.
 
-    Evaluation (every rank, collectively): the item tower embeds EVERY row of ``items.parquet``
-    (rank r its :func:`~recsys.data.loader.rank_rows` slice, padded to rank 0's batch sizes, then
-    gathered), each rank scores its own evaluation rows against all of them with
-    :class:`~recsys.retrieval_metrics.RetrievalEvaluator` (the user's training items excluded
-    when ``model.eval_exclude_seen``; the OOV row 0 never ranked), and the evaluators' sums are
-    all-reduced, so every row counts once. The popularity baseline (score = training count) goes
-    through the same evaluator on the same rows.
+    Evaluation (every rank, collectively; :mod:`recsys.train.retrieval_eval`): the item tower
+    embeds EVERY row of ``items.parquet``; the split is ranked under ``model.eval_protocol``
+    (``per_row`` or ``per_user``) with the exclusions of ``model.eval_exclude`` (the OOV row 0
+    never ranked) by :mod:`recsys.retrieval_metrics`, sums all-reduced so every query counts once;
+    the baselines of ``model.baselines`` (popularity, item-kNN, ALS) are fitted once per run and
+    ranked on the same queries by the same evaluator (``<name>_<metric>`` keys).
     """
 
     name = "retrieval"
@@ -275,7 +273,7 @@ class Retrieval(Task):
 
     def __init__(self, root: str | Path | None = None):
         super().__init__(root)
-        self._seen = None  # (indptr, items): each user's training items
+        self._evaluation = None  # RetrievalEvaluation: the run's split rows and baselines, once
         self._catalogue = None
 
     @classmethod
@@ -354,74 +352,27 @@ class Retrieval(Task):
             device=device, seed=config.train.seed + rank,
         )
 
-    def _seen_items(self, config: "TrainConfig", spec: DatasetSpec, files: list[Path]) -> tuple[np.ndarray, np.ndarray]:
-        from recsys.retrieval_metrics import user_item_csr
+    def evaluation(self, context: EvalContext, spec: DatasetSpec):
+        """This run's :class:`~recsys.train.retrieval_eval.RetrievalEvaluation` (splits read once,
+        baselines computed once)."""
+        from recsys.train.retrieval_eval import RetrievalEvaluation
 
-        if self._seen is None:
-            m = config.model
-            table = pa.concat_tables([pq.read_table(p, columns=[m.user_id_feature, m.item_id_feature]) for p in files])
-            users = table.column(m.user_id_feature).to_numpy()
-            items = table.column(m.item_id_feature).to_numpy()
-            self._seen = user_item_csr(users, items, int(spec.feature(m.user_id_feature).cardinality))
-        return self._seen
+        if self._evaluation is None:
+            m = context.config.model
+            self._evaluation = RetrievalEvaluation(
+                context.files, m.user_id_feature, m.item_id_feature, int(spec.feature(m.user_id_feature).cardinality),
+                len(self.catalogue(spec)), spec.timestamp,
+            )
+        return self._evaluation
 
-    @torch.no_grad()
-    def evaluate_split(
-        self, model: torch.nn.Module, reader: "ShardReader", device: torch.device, config: "TrainConfig", train_files: list[Path]
-    ) -> dict[str, float]:
-        from recsys.data.loader import rank_rows
-        from recsys.retrieval_metrics import RetrievalEvaluator, exclusion_rows, popularity_vectors
-
-        m = config.model
+    def evaluate(self, model: torch.nn.Module, reader: "ShardReader", device: torch.device, context: EvalContext) -> dict[str, Any]:
+        """Exact metrics of one split under ``model.eval_protocol`` / ``eval_exclude``, with the
+        baselines' (:mod:`recsys.train.retrieval_eval`)."""
         spec = reader.spec
-        inner = getattr(model, "module", model)  # DMP -> the sharded module (no DDP wrapper)
-        model.eval()
-        # Every catalogue row, each rank its slice, padded to rank 0's batch sizes (collectives).
-        catalogue = self.catalogue(spec)
-        rank, world = dist.get_rank(), dist.get_world_size()
-        start, stop = rank_rows(len(catalogue), rank, world)
-        most = rank_rows(len(catalogue), 0, world)[1]
-        b = reader.batch_size
-        own = []
-        for k in range(-(-most // b)):
-            size = min(b, most - k * b)
-            rows = torch.arange(start + k * b, min(start + (k + 1) * b, stop))
-            real = int(rows.numel())
-            if real < size:
-                rows = torch.cat([rows, torch.full((size - real,), start, dtype=torch.int64)])
-            vecs = inner.model.item_embeddings(catalogue.kjt(rows, device=device))
-            own.append(vecs[:real].float().cpu())
-        pieces: list[Any] = [None] * world
-        dist.all_gather_object(pieces, torch.cat(own).numpy() if own else np.zeros((0, inner.model.embedding_dim), np.float32))
-        item_vectors = torch.from_numpy(np.concatenate(pieces))  # (V, D)
-
-        counts = self.item_counts(config, spec).get(m.item_id_feature)
-        seen = self._seen_items(config, spec, train_files) if m.eval_exclude_seen else None
-        evaluator = RetrievalEvaluator(item_vectors, m.eval_ks, item_counts=counts, excluded_items=[0])
-        popular = None
-        if counts is not None:
-            _, pop_items = popularity_vectors(counts, 1)
-            popular = RetrievalEvaluator(pop_items, m.eval_ks, item_counts=counts, excluded_items=[0])
-        for batch, real in reader.eval_batches():
-            batch = batch.to(device, non_blocking=True)
-            _, out = model(batch)
-            users = batch.sparse[m.user_id_feature].values()[:real].cpu().numpy()
-            targets = out.item_ids[:real].cpu()
-            indptr = indices = None
-            if seen is not None:
-                indptr, indices = exclusion_rows(seen, users)
-            evaluator.update(out.user[:real].float().cpu(), targets, indptr, indices)
-            if popular is not None:
-                popular.update(torch.ones((real, 1), dtype=torch.float64), targets, indptr, indices)
-        model.train()
-        result = _all_reduced(evaluator)
-        result["rows"] = int(result["rows"])
-        if popular is not None:
-            result.update({f"popularity_{k}": v for k, v in _all_reduced(popular).items() if k != "rows"})
-        return result
-
-    def evaluate(self, model: torch.nn.Module, reader: "ShardReader", device: torch.device, context: EvalContext) -> dict[str, float]:
-        return self.evaluate_split(model, reader, device, context.config, list(context.files["train"]))
+        counts = self.item_counts(context.config, spec).get(context.config.model.item_id_feature)
+        return self.evaluation(context, spec).evaluate(
+            model, reader, device, context.config, context.split, self.catalogue(spec), counts, log=_log_rank0,
+        )
 
     def results(self, final: Mapping[str, Any], oracle: Mapping[str, Any]) -> dict[str, Any]:
         """Every metric the loop reported (test unprefixed, ``val_``, ``popularity_``), then the
@@ -439,22 +390,31 @@ class Retrieval(Task):
         return " ".join(f"recall@{k} {m[f'{prefix}recall@{k}']:.4f}" for k in ks) + f" mrr {m[prefix + 'mrr']:.4f}"
 
     def summary(self, results: dict[str, Any]) -> str:
+        """``test recall@20 0.2xxx (ALS 0.2xxx, item-kNN 0.2xxx, popularity 0.1xxx); ndcg@20 ...``."""
+        from recsys.baselines import BASELINES
+        from recsys.train.retrieval_eval import selection_cutoff
+
         ks = sorted(int(k.split("@")[1]) for k in results if k.startswith("recall@") and "/" not in k)
-        parts = []
-        for k in (ks[0], ks[-1]) if ks else ():
-            extra = [f"{name} {results[key]:.4f}" for name, key in (("popularity", f"popularity_recall@{k}"), ("oracle", f"oracle_recall@{k}"))
-                     if results.get(key) is not None]
-            parts.append(f"recall@{k} {results[f'recall@{k}']:.4f}" + (f" ({', '.join(extra)})" if extra else ""))
-        return "test " + "; ".join(parts) + f"; mrr {results.get('mrr', float('nan')):.4f}"
+        if not ks:
+            return "test: no retrieval metrics"
+        head = selection_cutoff(ks)
+        beside = [(cls.label, f"{name}_recall@{head}") for name, cls in BASELINES.items()] + [("oracle", f"oracle_recall@{head}")]
+        extra = [f"{label} {results[key]:.4f}" for label, key in beside if results.get(key) is not None]
+        parts = [f"recall@{head} {results[f'recall@{head}']:.4f}" + (f" ({', '.join(extra)})" if extra else "")]
+        if results.get(f"ndcg@{head}") is not None:
+            parts.append(f"ndcg@{head} {results[f'ndcg@{head}']:.4f}")
+        if ks[-1] != head:
+            parts.append(f"recall@{ks[-1]} {results[f'recall@{ks[-1]}']:.4f}")
+        protocol = f" [{results['eval_protocol']}]" if results.get("eval_protocol") else ""
+        return "test " + "; ".join(parts) + f"; mrr {results.get('mrr', float('nan')):.4f}{protocol}"
 
 
-def _all_reduced(evaluator) -> dict[str, float]:
-    """Sum the evaluator's counters over all ranks (covered items: any rank), then compute."""
-    dist.all_reduce(evaluator.sums, op=dist.ReduceOp.SUM)
-    covered = evaluator.covered.to(torch.int32)
-    dist.all_reduce(covered, op=dist.ReduceOp.MAX)
-    evaluator.covered = covered.to(torch.uint8)
-    return evaluator.compute()
+def _log_rank0(message: str) -> None:
+    """One line on the driver's console from rank 0 (as the loop's log)."""
+    import sys
+
+    if not dist.is_initialized() or dist.get_rank() == 0:
+        print(message, file=sys.__stdout__, flush=True)
 
 
 # The one registry of tasks: a new task is a Task subclass and one line here.
