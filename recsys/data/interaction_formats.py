@@ -94,13 +94,19 @@ class TokenTable:
         return raw, {int(r): t.decode("utf-8", "replace") for r, t in zip(raw.tolist(), self.tokens)}
 
 
-def as_bytes(values: np.ndarray | pa.Array) -> np.ndarray:
-    """Any column (numbers, strings, Arrow) as a numpy bytes array, the way a text file spells it."""
-    if isinstance(values, (pa.Array, pa.ChunkedArray)):
-        if pa.types.is_integer(values.type) or pa.types.is_string(values.type) or pa.types.is_large_string(values.type):
-            values = pc.cast(values, pa.string()).to_numpy(zero_copy_only=False)
-        else:
-            values = values.to_numpy(zero_copy_only=False)
+def as_bytes(values: np.ndarray | pa.Array | pa.ChunkedArray) -> np.ndarray:
+    """Any column (numbers, strings; numpy or Arrow) as a numpy bytes array, the way a text file spells it.
+
+    Arrow columns are dictionary-encoded first, so Python touches each distinct value once.
+    """
+    if isinstance(values, pa.ChunkedArray):
+        values = values.combine_chunks()
+    if isinstance(values, pa.Array):
+        if len(values) == 0:
+            return np.zeros(0, "S1")
+        encoded = pc.dictionary_encode(values)
+        distinct = np.array([str(v).encode("utf-8") for v in encoded.dictionary.to_pylist()], dtype=bytes)
+        return distinct[encoded.indices.to_numpy(zero_copy_only=False)]
     arr = np.asarray(values)
     if arr.dtype.kind == "S":
         return arr
