@@ -390,8 +390,8 @@ def infer_spec(sides: SideFeatures, *, name: str, history_length: int, timestamp
         for fname, c in sides.columns.items():
             if c.entity != entity:
                 continue
-            if c.kind == "numeric":
-                out.append({"name": fname, "kind": "dense"})
+            if c.kind == "numeric":  # the tower key once the spec schema gives dense features one
+                out.append({"name": fname, "kind": "dense", **({"tower": entity} if "tower" in DenseFeature.model_fields else {})})
             elif c.kind == "multi_valued":
                 out.append(sparse(fname, c.distinct + 1, entity, SIDE_DIM, max_length=max(c.max_length, 2), pooling="mean"))
             else:
