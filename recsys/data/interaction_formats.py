@@ -182,15 +182,14 @@ class LogPart:
         path: the file.
         positions: ``(n,)`` 1-based line (text) or row (parquet) numbers of the good rows.
         fields: role (``user``, ``item``, ``timestamp``, ``rating``, ``split``) -> ``(n,)`` values
-            (numpy bytes; parquet numbers may stay numeric).
-        within: ``(n,)`` order of a row among rows of the same line (LightGCN lists), else None.
+            (numpy bytes, as a text file spells them).
+        names: role -> the field's name in messages (the header name, or ``column <j>``).
     """
 
     path: Path
     positions: np.ndarray
     fields: dict[str, np.ndarray]
     names: dict[str, str]
-    within: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -272,7 +271,7 @@ def _csv_block(block: bytes, first_line: int, sep: bytes, width: int, layout: st
             continue
         if len(parts) != width or "\x00" in "".join(parts):
             bad.append(line)
-            reasons[line] = (f"NUL byte: binary or UTF-16 data; expected text" if "\x00" in "".join(parts)
+            reasons[line] = ("NUL byte: binary or UTF-16 data; expected text" if "\x00" in "".join(parts)
                              else f"expected {width} {sep.decode()!r}-separated fields {layout}, got {len(parts)}")
             continue
         rows.append([p.encode("utf-8", "surrogateescape") for p in parts])
@@ -374,7 +373,7 @@ def read_lightgcn(path: Path, *, bad: BadRows | FileBadRows) -> Iterator[LogPart
     text = read_text_bytes(path)
     if not text.strip():
         raise ValueError(f"{path}: empty file; expected one line per user: user item item ... (0-based ids)")
-    users, items, lines, within = [], [], [], []
+    users, items, lines = [], [], []
     bad_lines, reasons = [], {}
     for n, line in enumerate(text.split(b"\n"), start=1):
         parts = line.split()
@@ -384,18 +383,17 @@ def read_lightgcn(path: Path, *, bad: BadRows | FileBadRows) -> Iterator[LogPart
         if wrong is not None or b"\x00" in line:
             bad_lines.append(n)
             which = "user" if wrong == parts[0] else "item"
-            reasons[n] = (f"NUL byte: binary or UTF-16 data; expected text" if b"\x00" in line else
+            reasons[n] = ("NUL byte: binary or UTF-16 data; expected text" if b"\x00" in line else
                           f"field {which}: got {show(wrong.decode('latin-1'))}; expected a 0-based integer id (line: user item item ...)")
             continue
         k = len(parts) - 1
         users.extend([parts[0]] * k)
         items.extend(parts[1:])
         lines.extend([n] * k)
-        within.extend(range(k))
     bad.found(path, np.array(bad_lines, np.int64), reasons.__getitem__)
     yield LogPart(path, np.array(lines, np.int64), {"user": np.array(users, dtype=bytes) if users else np.zeros(0, "S1"),
                                                     "item": np.array(items, dtype=bytes) if items else np.zeros(0, "S1")},
-                  {"user": "user", "item": "item"}, np.array(within, np.int64))
+                  {"user": "user", "item": "item"})
 
 
 # -- RecBole atomic files -------------------------------------------------------------------------

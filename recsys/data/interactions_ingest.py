@@ -223,7 +223,7 @@ def _parts(s: IngestSettings, path: Path, bad: FileBadRows) -> Iterator[LogPart]
 
 def read_rows(s: IngestSettings, users: TokenTable, items: TokenTable, bad: FileBadRows) -> Rows:
     """Read every input file (streamed in blocks); bad values raise or are skipped and counted."""
-    out: dict[str, list[np.ndarray]] = {k: [] for k in ("user", "item", "time", "rating", "given", "file", "position", "within")}
+    out: dict[str, list[np.ndarray]] = {k: [] for k in ("user", "item", "time", "rating", "given", "file", "position")}
     paths = []
     for file_index, (path, code) in enumerate(s.files()):
         paths.append(path)
@@ -264,7 +264,6 @@ def read_rows(s: IngestSettings, users: TokenTable, items: TokenTable, bad: File
                 out["given"].append(np.full(int(keep.sum()), code, np.int8))
             out["file"].append(np.full(int(keep.sum()), file_index, np.int16))
             out["position"].append(part.positions[keep])
-            out["within"].append(part.within[keep] if part.within is not None else np.zeros(int(keep.sum()), np.int64))
     if not out["user"] or sum(a.size for a in out["user"]) == 0:
         raise ValueError(f"{', '.join(map(str, paths))}: no valid interactions ({bad.count} bad rows skipped)")
     cat = {k: np.concatenate(v) if v else None for k, v in out.items()}
