@@ -163,7 +163,8 @@ def parse_times(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         text = pd.Series([v.decode("utf-8", "replace") for v in values[bad].tolist()])
         when = pd.to_datetime(text, utc=True, errors="coerce", format="ISO8601")
         ok = when.notna().to_numpy()
-        seconds = (when[ok].astype("int64") / 1e9).to_numpy() if ok.any() else np.zeros(0)
+        # seconds whatever resolution pandas picked (pandas 3 infers s / ms / us / ns from the text)
+        seconds = ((when[ok] - pd.Timestamp(0, tz="UTC")) / pd.Timedelta(seconds=1)).to_numpy(np.float64) if ok.any() else np.zeros(0)
         idx = np.flatnonzero(bad)
         out[idx[ok]] = seconds
         bad[idx[ok]] = False

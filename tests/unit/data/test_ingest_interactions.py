@@ -225,6 +225,18 @@ def test_lightgcn_lists_without_validation(tmp_path):
     assert m["split"]["validation"]["fraction"] == 0.2 and "timestamp" not in load_spec(out / "features.yaml").to_dict()["features"]
 
 
+def test_iso_and_decimal_times_order_exactly(tmp_path):
+    # decimals a fraction of a second apart keep their order (stored floored); ISO dates become seconds;
+    # --header with positions reads the first line as a header
+    log = write(tmp_path / "log.csv", "who,what,when\n"
+                "u,a,2024-01-31T12:00:00\nu,b,2024-01-31 12:00:01+00:00\nu,c,1706702401.5\nu,d,1706702401.25\n")
+    out = tmp_path / "out"
+    run([str(log), "--user", "0", "--item", "1", "--timestamp", "2", "--header", "--split", "leave_last_out", "--out", str(out)])
+    assert rows_of(out, "test", "item_id", "timestamp") == [("c", 1706702401)]  # 401.5 is after 401.25
+    assert rows_of(out, "validation", "item_id", "timestamp") == [("d", 1706702401)]
+    assert sorted(rows_of(out, "train", "item_id", "timestamp")) == [("a", 1706702400), ("b", 1706702401)]
+
+
 # -- splits -------------------------------------------------------------------------------------------
 def test_random_split_counts_follow_recbole():
     def recbole(tot, ratios):  # RecBole Dataset._calcu_split_ids, verbatim logic
