@@ -173,6 +173,25 @@ def test_recbole_given_splits_with_user_file(tmp_path):
     assert len(users) == 3 and set(users[0]) == {"user_id", "gender"}  # sparse side features; age is dense
 
 
+def test_user_features_infer_codes_numbers_and_text(tmp_path):
+    users = ["id\tage\toccupation\tcity\ttags"] + [
+        f"u{k}\t{18 + k}\t{k % 3}\t{['Paris', 'Rome'][k % 2]}\t{'a,b' if k % 2 else ''}" for k in range(40)]
+    write(tmp_path / "users.tsv", "\n".join(users) + "\n")
+    log = write(tmp_path / "log.csv", "u,i\n" + "".join(f"u{k % 40},{k % 7}\n" for k in range(200)))
+    out = tmp_path / "out"
+    m = run([str(log), "--user", "u", "--item", "i", "--user-features", str(tmp_path / "users.tsv"), "--user-key", "id",
+             "--list-sep", ",", "--out", str(out)])
+    kinds = {k: v["kind"] for k, v in m["side_features"].items()}
+    # age: 40 distinct integers -> numeric; occupation: 3 codes -> categorical; city: text; tags: lists
+    assert kinds == {"age": "numeric", "occupation": "categorical", "city": "categorical", "tags": "multi_valued"}
+    assert all(v["tower"] == "user" for v in m["side_features"].values())
+    cat = pq.read_table(layout.catalogue_path(out, "users")).to_pylist()
+    assert len(cat) == 41 and {"user_id", "occupation", "city", "tags"} == set(cat[0])
+    tags = vocab(out, "tags")
+    by_user = {vocab(out, "user_id")[r["user_id"]]: sorted(tags[t] for t in r["tags"]) for r in cat[1:]}
+    assert by_user["u1"] == ["a", "b"] and by_user["u2"] == []
+
+
 def test_given_splits_kept_exactly(tmp_path):
     header = "u;i;t\n"
     train = write(tmp_path / "train.csv", header + "a;1;5\na;2;6\nb;1;7\nb;3;8\n")
