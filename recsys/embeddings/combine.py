@@ -19,8 +19,10 @@ declaration                          output of one feature                      
                                      method named in ``weights`` (None: identity, key D wide)
 ``Weighted(keys, weight_key, ...)``  probe i scaled by column i of the ``weight_key`` row,      multi_hash with
                                      then summed (``reduce="sum"``) or side by side             importance weights
+``Contract(keys, shapes)``           the tensor-train chain product of the keys' core slices    tt, single-valued
+                                     (exact only for bags of one value, as a product)
 ``PerValue(inner)``                  ``inner`` applied to each VALUE's vectors (the             qr mult, weighted
-                                     ``EmbeddingCollection`` outputs), then summed per bag      multi_hash, on bags
+                                     ``EmbeddingCollection`` outputs), then summed per bag      multi_hash, tt, on bags
 ===================================  ========================================================  =====================
 
 :meth:`CombinePlan.compile` turns the declarations into typed steps against the layout the inner
@@ -34,8 +36,8 @@ slices would each zero-fill a full-size gradient) at the boundaries the steps ne
 - ``ReduceRun``: consecutive ``Sum`` / ``Product`` features of the same ``(k, d)``, combined by one
   op on either one ``(B, n, k, d)`` piece (feature-major layout) or k ``(B, n * d)`` pieces (probe-
   major, as a sharded layout tends to put every feature's probe j side by side);
-- ``ProjectStep``, ``WeightedStep``, ``PerValueStep``: one feature each (a matmul, a weighting, a
-  per-value product then a segment sum).
+- ``ProjectStep``, ``WeightedStep``, ``ContractStep``, ``PerValueStep``: one feature each (a matmul,
+  a weighting, a chain of batched matmuls, a per-value product then a segment sum).
 
 Keys that a step needs side by side but that are not become a ``cat`` of their pieces. The output
 keys are the logical features in the collection's order when the layout is the build layout, and
@@ -107,14 +109,28 @@ class Weighted:
 
 
 @dataclass(frozen=True)
+class Contract:
+    """Tensor-train contraction of ``keys`` (TT-Rec): key i holds one core slice per row,
+    ``shapes[i] = (r_in, m_i, r_out)`` (``r_in = 1`` for the first, ``r_out = 1`` for the last);
+    the output is the ``(m_1 ... m_k)``-long chain product, ``m_1`` the slowest index.
+
+    On pooled outputs only for single-valued features (a product of lookups); wrap in
+    :class:`PerValue` for bags.
+    """
+
+    keys: tuple[str, ...]
+    shapes: tuple[tuple[int, int, int], ...]
+
+
+@dataclass(frozen=True)
 class PerValue:
     """``inner`` evaluated on every value's vectors (``EmbeddingCollection`` outputs, ``(N, d)``),
     then summed per bag with the logical lengths."""
 
-    inner: Union[Concat, Sum, Product, Weighted]
+    inner: Union[Concat, Sum, Product, Weighted, Contract]
 
 
-Combiner = Union[Concat, Sum, Product, Projected, Weighted, PerValue]
+Combiner = Union[Concat, Sum, Product, Projected, Weighted, Contract, PerValue]
 
 
 def combiner_keys(c: Combiner) -> tuple[str, ...]:
@@ -155,7 +171,20 @@ def evaluate(c: Combiner, tensors: dict[str, torch.Tensor], method: nn.Module | 
         for p in probes[1:]:
             out = out + p
         return out
+    if isinstance(c, Contract):
+        return contract([tensors[k] for k in c.keys], c.shapes)
     raise TypeError(f"evaluate: {type(c).__name__} is not a pooled combiner (PerValue is applied by the plan)")
+
+
+def contract(cores: list[torch.Tensor], shapes: tuple[tuple[int, int, int], ...]) -> torch.Tensor:
+    """Chain product of per-row core slices: ``cores[i]`` is ``(n, r_in * m_i * r_out)``; returns
+    ``(n, m_1 ... m_k)``. One batched matmul per core after the first."""
+    n = cores[0].shape[0]
+    out = cores[0].view(n, shapes[0][1], shapes[0][2])  # (n, M, r): M = m_1 so far
+    for core, (r_in, m, r_out) in zip(cores[1:], shapes[1:]):
+        out = torch.bmm(out, core.view(n, r_in, m * r_out))  # (n, M, m * r_out)
+        out = out.view(n, -1, r_out)
+    return out.reshape(n, -1)
 
 
 def pool_sum(values: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
@@ -294,7 +323,21 @@ class PerValueStep:
         return pool_sum(evaluate(inner, values, methods[self.feature]), lengths[self.features[0]])
 
 
-Step = Union[ConcatRun, ReduceRun, ProjectStep, WeightedStep, PerValueStep]
+@dataclass(frozen=True)
+class ContractStep:
+    """One TT feature: its cores' pooled rows (bags of one) read side by side, then contracted."""
+
+    features: tuple[int, ...]
+    read: Read
+    combiner: Contract
+
+    def __call__(self, pieces, per_value, lengths, methods) -> torch.Tensor:
+        x = self.read(pieces)
+        widths = [a * m * b for a, m, b in self.combiner.shapes]
+        return contract(list(torch.split(x, widths, dim=1)), self.combiner.shapes)
+
+
+Step = Union[ConcatRun, ReduceRun, ProjectStep, WeightedStep, ContractStep, PerValueStep]
 
 
 class CombinePlan(nn.Module):
@@ -392,6 +435,9 @@ class CombinePlan(nn.Module):
             elif isinstance(c0, Weighted):
                 plans.append(("weighted", members, [len(requests), len(requests) + 1]))
                 requests.extend([list(c0.keys), [c0.weight_key]])
+            elif isinstance(c0, Contract):
+                plans.append(("contract", members, [len(requests)]))
+                requests.append(list(c0.keys))
             elif isinstance(c0, PerValue):
                 plans.append(("per_value", members, []))
             else:
@@ -435,6 +481,8 @@ class CombinePlan(nn.Module):
             elif kind == "weighted":
                 width = span[c0.keys[0]][1] - span[c0.keys[0]][0]
                 steps.append(WeightedStep(idx, reads[req[0]], reads[req[1]], len(c0.keys), width, c0.reduce))
+            elif kind == "contract":
+                steps.append(ContractStep(idx, reads[req[0]], c0))
             else:
                 steps.append(PerValueStep(idx, features[members[0]].name, c0))
         out_order = [i for s in steps for i in s.features]

@@ -1,7 +1,8 @@
 """Sharded (DistributedModelParallel, 2 processes, gloo, CPU) == the naive reference, forward and backward.
 
 Every method is in one collection (all combine steps: concat runs, sum / product runs, projections,
-importance weights on single values and per value, unified tables shared by two features; sum and
+importance weights on single values and per value, unified tables shared by two features, tensor-train
+contractions on single values and per value; sum and
 mean pooling), sharded table-wise, column-wise (tables cut in two column shards), data-parallel,
 table-column-wise, or as the planner chooses. For each, on both ranks:
 
@@ -58,6 +59,8 @@ def _spec():
                 f("md", {"kind": "mixed_dim", "num_blocks": 3}, max_length=3, pooling="mean"),
                 f("u1", {"kind": "unified", "group": "shared"}),
                 f("u2", {"kind": "unified", "group": "shared"}, max_length=2),
+                f("tt", {"kind": "tt", "rank": 8}, max_length=3, pooling="mean"),
+                f("tt1", {"kind": "tt", "rank": 4, "num_cores": 2}),
             ],
         }
     )

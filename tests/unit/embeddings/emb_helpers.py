@@ -63,6 +63,8 @@ VARIANTS: dict[str, dict] = {
     "mixed_dim": {"kind": "mixed_dim", "num_blocks": 4, "alpha": 0.6},
     "mixed_dim_explicit": {"kind": "mixed_dim", "num_blocks": 3, "block_boundaries": [10, 200], "base_dim": 24},
     "unified": {"kind": "unified", "group": "shared"},
+    "tt": {"kind": "tt", "rank": 8},
+    "tt_k2": {"kind": "tt", "rank": 4, "num_cores": 2},
 }
 
 

@@ -10,7 +10,7 @@ from torch import nn
 from torchrec.sparse.jagged_tensor import KeyedTensor
 
 from recsys.embeddings import build_embedding_collection
-from recsys.embeddings.combine import CombinePlan, ConcatRun, PerValueStep, ProjectStep, ReduceRun, WeightedStep
+from recsys.embeddings.combine import CombinePlan, ConcatRun, ContractStep, PerValueStep, ProjectStep, ReduceRun, WeightedStep
 from recsys.embeddings.methods.family import naive_param_key
 from recsys.embeddings.naive import NaiveEmbeddingBagCollection
 
@@ -31,6 +31,8 @@ EXPECTED_STEP = {
     "mixed_dim": (ProjectStep, ProjectStep),
     "mixed_dim_explicit": (ProjectStep, ProjectStep),
     "unified": (ConcatRun, ConcatRun),
+    "tt": (ContractStep, PerValueStep),
+    "tt_k2": (ContractStep, PerValueStep),
 }
 
 
