@@ -54,6 +54,7 @@ from recsys.data.interaction_formats import (
     recbole_header,
     sniff_delimiter,
 )
+from recsys.data.interactions import history_target
 from recsys.data.parquet_source import MISSING_ID, BadRows, parquet_files, show
 from recsys.features.spec import DatasetSpec, DenseFeature, SparseFeature, spec_from_dict
 
@@ -424,9 +425,10 @@ def _check_override(spec: DatasetSpec, sides: SideFeatures, timestamp: bool) -> 
     for f in spec.features:
         if f.kind == "label" or f.name in ("user_id", "item_id"):
             continue
-        if isinstance(f, SparseFeature) and f.history_of is not None:
-            if f.history_of != "item_id":
-                problems.append(f"features[{f.name}].history_of: got {f.history_of!r}; histories hold item_id")
+        target = history_target(spec, f) if isinstance(f, SparseFeature) else None
+        if target is not None:
+            if target != "item_id":
+                problems.append(f"features[{f.name}].history_of: got {target!r}; histories hold item_id")
             continue
         col = sides.columns.get(f.name)
         if col is None:

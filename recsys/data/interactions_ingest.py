@@ -52,7 +52,7 @@ from recsys.data.interaction_splits import (
     order_key,
     random_codes,
 )
-from recsys.data.interactions import SPLIT_CODES
+from recsys.data.interactions import SPLIT_CODES, history_features
 from recsys.data.layout import SPLITS
 from recsys.data.parquet_source import FRACTIONS_ALLOWED, MISSING_ID, add_by_split, check_split_rows, fractions_problem, show
 from recsys.data.writer import DatasetWriter
@@ -400,7 +400,7 @@ def ingest_interactions(
     sides.prepare(spec)
     user_raw, user_tokens = users.raw_ids()
     item_raw, item_tokens = items.raw_ids()
-    history = [f for f in spec.sparse if f.history_of == "item_id"]
+    history = [spec.feature(name) for name in history_features(spec)]  # checked item_id histories (infer_spec)
     histories, history_rule = None, None
     if history:
         method = "time" if s.split == "time" and not s.given else "training_only"

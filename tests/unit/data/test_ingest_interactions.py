@@ -415,6 +415,13 @@ def test_spec_override(tmp_path):
     run([*base, "--spec", str(tmp_path / "spec.yaml"), "--out", str(tmp_path / "second")])
     spec = load_spec(tmp_path / "second" / "features.yaml")
     assert spec.feature("genres").embedding_dim == 4 and "studio" not in [f.name for f in spec.features]
+    # a history named history_<target> without history_of (the older spelling) is built all the same
+    raw["features"].insert(2, {"name": "history_item_id", "kind": "sparse", "cardinality": 10, "max_length": 3, "tower": "user"})
+    (tmp_path / "spec.yaml").write_text(yaml.safe_dump(raw))
+    run([*base, "--spec", str(tmp_path / "spec.yaml"), "--out", str(tmp_path / "second"), "--overwrite"])
+    test = pa.concat_tables([pq.read_table(p) for p in layout.split_files(tmp_path / "second", "test")]).to_pylist()
+    items = vocab(tmp_path / "second", "item_id")
+    assert sorted(items[r["history_item_id"][0]] for r in test) == ["a", "a", "b"]  # each test row: the user's one train item
     raw["features"].append({"name": "director", "kind": "sparse", "cardinality": 10, "tower": "item"})
     (tmp_path / "spec.yaml").write_text(yaml.safe_dump(raw))
     with pytest.raises(ValueError, match=r"features\[director\]: not a side column; side features: \['genres', 'price', 'studio'\]"):
