@@ -104,6 +104,9 @@ def inspect_folder(path: str | Path) -> FolderContents:
             return FolderContents("dataset", dataset_kind(manifest), detail)
     if "sweep.json" in entries:
         return FolderContents("sweep", detail="sweep.json")
+    sweep_files = {"trials", "results.parquet", "report.md", "pareto.png"}
+    if "trials" in entries and all(e in sweep_files or e.startswith("tune-") for e in entries):
+        return FolderContents("sweep", detail="trials/")  # a sweep's own layout, before its sweep.json
     if "results.json" in entries or "ray" in entries:  # ray/: Ray's checkpoints (recsys.train.checkpoint.RAY_RUN_NAME)
         return FolderContents("training run", detail=", ".join(e for e in ("results.json", "ray") if e in entries))
     shown = ", ".join(entries[:4]) + (f" and {len(entries) - 4} more" if len(entries) > 4 else "")

@@ -54,6 +54,7 @@ def others(tmp_path) -> dict[str, Path]:
 
 def test_inspect_names_what_a_folder_holds(ctr_set, others, tmp_path):
     assert inspect_folder(tmp_path / "missing").kind == "missing"
+    assert inspect_folder(folder(tmp_path, "trials_only", {"trials/a/faults.json": "{}"})).describe() == "a sweep (trials/)"
     assert inspect_folder(folder(tmp_path, "empty", {})).kind == "empty"
     found = inspect_folder(ctr_set)
     assert (found.kind, found.dataset_kind) == ("dataset", "synthetic ctr")
