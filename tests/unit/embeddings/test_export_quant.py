@@ -11,7 +11,7 @@ from recsys.embeddings.export import CollectionExportWrapper, export_collection,
 
 from emb_helpers import VARIANTS, random_kjt, variant_spec
 
-EXPORTED = ["full", "hashed", "multi_hash_weights", "qr_mult", "mixed_dim", "unified"]
+EXPORTED = ["full", "hashed", "multi_hash_weights", "qr_mult", "mixed_dim", "unified", "tt"]
 
 
 @pytest.mark.parametrize("variant", EXPORTED)

@@ -150,3 +150,15 @@ def test_config_precision_applies_to_every_feature_and_the_budget():
     assert compile_plan(spec16).ratio == pytest.approx(0.25, rel=0.05)
     with pytest.raises(ConfigError, match=r"embeddings.precision: got 'fp8'; allowed: 'fp32' or 'fp16'"):
         config_from_dict({"data": {"path": "d"}, "embeddings": {"precision": "fp8"}})
+
+
+@pytest.mark.parametrize("variant", ["hashed", "qr_mult", "tt"])
+def test_fp16_collection_exports(variant: str):
+    from recsys.embeddings import CollectionExportWrapper, export_collection
+
+    spec = _fp16(variant_spec(variant, max_length=3))
+    collection = build_embedding_collection(spec).eval()
+    program = export_collection(collection, random_kjt(spec, batch=8, seed=0))
+    other = random_kjt(spec, batch=8, seed=7)
+    eager = CollectionExportWrapper(collection, other.keys())(other.values(), other.lengths())
+    torch.testing.assert_close(program.module()(other.values(), other.lengths()), eager)
