@@ -142,11 +142,14 @@ def check_run_dir(path: str | Path, *, flag: str = "run_dir") -> FolderContents:
     """The rule for a training run's folder: new, empty, an earlier run (resumed, or refused by
     ``prepare``) or other files; never a data set, a sweep or a bundle.
 
+    A file is left to :func:`recsys.train.checks.check_run_dir` (``run_dir: ... is a file``), which
+    ``prepare`` runs for every caller.
+
     Raises:
-        FolderError: the folder holds a data set, a sweep, a bundle, or is a file.
+        FolderError: the folder holds a data set, a sweep or a bundle.
     """
     found = inspect_folder(path)
-    if found.kind in ("dataset", "sweep", "bundle", "file"):
+    if found.kind in ("dataset", "sweep", "bundle"):
         raise FolderError(
             f"{flag} {path}: holds {found.describe()}; a training run writes its checkpoints and results.json into "
             f"{flag}: give a new folder (or an earlier run's, with resume=true)"
