@@ -201,14 +201,20 @@ def bench_train(args: argparse.Namespace) -> int:
         counts = layout.vocab_counts(root, spec.sparse)
     full = compile_plan(spec)
     print(f"{len(batches)} batches of {args.batch_size} in memory; full tables {full.total_bytes:,} B")
+    if args.precision != "fp32":  # every recsys model's rows (full included); plain TorchRec stays fp32
+        spec = spec.model_copy(update={"features": [
+            f.model_copy(update={"compression": f.compression.model_copy(update={"precision": args.precision})})
+            if f.kind == "sparse" else f
+            for f in spec.features
+        ]})
 
     rows: list[dict[str, Any]] = []
     variants: list[tuple[str, Any, int]] = [
         ("torchrec DLRM (plain EBC, full)", lambda: _TorchrecDLRMTask(spec, dense_layers, over_layers), full.total_bytes),
-        ("recsys DLRM, full", lambda: _recsys_task(spec, dense_layers, over_layers), full.total_bytes),
+        ("recsys DLRM, full", lambda: _recsys_task(spec, dense_layers, over_layers), compile_plan(spec).total_bytes),
     ]
     for family in args.families:
-        solved = solve_budget(spec, family, target_ratio=args.ratio, counts=counts).spec
+        solved = solve_budget(spec, family, target_ratio=args.ratio, counts=counts, precision=args.precision).spec
         plan_bytes = compile_plan(solved, counts).total_bytes
         variants.append((f"recsys DLRM, {family}", lambda s=solved: _recsys_task(s, dense_layers, over_layers), plan_bytes))
     prepared = {}
@@ -243,7 +249,7 @@ def bench_train(args: argparse.Namespace) -> int:
     if args.out:
         layout.write_json_atomic(
             args.out,
-            {"bench": "train", "batch_size": args.batch_size, "steps": args.steps, "rounds": args.rounds,
+            {"bench": "train", "batch_size": args.batch_size, "precision": args.precision, "steps": args.steps, "rounds": args.rounds,
              "threads": torch.get_num_threads(), "results": rows},
         )
         print(f"wrote {args.out}")
@@ -260,6 +266,8 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-batches", type=int, default=20, help="distinct batches held in memory (default: 20)")
     parser.add_argument("--ratio", type=float, default=1 / 16, help="memory ratio of the compressed variants (default: 1/16)")
     parser.add_argument("--families", nargs="*", default=list(FAMILIES), choices=FAMILIES, help="compression families to time")
+    parser.add_argument("--precision", choices=["fp32", "fp16"], default="fp32",
+                        help="row precision of every recsys model's tables, full included (default: fp32; torchrec's DLRM stays fp32)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default: 1, as a training worker with cpus_per_worker=1; 0: torch's)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the generated data")
     parser.add_argument("--out", help="also write the figures to this JSON file")
