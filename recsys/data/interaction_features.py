@@ -5,7 +5,7 @@ Every column of a side-feature file other than its key becomes a tower feature o
 (RecBole's typed headers say it outright: ``token``, ``token_seq``, ``float``):
 
 * **multi-valued categorical** when ``--list-sep`` is given and some value holds it (``Comedy|Drama``;
-  RecBole ``token_seq``, space-separated): a list of ids, ``max_length`` = the longest list,
+  RecBole ``token_seq``, space-separated; a parquet list column): a list of ids, ``max_length`` = the longest list,
   ``pooling: mean``; an empty value is an empty list;
 * **numeric** (a dense feature, stored float32 like the dense columns of CTR data sets) when every
   non-empty value is a number, except integer columns with at most :data:`MAX_CODES` distinct
@@ -59,6 +59,7 @@ from recsys.data.parquet_source import MISSING_ID, BadRows, parquet_files, show
 from recsys.features.spec import DatasetSpec, DenseFeature, SparseFeature, spec_from_dict
 
 MAX_CODES = 32
+PARQUET_LIST_SEP = b"\x1f"  # joins a parquet list column's values (the ASCII unit separator never occurs in ids)
 NEAR_UNIQUE = 0.9  # text columns with at least this share of distinct values per line are left out
 ID_DIM = 32
 SIDE_DIM = 8
@@ -229,11 +230,15 @@ def read_side_table(path: Path, key: str | int, *, sep: bytes | None, header: bo
         k = names[key] if isinstance(key, int) and key < len(names) else key
         if k not in names:
             raise ValueError(f"{path}: key {key!r} is not a column of {names}")
-        cols = {n: as_bytes(pc.cast(table.column(n), pa.string()).fill_null("")) for n in names}
-        lines = np.arange(1, table.num_rows + 1)
-        types: dict[str, str | None] = {n: None for n in names}
-        unit_rows = cols
-        return _side(path, k, lines, unit_rows, types, bad)
+        cols, types = {}, {}
+        for n in names:
+            col = table.column(n)
+            if pa.types.is_list(col.type) or pa.types.is_large_list(col.type):  # a list per key (tags): joined
+                text = [PARQUET_LIST_SEP.decode().join(map(str, v)) if v else "" for v in col.to_pylist()]
+                cols[n], types[n] = np.array([t.encode("utf-8") for t in text], dtype=bytes), "list"
+            else:
+                cols[n], types[n] = as_bytes(pc.cast(col, pa.string()).fill_null("")), None
+        return _side(path, k, np.arange(1, table.num_rows + 1), cols, types, bad)
     data = read_text_bytes(path)
     if not data.strip():
         raise ValueError(f"{path}: empty file; expected a header line, then one line per key")
@@ -294,9 +299,10 @@ def _kind(values: np.ndarray, rtype: str | None, list_sep: bytes | None) -> tupl
     nonempty = values[values != b""]
     if rtype == "float_seq":
         return None, None, 0, 0
-    if rtype == "token_seq":
-        lists = [v.split() for v in nonempty.tolist()]
-        return "multi_valued", b" ", max((len(p) for p in lists), default=1), len({x for p in lists for x in p})
+    if rtype in ("token_seq", "list"):
+        sep = b" " if rtype == "token_seq" else PARQUET_LIST_SEP
+        lists = [v.split(sep) for v in nonempty.tolist()]
+        return "multi_valued", sep, max((len(p) for p in lists), default=1), len({x for p in lists for x in p})
     if rtype == "float":
         return "numeric", None, 1, int(np.unique(nonempty).size)
     if rtype == "token":

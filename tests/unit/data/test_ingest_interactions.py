@@ -192,6 +192,20 @@ def test_user_features_infer_codes_numbers_and_text(tmp_path):
     assert by_user["u1"] == ["a", "b"] and by_user["u2"] == []
 
 
+def test_parquet_item_features_with_list_column(tmp_path):
+    pq.write_table(pa.table({"iid": ["x", "y", "z", "w"], "tags": [["red", "big"], [], None, ["red"]],
+                             "weight": [1.5, 2.5, None, 4.0]}), tmp_path / "items.parquet")
+    log = write(tmp_path / "log.csv", "u,i\n" + "".join(f"{k % 5},{'xyz'[k % 3]}\n" for k in range(30)))
+    out = tmp_path / "out"
+    m = run([str(log), "--user", "u", "--item", "i", "--item-features", str(tmp_path / "items.parquet"), "--item-key", "iid",
+             "--out", str(out)])
+    assert m["side_features"]["tags"]["kind"] == "multi_valued" and m["side_features"]["weight"]["kind"] == "numeric"
+    cat = pq.read_table(layout.catalogue_path(out, "items")).to_pylist()
+    tags, items = vocab(out, "tags"), vocab(out, "item_id")
+    assert {items[r["item_id"]]: sorted(tags[t] for t in r["tags"]) for r in cat[1:]} == {
+        "x": ["big", "red"], "y": [], "z": [], "w": ["red"]}
+
+
 def test_given_splits_kept_exactly(tmp_path):
     header = "u;i;t\n"
     train = write(tmp_path / "train.csv", header + "a;1;5\na;2;6\nb;1;7\nb;3;8\n")
