@@ -159,7 +159,9 @@ def test_cli_export_prints_the_bundle_path(trained_run, tmp_path, capsys):
     out = capsys.readouterr().out
     assert out.strip().splitlines()[-1] == f"bundle: {tmp_path / 'b'}"
     assert load_bundle(tmp_path / "b").item_codes.shape[1] == 2  # 16 dims -> 2 bytes
-    assert main(["export", str(trained_run[1]), "--out", str(tmp_path / "c"), "--index-setting", "nprobe"]) == 1
+    with pytest.raises(SystemExit) as usage:  # a usage error: exit 2 (tests/unit/serving/test_cli_flags.py has every flag)
+        main(["export", str(trained_run[1]), "--out", str(tmp_path / "c"), "--index-setting", "nprobe"])
+    assert usage.value.code == 2
 
 
 def test_an_impossible_ivf_setting_is_clamped_recorded_and_answers_hold_k(trained_run, tmp_path):
