@@ -109,6 +109,8 @@ class Metrics:
         self.missing_features = Counter("recsys_missing_features", "queries without a user feature (its policy applied), by feature",
                                         ["feature"], registry=r)
         self.reloads = Counter("recsys_reloads", "bundle reloads by result", ["result"], registry=r)
+        self.exact_fallbacks = Gauge("recsys_exact_fallbacks", "queries the ANN index left short of k items, answered by exact "
+                                     "search (since the serving bundle loaded)", registry=r)
         self.bundle_info = Gauge("recsys_bundle_info", "the serving bundle (1)", ["bundle_id"], registry=r)
         self._values = 0
         self._oov = 0
@@ -168,6 +170,7 @@ class App:
         if self.bundle_path is not None:
             self._set(self._load(self.bundle_path))
         self.batcher = MicroBatcher(config.max_batch, config.max_wait_ms / 1000.0, on_batch=self._on_batch, thread=config.batch_thread)
+        self.metrics.exact_fallbacks.set_function(lambda: self.service.retriever.exact_fallbacks if self.service else 0)
         self._reload_lock = asyncio.Lock()
 
     def _load(self, path: Path) -> LoadedService:

@@ -183,6 +183,14 @@ def test_an_impossible_ivf_setting_is_clamped_recorded_and_answers_hold_k(traine
 
     exact_items = Retriever(service.retriever.vectors, "exact").search(service.user_vectors([q.user for q in queries]), 100)[1]
     assert [a.indices.tolist() for a in answers] == exact_items.tolist()
+    assert service.retriever.exact_fallbacks == len(queries)  # every query: nprobe=1 scans about one item
+    from prometheus_client import generate_latest
+
+    from serving.app import create_app
+
+    app = create_app(out)
+    app.state.recsys.service.run(queries[:3])
+    assert "recsys_exact_fallbacks 3.0" in generate_latest(app.state.recsys.metrics.registry).decode()
 
 
 def test_the_missing_feature_policy_is_in_the_manifest(trained_run, fp32_bundle, tmp_path):
