@@ -103,7 +103,7 @@ def build_parser() -> OneLineParser:
                         help="largest request body in bytes, in [1024, 2^30] (default 1 MiB)")
     parser.add_argument("--admin-anywhere", action="store_true", help="answer /admin/* from non-loopback clients too")
     parser.add_argument("--require-all-features", action="store_true",
-                        help="422 for a request without any single-valued user feature, whatever the bundle's missing-feature policy")
+                        help="422 when a request leaves out a single-valued user feature, whatever the bundle's missing-feature policy")
     parser.add_argument("--index-setting", type=index_setting(SERVE_TIME_SETTINGS), action="append", default=[], metavar="KEY=N",
                         help="serve-time index setting of the bundle's index: ivf nprobe, hnsw ef_search, binary rerank (N >= 1)")
     parser.add_argument("--http", default="httptools", choices=["httptools", "h11"], help="HTTP parser (default httptools)")
