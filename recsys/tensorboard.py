@@ -39,7 +39,8 @@ class Curves:
             self._writer = SummaryWriter(logdir=str(self.logdir), flush_secs=10)
 
     def scalars(self, step: int, values: dict[str, Any]) -> None:
-        """One point per finite number of ``values`` (non-numbers and NaN are skipped)."""
+        """One point per finite number of ``values`` (non-numbers and NaN are skipped). TensorBoard
+        tags allow ``[A-Za-z0-9_./-]``: tensorboardX writes ``recall@20`` as ``recall_20``."""
         if self._writer is None:
             return
         for tag, value in values.items():
