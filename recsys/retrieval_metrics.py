@@ -97,10 +97,10 @@ _SCORE_BUDGET = 1 << 24  # scores per chunk (64 MB of float32) when chunk_size i
 def topk_lower_index(scores: torch.Tensor, k: int, *, floor: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Top-k per row of ``(n, V)`` scores, descending, ties by lower column index.
 
-    ``torch.topk`` finds the k largest values; where no other score equals the k-th value ``c``
-    (``#{scores >= c} == k``, nearly every row of real scores) its picks are the answer. In rows
-    where more scores equal ``c`` than places are left, every score ``> c`` is in and the lowest
-    indices of the scores ``== c`` fill the rest. The k picks are then ordered by score, descending,
+    ``torch.topk`` finds the k + 1 largest values; where the (k+1)-th differs from the k-th value
+    ``c`` (no score outside the k picks equals ``c``: nearly every row of real scores) its first k
+    picks are the answer. In rows where more scores equal ``c`` than places are left, every score
+    ``> c`` is in and the lowest indices of the scores ``== c`` fill the rest. The k picks are then ordered by score, descending,
     ascending index within ties (a sort by index, then a stable sort by score).
 
     Args:
@@ -117,9 +117,12 @@ def topk_lower_index(scores: torch.Tensor, k: int, *, floor: float | None = None
     if k == 0 or n == 0:
         empty = torch.empty((n, k), dtype=torch.int64, device=scores.device)
         return scores.new_empty((n, k)), empty
-    values, indices = torch.topk(scores, k, dim=1)  # (n, k) ties at the k-th value: any of them
-    kth = values[:, -1:]  # (n, 1)
-    tied = (scores >= kth).sum(dim=1) > k  # (n,) ties across the cut
+    # One more than k: the (k+1)-th largest equals the k-th exactly where more than k scores reach
+    # the k-th value, i.e. where ties cross the cut (no extra pass over the scores).
+    values, indices = torch.topk(scores, min(k + 1, num_items), dim=1)  # ties at the cut: any of them
+    kth = values[:, k - 1 : k]  # (n, 1)
+    tied = values[:, k] == kth[:, 0] if k < num_items else torch.zeros(n, dtype=torch.bool, device=scores.device)
+    values, indices = values[:, :k], indices[:, :k].contiguous()
     if floor is not None:
         tied &= kth[:, 0] > floor
     ambiguous = tied.nonzero()[:, 0]
@@ -429,7 +432,7 @@ class RetrievalEvaluator(_Evaluator):
         """
         _check_vectors(user_vectors, self.item_vectors)
         self._each_chunk(user_vectors.shape[0], targets, exclude_indptr, exclude_indices,
-                         lambda start, stop: self._scores(user_vectors[start:stop]))
+                         lambda start, stop: self._scores(user_vectors[start:stop]), owned=True)
 
     def update_scores(
         self,
@@ -443,7 +446,7 @@ class RetrievalEvaluator(_Evaluator):
             raise ValueError(f"scores: got shape {tuple(scores.shape)}; expected (n, {self.num_items}), one column per item")
         self._each_chunk(scores.shape[0], targets, exclude_indptr, exclude_indices, lambda start, stop: scores[start:stop])
 
-    def _each_chunk(self, num_rows: int, targets, exclude_indptr, exclude_indices, score) -> None:
+    def _each_chunk(self, num_rows: int, targets, exclude_indptr, exclude_indices, score, owned: bool = False) -> None:
         targets = torch.from_numpy(np.array(targets.cpu() if isinstance(targets, torch.Tensor) else targets, dtype=np.int64))  # own copy
         targets = targets.to(self.item_vectors.device)
         if targets.shape != (num_rows,):
@@ -454,23 +457,35 @@ class RetrievalEvaluator(_Evaluator):
         chunk = self.rows_per_chunk
         for start in range(0, num_rows, chunk):
             stop = min(start + chunk, num_rows)
-            self._update_chunk(score(start, stop), targets[start:stop], _rows(exclude, start, stop))
+            self._update_chunk(score(start, stop), targets[start:stop], _rows(exclude, start, stop), owned)
 
-    def _update_chunk(self, scores: torch.Tensor, targets: torch.Tensor, exclude) -> None:
-        n = scores.shape[0]
-        excluded = self.excluded_items if self.excluded_items.numel() else None
-        mask = _exclusion_mask(n, self.num_items, scores.device, exclude, excluded, targets)
-        if mask is not None:
-            scores = scores.masked_fill(mask, float("-inf"))
-        rows = torch.arange(n, device=scores.device)
-        target_score = scores[rows, targets][:, None]  # (n, 1)
-        lower = torch.arange(self.num_items, device=scores.device)[None, :] < targets[:, None]  # (n, V)
-        better = (scores > target_score) | ((scores == target_score) & lower)
-        if mask is not None:
-            better &= ~mask
-        rank = 1 + better.sum(dim=1).to(torch.float64)  # (n,)
-        _, top = topk_lower_index(scores, self.ks[-1])  # (n, k_max)
-        valid_top = ~mask.gather(1, top) if mask is not None else torch.ones_like(top, dtype=torch.bool)
+    def _update_chunk(self, scores: torch.Tensor, targets: torch.Tensor, exclude, owned: bool = False) -> None:
+        # One (n, V) buffer: excluded items are set to -inf in place (the targets' own scores put
+        # back), which ranks them below every finite score, so no (n, V) mask is needed; the
+        # lower-index tie rule is applied only in the rows where another item ties the target.
+        n, device = scores.shape[0], scores.device
+        rows = torch.arange(n, device=device)
+        target_score = scores[rows, targets]  # (n,) before any exclusion
+        if self.excluded_items.numel() or exclude is not None:
+            if not owned:
+                scores = scores.clone()  # the caller's scores stay as they were
+            if self.excluded_items.numel():
+                scores[:, self.excluded_items.to(device)] = float("-inf")
+            if exclude is not None:
+                indptr, indices = exclude
+                counts = (indptr[1:] - indptr[:-1]).to(device)  # (n,)
+                scores[torch.repeat_interleave(rows, counts), indices[int(indptr[0]) : int(indptr[-1])].to(device)] = float("-inf")
+            scores[rows, targets] = target_score  # a target always stays ranked
+        ts = target_score[:, None]  # (n, 1)
+        greater = (scores > ts).sum(dim=1)  # (n,)
+        ties = (scores == ts).sum(dim=1)  # (n,) the target itself included
+        tied = (ties > 1).nonzero()[:, 0]
+        if tied.numel():  # equal scores at a lower index rank before the target
+            lower = torch.arange(self.num_items, device=device)[None, :] < targets[tied, None]
+            greater[tied] += ((scores[tied] == ts[tied]) & lower).sum(dim=1)
+        rank = 1 + greater.to(torch.float64)  # (n,)
+        values, top = topk_lower_index(scores, self.ks[-1])  # (n, k_max)
+        valid_top = values > float("-inf")  # excluded items fill the list only past the last ranked one
 
         s = self.sums
         s[0] += n

@@ -397,3 +397,20 @@ def test_metric_names_are_the_keys_of_both_protocols():
                 evaluate_per_user(v, v, [0, 1, 2, 3], [0, 1, 2], ks=[5, 20], item_counts=np.ones(3, np.int64))):
         assert {k for k in got if k != "rows" and not k.startswith("rows/")} == names
     assert {"recall@20", "ndcg@20", "precision@5", "map@20", "hit_rate@5", "mrr", "recall@20/tail"} <= names
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_topk_lower_index_against_a_full_sort(seed):
+    rng = np.random.default_rng(seed)
+    scores = rng.integers(-3, 4, (50, 12)).astype(np.float64)  # ties at every cut
+    scores[:5] = rng.normal(size=(5, 12))  # and rows without ties
+    for k in (1, 4, 11, 12, 20):
+        values, idx = topk_lower_index(torch.from_numpy(scores), k)
+        for r in range(scores.shape[0]):
+            want = reference_order(scores[r], set())[:k]
+            assert idx[r].tolist() == want and values[r].tolist() == scores[r, want].tolist(), (k, r)
+    # with a floor, only the picks above it must follow the rule
+    values, idx = topk_lower_index(torch.from_numpy(scores), 4, floor=0.0)
+    for r in range(scores.shape[0]):
+        above = [j for j in reference_order(scores[r], set())[:4] if scores[r, j] > 0]
+        assert idx[r].tolist()[: len(above)] == above

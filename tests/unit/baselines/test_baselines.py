@@ -153,3 +153,22 @@ def test_registry_names_and_labels():
     assert [cls.label for cls in BASELINES.values()] == ["ALS", "item-kNN", "popularity"]
     for cls in BASELINES.values():
         assert cls.grid and all(isinstance(p, dict) for p in cls.grid)
+
+
+def test_module_command_prints_the_baselines_of_a_data_set(tmp_path, capsys):
+    from jobs import synth
+    from recsys.baselines.__main__ import main
+
+    data = tmp_path / "ia"
+    assert synth.main(["interactions", "--out", str(data), "--rows", "3000", "--users", "100", "--items", "80", "--seed", "2"]) == 0
+    capsys.readouterr()
+    argv = [str(data), "--protocol", "per_user", "--exclude", "train,validation", "--baselines", "itemknn,popularity", "--ks", "5,20"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "baseline item-kNN: neighbours" in out and "per_user, excluded ['train', 'validation']" in out
+    assert "item-kNN   test recall@20" in out and "popularity test recall@20" in out
+    assert main(argv) == 0 and capsys.readouterr().out.splitlines()[-2:] == out.splitlines()[-2:]  # deterministic
+    assert main([str(data), "--exclude", "validation"]) == 2
+    assert "--exclude: got 'validation'; allowed: train, train,validation or none" in capsys.readouterr().err
+    assert main([str(data), "--baselines", "svd"]) == 2
+    assert "--baselines: got ['svd']" in capsys.readouterr().err

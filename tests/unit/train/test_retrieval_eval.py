@@ -192,3 +192,26 @@ def test_evaluation_over_ranks_equals_the_reference(tmp_path, protocol, exclude,
     assert test["baselines"]["popularity"]["params"] == {}
     extra = set(test) - set(want)
     assert extra == {"eval_protocol", "eval_exclude", "baselines"} | {k for k in extra if k.startswith(("popularity_", "val_popularity_"))}
+
+
+def test_results_json_keys_are_exact(tmp_path):
+    """The loop's final report of a per_user run through Retrieval.results: exactly the documented keys."""
+    from recsys.retrieval_metrics import metric_names
+    from recsys.train.tasks import Retrieval
+
+    files = write_splits(tmp_path / "data")
+    out = tmp_path / "out"
+    out.mkdir()
+    evaluate_on_ranks(0, 1, free_port(), files, out, "per_user", ["train", "validation"])
+    got = json.loads((out / "rank0.json").read_text())
+    val, test = got["validation"], got["test"]
+    final = {"final": True, "step": 3, "steps": 3, **{k: v for k, v in test.items() if k != "rows"},  # as the loop
+             **{f"val_{k}": v for k, v in val.items() if k != "rows"}, "test_rows": test["rows"], "val_rows": val["rows"]}
+    results = Retrieval().results(final, {})
+    names = set(metric_names((1, 5, 20)))
+    thirds = {f"rows/{t}" for t in ("head", "torso", "tail")}
+    want = (names | thirds | {f"val_{k}" for k in names | thirds} | {"eval_protocol", "eval_exclude", "baselines"}
+            | {f"{p}popularity_{k}" for p in ("", "val_") for k in names})
+    assert set(results) == want
+    assert results["eval_protocol"] == "per_user" and results["eval_exclude"] == ["train", "validation"]
+    assert not {"auc", "logloss", "oracle_auc", "val_eval_protocol"} & set(results)
