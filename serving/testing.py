@@ -228,7 +228,7 @@ def synthetic_bundle(out: str | Path, num_items: int, *, dim: int = 32, index: s
     from torch import nn
 
     from serving import bundle as fmt
-    from serving.retriever import build_index, default_index_settings
+    from serving.retriever import build_index, resolve_index_settings
 
     vectors, users = synthetic_catalogue(catalogue, num_items, dim, num_users, seed=seed)
 
@@ -250,7 +250,9 @@ def synthetic_bundle(out: str | Path, num_items: int, *, dim: int = 32, index: s
 
     stored, scales = quantize_vectors(vectors, precision)
     vectors = fmt.dequantize(stored, scales)
-    settings = {**default_index_settings(index, num_items), **(index_settings or {})}
+    settings, notes = resolve_index_settings(index, index_settings, num_items)  # the manifest records what is built
+    for line in notes:
+        print(f"synthetic bundle: {line}", flush=True)
     artifacts = build_index(index, vectors, settings)
     raw = np.arange(num_items, dtype=np.int64) + 1_000_000
     vocab = pa.table({"index": np.arange(num_items, dtype=np.int64), "raw_id": pa.array([None, *raw[1:].tolist()], pa.int64()),
