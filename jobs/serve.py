@@ -12,8 +12,9 @@ before anything loads (``--threads``, default 1). uvicorn runs with httptools an
 
 Every flag is checked before any work (its range in ``--help``); the address is bound before the
 bundle loads, and ``serving BUNDLE on http://HOST:PORT`` is printed once the service answers, with the
-port really bound (``--port 0`` picks a free one). Exit codes: 0 stopped normally, 1 the bundle cannot
-be served or the address cannot be bound (one line), 2 a usage error (one line naming the flag).
+port really bound (``--port 0`` picks a free one). Exit codes: 1 the bundle cannot be served or the
+address cannot be bound (one line), 2 a usage error (one line naming the flag); SIGTERM / SIGINT stop
+it after the requests in flight (uvicorn re-raises the signal: 143 / 130 in a shell).
 """
 
 from __future__ import annotations

@@ -206,3 +206,23 @@ def test_deeply_nested_json_gets_400_naming_the_body(server, body):
             assert r.status_code == 400, r.text
             assert r.json()["errors"][0]["field"] == "body" and "levels deep; at most 32" in r.json()["errors"][0]["message"]
         assert client.get("/healthz").status_code == 200
+
+
+def test_port_0_prints_the_address_really_bound_once_it_answers(run):
+    """Issue 18: `--port 0` never printed the port bound, and "serving on" came before the bind."""
+    import re
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-m", "jobs.cli", "serve", str(run[2]), "--port", "0"],
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        line = proc.stdout.readline()  # the first line on stdout, printed once the server answers
+        match = re.fullmatch(r"serving (\S+) on http://127\.0\.0\.1:(\d+)\n", line)
+        assert match and match.group(1) == load_bundle(run[2]).bundle_id, line
+        port = int(match.group(2))
+        assert port > 0 and httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=10).json()["ready"] is True
+    finally:
+        proc.terminate()
+        # uvicorn finishes in-flight requests, then re-raises the signal: the status a shell shows as 143
+        assert proc.wait(timeout=30) == -15
