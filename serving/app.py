@@ -40,6 +40,7 @@ import numpy as np
 import orjson
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Route
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
@@ -404,6 +405,13 @@ def create_app(bundle_path: str | Path | None, config: ServeConfig | None = None
     @app.exception_handler(RequestError)
     async def request_error(_request: Request, exc: RequestError):
         return _request_error(exc)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException):
+        # the router's 404 / 405 in the service's error shape, naming what was wrong
+        field, message = ("method", f"{request.method} is not allowed on {request.url.path}") if exc.status_code == 405 else (
+            "path", f"{request.url.path}: {exc.detail}; the endpoints: {sorted(_ENDPOINTS)}")
+        return _error(exc.status_code, str(exc.detail), [FieldError(field, message)])
 
     # Routes of the hot paths only for the router's 405 on other methods (HotPaths answers POST).
     app.router.routes.append(Route("/v1/retrieve", _not_reached, methods=["POST"]))

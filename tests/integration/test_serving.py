@@ -114,7 +114,10 @@ def test_batch_limits_bad_json_and_other_endpoints(run, server):
         assert r.status_code == 422 and r.json()["errors"][0]["field"].startswith("requests[1].user")
         r = client.post("/v1/retrieve", content=b"{not json", headers={"content-type": "application/json"})
         assert r.status_code == 400 and r.json()["errors"][0]["field"] == "body"
-        assert client.get("/v1/retrieve").status_code == 405  # only POST is answered in front of the router
+        r = client.get("/v1/retrieve")  # only POST is answered in front of the router
+        assert r.status_code == 405 and r.json()["errors"] == [{"field": "method", "message": "GET is not allowed on /v1/retrieve"}]
+        r = client.get("/v2/retrieve")
+        assert r.status_code == 404 and r.json()["errors"][0]["field"] == "path" and "the endpoints:" in r.json()["errors"][0]["message"]
         r = client.post("/v1/retrieve", content=b'{"user": {"user_id": 1, "user_segment": 1}, "k": 0}')
         assert r.status_code == 422 and r.headers["content-type"] == "application/json" and r.json()["error"] == "bad request"
         assert client.get("/healthz").json() == {"status": "ok"}
