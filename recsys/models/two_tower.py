@@ -38,6 +38,12 @@ normalised vectors ``u_i``, ``v_j`` and temperature T::
 * **accidental hits**: a column holding the row's own target item (``j != i`` with
   ``item_j == item_i``, in-batch or sampled) is removed from the denominator (logit -inf), so a
   popular item is never pushed away from its own user.
+* **full softmax** (``loss: full_softmax``, :func:`full_softmax_loss`): instead of the B in-batch
+  columns, EVERY catalogue item is a column (the item tower embeds all V rows each step, in the
+  same one collection call as the batch's items): ``logit[i, j] = <u_i, v_j> / T`` over the
+  catalogue, no logQ (nothing is sampled), no accidental hits (each item is one column). For
+  catalogues of tens of thousands of items this is cheap on CPU and is the exact likelihood the
+  sampled softmax approximates.
 * **temperature**: fixed, or learnable through ``log T`` (a parameter; T stays positive).
 * **SSL** (Yao et al. 2021, "Self-supervised Learning for Large-scale Item Recommendations"): two
   views of each batch item by feature masking with complementary sets (each item feature of each
@@ -97,7 +103,7 @@ from recsys.data.batch import Batch
 from recsys.data.catalogue import ItemCatalogue
 from recsys.embeddings import CompressedEmbeddingBagCollection, EmbeddingPlan, build_embedding_collection
 from recsys.features.spec import DatasetSpec
-from recsys.models.retrieval_loss import StreamingFrequencyEstimator, sampled_softmax_loss, ssl_loss
+from recsys.models.retrieval_loss import StreamingFrequencyEstimator, full_softmax_loss, sampled_softmax_loss, ssl_loss
 from recsys.retrieval_metrics import exact_topk
 
 __all__ = [
@@ -108,6 +114,7 @@ __all__ = [
     "TwoTowerRetrieval",
     "TwoTowerConfig",
     "StreamingFrequencyEstimator",
+    "full_softmax_loss",
     "sampled_softmax_loss",
     "ssl_loss",
     "tower_features",
@@ -307,6 +314,8 @@ class TwoTowerTask(nn.Module):
         ssl_weight (float): weight of the SSL loss; 0 turns it off. Default 0.
         ssl_temperature (float): the SSL InfoNCE temperature. Default 0.1.
         ssl_mask_rate (float): probability that view 1 drops an item feature (view 2 drops the rest). Default 0.5.
+        full_softmax (bool): the loss is the softmax over every catalogue item (needs ``catalogue``;
+            logQ and mixed negatives do not apply). Default False: the in-batch sampled softmax.
         seed (int): seeds the negatives' and masks' generator. Default 0.
         device (torch.device | str | None): where the temperature lives.
 
@@ -332,6 +341,7 @@ class TwoTowerTask(nn.Module):
         ssl_weight: float = 0.0,
         ssl_temperature: float = 0.1,
         ssl_mask_rate: float = 0.5,
+        full_softmax: bool = False,
         seed: int = 0,
         device: torch.device | str | None = None,
     ):
@@ -346,6 +356,11 @@ class TwoTowerTask(nn.Module):
             raise ValueError(
                 f"num_mixed_negatives: got {num_mixed_negatives} but no catalogue; "
                 "pass the ItemCatalogue of items.parquet or set it to 0"
+            )
+        if full_softmax and (catalogue is None or num_mixed_negatives):
+            raise ValueError(
+                "full_softmax: every catalogue item is a negative, so it needs the catalogue and no mixed negatives; "
+                f"got catalogue={'given' if catalogue is not None else 'None'}, num_mixed_negatives={num_mixed_negatives}"
             )
         if catalogue is not None:
             missing = [f for f in self.item_features if f not in catalogue.feature_names]
@@ -367,6 +382,8 @@ class TwoTowerTask(nn.Module):
         self.ssl_weight = ssl_weight
         self.ssl_temperature = ssl_temperature
         self.ssl_mask_rate = ssl_mask_rate
+        self.full_softmax = full_softmax
+        self._catalogue_rows = torch.arange(len(catalogue)) if full_softmax else None
         self._generator = torch.Generator().manual_seed(seed)
         self._permutation: tuple[tuple[str, ...], list[int]] | None = None
 
@@ -415,6 +432,8 @@ class TwoTowerTask(nn.Module):
         item_ids = item_kjt[self.item_id_feature].values()  # (B,)
         device = item_ids.device
 
+        if self.full_softmax and self.training:
+            return self._full_softmax_forward(user_kjt, item_kjt, item_ids)
         parts = [item_kjt]
         negative_ids = None
         num_negatives = self.num_mixed_negatives if self.training else 0
@@ -450,6 +469,32 @@ class TwoTowerTask(nn.Module):
         else:
             aux = main.new_zeros(())
             loss = main
+        out = TwoTowerOutputs(user.detach(), item.detach(), item_ids.detach(), main.detach(), aux.detach(), temperature.detach())
+        return loss, out
+
+    def _full_softmax_forward(
+        self, user_kjt: KeyedJaggedTensor, item_kjt: KeyedJaggedTensor, item_ids: torch.Tensor
+    ) -> tuple[torch.Tensor, TwoTowerOutputs]:
+        """Training forward of ``full_softmax``: the catalogue's V rows (+ SSL views) in one item-tower call."""
+        size = item_kjt.stride()
+        parts = [self.catalogue.kjt(self._catalogue_rows, device=item_ids.device)]
+        use_ssl = self.ssl_weight > 0
+        if use_ssl:
+            parts.extend(self._ssl_views(item_kjt))
+        vectors = self.model.item_embeddings(_cat_rows(parts, self.item_features))  # (V [+ 2B], D)
+        num_items = len(self.catalogue)
+        catalogue = vectors[:num_items]  # (V, D)
+        user = self.model.user_embeddings(user_kjt)  # (B, D)
+        temperature = self.temperature
+        main = full_softmax_loss(user, catalogue, item_ids, temperature, self.catalogue.first_item)
+        if use_ssl:
+            view1, view2 = vectors[num_items : num_items + size], vectors[num_items + size :]  # (B, D) each
+            aux = ssl_loss(view1, view2, item_ids, self.ssl_temperature, self.mask_accidental_hits)
+            loss = main + self.ssl_weight * aux
+        else:
+            aux = main.new_zeros(())
+            loss = main
+        item = catalogue[item_ids]  # (B, D)
         out = TwoTowerOutputs(user.detach(), item.detach(), item_ids.detach(), main.detach(), aux.detach(), temperature.detach())
         return loss, out
 
@@ -529,6 +574,9 @@ class TwoTowerConfig(BaseModel):
             has a vocabulary, else streaming).
         streaming_num_buckets / streaming_alpha: the estimator's H and alpha.
         mask_accidental_hits: remove the row's own item from the other columns.
+        loss: ``sampled_softmax`` (in-batch candidates, logQ, mixed negatives) or ``full_softmax``
+            (every catalogue item is a candidate: exact, for catalogues of tens of thousands of items;
+            logQ, accidental hits and mixed negatives do not apply).
         num_mixed_negatives: M uniform catalogue items per step (0: in-batch only).
         ssl_weight / ssl_temperature / ssl_mask_rate: the SSL auxiliary loss (0 weight: off).
         user_id_feature: the user tower's single-valued id feature (whose training items
@@ -559,6 +607,7 @@ class TwoTowerConfig(BaseModel):
     streaming_num_buckets: Annotated[int, Field(ge=1)] = 1 << 20
     streaming_alpha: Annotated[float, Field(gt=0.0, le=1.0)] = 0.01
     mask_accidental_hits: bool = True
+    loss: Literal["sampled_softmax", "full_softmax"] = "sampled_softmax"
     num_mixed_negatives: Annotated[int, Field(ge=0)] = 0
     ssl_weight: Annotated[float, Field(ge=0.0)] = 0.0
     ssl_temperature: Annotated[float, Field(gt=0.0)] = 0.1
@@ -595,6 +644,15 @@ class TwoTowerConfig(BaseModel):
             raise ValueError(
                 f"baselines: got {list(self.baselines)}; give distinct names from {sorted(BASELINES)} "
                 "(or [] for none)"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _full_softmax_alone(self) -> "TwoTowerConfig":
+        if self.loss == "full_softmax" and self.num_mixed_negatives:
+            raise ValueError(
+                f"num_mixed_negatives: got {self.num_mixed_negatives} with loss: full_softmax, whose candidates are "
+                "already every catalogue item; set num_mixed_negatives: 0 or loss: sampled_softmax"
             )
         return self
 
@@ -718,7 +776,7 @@ def build_two_tower_task(
 
     Args:
         counts: training vocab counts (``layout.vocab_counts``); ``counts[item_id_feature]`` gives Q.
-        catalogue: needed for mixed negatives.
+        catalogue: needed for mixed negatives and the full softmax.
         device: where the task's buffers live.
         seed: the negatives' and masks' generator seed (e.g. ``train.seed`` + rank).
 
@@ -767,6 +825,7 @@ def build_two_tower_task(
         ssl_weight=config.ssl_weight,
         ssl_temperature=config.ssl_temperature,
         ssl_mask_rate=config.ssl_mask_rate,
+        full_softmax=config.loss == "full_softmax",
         seed=seed,
         device=device,
     )

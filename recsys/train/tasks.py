@@ -345,7 +345,7 @@ class Retrieval(Task):
         for c in (user_sparse, item_sparse):
             sharding.materialize_dense(c, device)
         model = build_two_tower_model(m, spec, user_sparse=user_sparse, item_sparse=item_sparse, device=device)
-        catalogue = self.catalogue(spec) if m.num_mixed_negatives else None
+        catalogue = self.catalogue(spec) if m.num_mixed_negatives or m.loss == "full_softmax" else None
         rank = dist.get_rank() if dist.is_initialized() else 0
         return build_two_tower_task(
             m, model, spec, counts={**(counts or {}), **self.item_counts(config, spec)}, catalogue=catalogue,

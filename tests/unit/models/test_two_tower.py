@@ -23,6 +23,7 @@ from recsys.models.two_tower import (
     build_two_tower_model,
     build_two_tower_task,
     embed_items,
+    full_softmax_loss,
     sampled_softmax_loss,
 )
 from recsys.retrieval_metrics import evaluate_retrieval, exact_topk, popularity_vectors
@@ -160,6 +161,52 @@ def test_task_loss_is_the_logq_corrected_reference(num_negatives):
     want = naive_loss(out.user, out.item, item_ids, config.temperature, q(item_ids), negatives, negative_ids, negative_log_q)
     assert loss.item() == pytest.approx(want, rel=1e-4)
     assert out.ssl_loss.item() == 0.0 and out.main_loss.item() == pytest.approx(loss.item())
+
+
+def test_full_softmax_task_is_the_catalogue_softmax_reference():
+    """Every catalogue item but the OOV row is a candidate; the batch's own items are looked up in
+    the same catalogue embedding; no logQ although the config keeps logq_correction on."""
+    torch.manual_seed(0)
+    spec, catalogue = tiny_spec(), tiny_catalogue()
+    config = TwoTowerConfig(arch="two_tower", user_layers=(16, 8), item_layers=(8,), loss="full_softmax", temperature=0.2)
+    model = build_two_tower_model(config, spec)
+    task = build_two_tower_task(config, model, spec, counts={"item_id": counts_for_tests()}, catalogue=catalogue)
+    batch = random_batch(catalogue)
+    loss, out = task(batch)
+    loss.backward()
+
+    item_ids = batch.sparse["item_id"].values()
+    with torch.no_grad():
+        vectors = model.item_embeddings(catalogue.kjt(torch.arange(NUM_ITEMS)))  # (V, D)
+    want = 0.0
+    for i in range(len(item_ids)):
+        logits = [float(out.user[i] @ vectors[j]) / 0.2 for j in range(1, NUM_ITEMS)]  # row 0 never a candidate
+        m = max(logits)
+        want += m + math.log(sum(math.exp(z - m) for z in logits)) - logits[int(item_ids[i]) - 1]
+    assert loss.item() == pytest.approx(want / len(item_ids), rel=1e-4)
+    assert torch.allclose(out.item, vectors[item_ids], atol=1e-6)
+    # Every item's row gets a gradient (they are all negatives), not only the batch's items.
+    (grad,) = [p.grad for name, p in model.item_tower.sparse.named_parameters() if "item_id" in name]  # (V, D_f)
+    assert bool((grad[1:].abs().sum(1) > 0).all())
+    # Eval mode: the in-batch forward (evaluation reads out.user / out.item_ids only).
+    task.eval()
+    _, eval_out = task(batch)
+    assert torch.equal(eval_out.item_ids, item_ids)
+
+
+def test_full_softmax_errors():
+    user, catalogue = torch.randn(2, 4), torch.randn(5, 4)
+    with pytest.raises(ValueError, match=r"item index 5 is not a catalogue item \[1, 5\)"):
+        full_softmax_loss(user, catalogue, torch.tensor([1, 5]), 0.1)
+    with pytest.raises(ValueError, match=r"item index 0 is not a catalogue item"):
+        full_softmax_loss(user, catalogue, torch.tensor([0, 2]), 0.1)
+    with pytest.raises(ValidationError, match="num_mixed_negatives: got 4 with loss: full_softmax"):
+        TwoTowerConfig(arch="two_tower", loss="full_softmax", num_mixed_negatives=4)
+    spec = tiny_spec()
+    config = TwoTowerConfig(arch="two_tower", user_layers=(8,), item_layers=(8,), loss="full_softmax")
+    model = build_two_tower_model(config, spec)
+    with pytest.raises(ValueError, match="full_softmax: every catalogue item is a negative, so it needs the catalogue"):
+        build_two_tower_task(config, model, spec, counts={"item_id": counts_for_tests()})
 
 
 def test_no_logq_and_no_masking_is_plain_in_batch_softmax():
