@@ -62,9 +62,15 @@ def assert_quiet(lines: list[str], run_dir: Path) -> None:
     assert lines[-1] == f"run_dir: {run_dir.resolve()}"
 
 
-def test_tiny_ctr_run_prints_its_own_lines_only_and_writes_tensorboard_curves(tmp_path):
-    data, run_dir = tmp_path / "ctr", tmp_path / "run"
+@pytest.fixture(scope="module")
+def ctr_data(tmp_path_factory) -> Path:
+    data = tmp_path_factory.mktemp("output") / "ctr"
     assert synth.main(["ctr", "--out", str(data), "--rows", "4000", "--seed", "3"]) == 0
+    return data
+
+
+def test_tiny_ctr_run_prints_its_own_lines_only_and_writes_tensorboard_curves(ctr_data, tmp_path):
+    data, run_dir = ctr_data, tmp_path / "run"
     lines = run_train(
         "ctr_synthetic_full.yaml", f"data.path={data}", f"run_dir={run_dir}", "data.batch_size=256",
         "data.eval_batch_size=1024", "train.max_steps=10", "train.log_every=5", "train.eval_every=5",
@@ -102,3 +108,28 @@ def test_tiny_two_tower_run_prints_its_own_lines_only(tmp_path):
     scalars = read_scalars(run_dir / "tensorboard")
     # TensorBoard tags allow [A-Za-z0-9_./-]: recall@20 is written as recall_20
     assert "validation/recall_20" in scalars and "test/recall_20" in scalars and "test/mrr" in scalars
+
+
+def test_python_api_trains_as_the_command_does(ctr_data, tmp_path, shared_ray):
+    import dataclasses
+    import json
+
+    import recsys
+    from recsys.train.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"train\.epochz"):  # before any worker starts
+        recsys.train(ROOT / "configs" / "ctr_synthetic_full.yaml", ["train.epochz=1"])
+    run_dir = tmp_path / "api_run"
+    run = recsys.train(
+        ROOT / "configs" / "ctr_synthetic_full.yaml",
+        {"data.path": str(ctr_data), "run_dir": str(run_dir), "data.batch_size": 256, "data.eval_batch_size": 1024,
+         "train.max_steps": 6, "train.log_every": 3, "model.over_layers": [32, 1]},
+    )
+    assert isinstance(run, recsys.RunResult)
+    assert run.run_dir == run_dir.resolve() and run.results_path == run_dir.resolve() / "results.json"
+    on_disk = json.loads(run.results_path.read_text())
+    assert run.metrics["auc"] == on_disk["auc"] and run.metrics["steps"] == 6 == on_disk["steps"]
+    assert run.config.train.max_steps == 6 and list(run.config.model.over_layers) == [32, 1]
+    assert [s for s, _ in read_scalars(run.tensorboard_dir)["train/loss"]] == [3, 6]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        run.run_dir = tmp_path  # type: ignore[misc]
