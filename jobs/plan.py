@@ -5,6 +5,7 @@
     recsys plan configs/ctr_criteo_terabyte_qr_24gb.yaml --world-size 1 --gpu-type cpu --ddr-gb 24
     recsys plan configs/ctr_synthetic_full.yaml --world-size 2 --gpu-type cpu --json plan.json
     recsys plan configs/two_tower_synthetic_full.yaml --world-size 8 --gpu-type a100
+    recsys plan configs/bench_quick.yaml --world-size 4     # a sweep config: its base, full tables
 
 The model is built on the meta device as a training worker builds it, with the config's sharding
 constraints. The feature spec is the one training would read: ``data.spec`` when the config names
@@ -120,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     problems = check_flags(args)
     if problems:
         parser.error("; ".join(problems))  # exit 2, one line, before the config is even read
-    config = load_config(args.config, args.overrides)
+    config, config_notes = load_plan_config(args.config, args.overrides)
     device = args.gpu_type or ("h100" if config.ray.use_gpu else "cpu")
     world_size = args.world_size if args.world_size is not None else config.ray.num_workers
     problem = check_world_size(config, world_size, args.world_size is not None)
@@ -138,12 +139,31 @@ def main(argv: list[str] | None = None) -> int:
     config, spec, counts, notes = plan_inputs(config)
     report = simulate_plan(config, spec, cluster, counts)
     print(f"plan {args.config}" + (f" {' '.join(args.overrides)}" if args.overrides else ""))
-    for note in notes:
+    for note in config_notes + notes:
         print(note)
     print(report.format())
     if args.json:
         args.json.write_text(json.dumps(report.to_dict(), indent=1) + "\n", encoding="utf-8")
     return EXIT_FITS if report.fits else EXIT_NO_FIT
+
+
+def load_plan_config(path: str, overrides: list[str]) -> tuple[TrainConfig, list[str]]:
+    """A training config, or a sweep config's base training config (with the sweep's data and
+    ``base.overrides``; full tables, as the sweep's reference trial), and a note saying which."""
+    import yaml
+
+    try:
+        raw = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError):
+        raw = None  # load_config reports it
+    if isinstance(raw, dict) and "base" in raw and "methods" in raw:
+        from recsys.train.sweep_config import load_sweep_config
+
+        sweep, base = load_sweep_config(path, overrides)
+        return base, [f"note: {path} is a sweep config (recsys bench compression): planning its base training config "
+                      f"{sweep.base.config} with base.overrides and data.path {sweep.data.path}, full tables (the sweep's "
+                      "reference; each trial compresses them to its budget)"]
+    return load_config(path, overrides), []
 
 
 def plan_inputs(config: TrainConfig) -> tuple[TrainConfig, DatasetSpec, dict[str, np.ndarray], list[str]]:

@@ -262,3 +262,18 @@ def test_tables_that_do_not_pack_are_blamed_on_the_constraints_as_torchrec_does(
     assert "allow more sharding types (row_wise / column_wise split a table)" in text
     split = simulate_plan(config(sharding_types=["table_wise", "row_wise"]), three, cluster("h100", 2, hbm_gib=(1.5 * table + reserved) / GIB + 0.02))
     assert split.fits
+
+
+BENCH_CONFIGS = sorted(CONFIGS.glob("bench_*.yaml"))
+
+
+@pytest.mark.parametrize("path", BENCH_CONFIGS, ids=lambda p: p.stem)
+def test_a_sweep_config_plans_its_base_with_full_tables(path, tmp_path, capsys):
+    rc = cli.main(["plan", str(path), f"data.path={tmp_path / 'absent'}"])
+    out, err = capsys.readouterr()
+    if path.stem == "bench_avazu":  # its header says so: it runs once DCN takes 0 dense inputs
+        assert rc == 1 and "spec 'avazu' has no dense features" in err
+        return
+    assert rc == 0, err
+    assert f"note: {path} is a sweep config (recsys bench compression): planning its base training config" in out
+    assert "ratio 1.0000 of full tables" in out and out.rstrip().endswith("fits: yes")
