@@ -7,7 +7,7 @@ at most ``model.baseline_max_items`` items). Each is fitted on the SAME training
 model, its few hyperparameters are chosen on the validation split from the small grid of its
 class (the best validation value of the selection metric, ties to the earlier grid point), and
 the chosen fit is ranked on validation and test by the SAME evaluator with the same protocol,
-exclusions and tie rule (:mod:`recsys.retrieval_metrics`). Everything is deterministic given
+exclusions and tie rule (:mod:`recsys.retrieval_protocols`). Everything is deterministic given
 the seed.
 
 A new baseline is one module with a class that has ``name``, ``label``, ``grid`` and ``fit``
@@ -27,7 +27,7 @@ from recsys.baselines.als import ALS
 from recsys.baselines.base import Baseline, Fitted, Interactions
 from recsys.baselines.itemknn import ItemKNN
 from recsys.baselines.popularity import Popularity
-from recsys.retrieval_metrics import Queries, new_evaluator, rank_scores
+from recsys.retrieval_protocols import Queries, new_evaluator, rank_scores
 
 __all__ = ["BASELINES", "Baseline", "BaselineResult", "Fitted", "Interactions", "evaluate_baselines", "rank_fitted"]
 

@@ -15,12 +15,11 @@ import argparse
 import sys
 import time
 
-import numpy as np
 import pyarrow.parquet as pq
 import torch
 
 from recsys.baselines import BASELINES, Interactions, evaluate_baselines
-from recsys.retrieval_metrics import PROTOCOLS
+from recsys.retrieval_protocols import PROTOCOLS
 
 
 def _parser() -> argparse.ArgumentParser:

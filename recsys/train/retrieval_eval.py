@@ -10,7 +10,7 @@ calls it with its own reader):
 
 1. **Catalogue**: the item tower embeds EVERY row of ``items.parquet`` (rank r its
    :func:`~recsys.data.loader.rank_rows` slice, padded to rank 0's batch sizes, then gathered).
-2. **Exclusions** (``model.eval_exclude``, :func:`~recsys.retrieval_metrics.exclusion_for`): at
+2. **Exclusions** (``model.eval_exclude``, :func:`~recsys.retrieval_protocols.exclusion_for`): at
    test time the items of the named splits leave each user's ranking; validation leaves out at
    most the training items. The OOV row 0 is never ranked; a target always is.
 3. **Protocol** (``model.eval_protocol``):
@@ -51,7 +51,8 @@ import pyarrow.parquet as pq
 import torch
 import torch.distributed as dist
 
-from recsys.retrieval_metrics import Queries, exclusion_for, new_evaluator, split_queries, user_item_csr
+from recsys.retrieval_metrics import user_item_csr
+from recsys.retrieval_protocols import Queries, exclusion_for, new_evaluator, split_queries
 
 if TYPE_CHECKING:
     from recsys.data.loader import ShardReader

@@ -1,4 +1,4 @@
-"""Full-corpus retrieval metrics against a brute-force numpy reference (ties, exclusions, thirds)."""
+"""Full-corpus retrieval metrics, both protocols, against brute-force references (ties, exclusions, thirds)."""
 
 from __future__ import annotations
 
@@ -316,7 +316,7 @@ def reference_per_user(users, vectors, targets, excluded, ks, always_excluded=()
 @pytest.mark.parametrize("seed", [0, 1, 2])
 @pytest.mark.parametrize("with_exclusion", [False, True])
 def test_per_user_matches_brute_force(seed, with_exclusion):
-    from recsys.retrieval_metrics import evaluate_per_user
+    from recsys.retrieval_protocols import evaluate_per_user
 
     users, vectors, targets, excluded, counts = per_user_problem(seed)
     ks = (1, 3, 10, 40)  # 40 > V
@@ -336,7 +336,7 @@ def test_per_user_by_hand():
     # one user, order by score: item 0 (4), 1 (3), 2 (3, tie: after 1), 3 (1); held out: 2 and 3
     users = torch.ones(1, 1)
     vectors = torch.tensor([[4.0], [3.0], [3.0], [1.0]])
-    from recsys.retrieval_metrics import evaluate_per_user
+    from recsys.retrieval_protocols import evaluate_per_user
 
     got = evaluate_per_user(users, vectors, [0, 2], [2, 3], ks=[2, 3, 4])
     assert got["recall@2"] == 0.0 and got["hit_rate@2"] == 0.0
@@ -351,7 +351,7 @@ def test_per_user_by_hand():
 
 def test_per_user_with_one_target_equals_per_row():
     users, vectors, targets, indptr, indices, counts = integer_problem(7)
-    from recsys.retrieval_metrics import evaluate_per_user
+    from recsys.retrieval_protocols import evaluate_per_user
 
     u, v = torch.from_numpy(users), torch.from_numpy(vectors)
     per_row = evaluate_retrieval(u, v, targets, exclude_indptr=indptr, exclude_indices=indices, item_counts=counts, ks=(1, 5, 10))
@@ -361,7 +361,7 @@ def test_per_user_with_one_target_equals_per_row():
 
 
 def test_per_user_merging_and_scores_path():
-    from recsys.retrieval_metrics import PerUserEvaluator, evaluate_per_user
+    from recsys.retrieval_protocols import PerUserEvaluator, evaluate_per_user
 
     users, vectors, targets, excluded, counts = per_user_problem(4)
     u, v = torch.from_numpy(users), torch.from_numpy(vectors)
@@ -377,7 +377,7 @@ def test_per_user_merging_and_scores_path():
 
 
 def test_per_user_errors_name_the_problem():
-    from recsys.retrieval_metrics import evaluate_per_user
+    from recsys.retrieval_protocols import evaluate_per_user
 
     v = torch.zeros(5, 2)
     with pytest.raises(ValueError, match="user 1 of this batch has no held-out item"):
@@ -389,7 +389,8 @@ def test_per_user_errors_name_the_problem():
 
 
 def test_metric_names_are_the_keys_of_both_protocols():
-    from recsys.retrieval_metrics import evaluate_per_user, metric_names
+    from recsys.retrieval_metrics import metric_names
+    from recsys.retrieval_protocols import evaluate_per_user
 
     v = torch.eye(3)
     names = set(metric_names([5, 20]))

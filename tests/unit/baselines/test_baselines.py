@@ -12,7 +12,8 @@ from recsys.baselines import BASELINES, Interactions, evaluate_baselines, rank_f
 from recsys.baselines.als import ALS
 from recsys.baselines.itemknn import ItemKNN, item_neighbours
 from recsys.baselines.popularity import Popularity
-from recsys.retrieval_metrics import evaluate_per_user, evaluate_retrieval, exclusion_for, split_queries, user_item_csr
+from recsys.retrieval_metrics import evaluate_retrieval, user_item_csr
+from recsys.retrieval_protocols import evaluate_per_user, exclusion_for, split_queries
 
 
 def interactions(seed: int, users: int = 40, items: int = 30, rows: int = 400) -> Interactions:

@@ -17,7 +17,8 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from recsys.data.loader import rank_rows
-from recsys.retrieval_metrics import evaluate_per_user, evaluate_retrieval, exclusion_rows, union_csr, user_item_csr
+from recsys.retrieval_metrics import evaluate_retrieval, exclusion_rows, union_csr, user_item_csr
+from recsys.retrieval_protocols import evaluate_per_user
 from recsys.train.retrieval_eval import RetrievalEvaluation, query_rows, selection_cutoff
 
 NUM_USERS, NUM_ITEMS, DIM = 12, 20, 3
