@@ -119,6 +119,7 @@ __all__ = [
     "ssl_loss",
     "tower_features",
     "build_tower_collections",
+    "shared_history_features",
     "build_two_tower_model",
     "build_two_tower_task",
     "embed_items",
@@ -138,6 +139,10 @@ class Tower(nn.Module):
         layer_sizes (Sequence[int]): MLP sizes; the last is the tower's output dim D.
         num_dense (int): dense inputs appended to the pooled features. Default 0.
         device (torch.device | str | None): where the MLP lives (``meta`` works).
+        history (dict[str, tuple[str, str]] | None): features of ``feature_names`` NOT in ``sparse``
+            that read another tower's table: ``{history feature: (item id feature, pooling)}``
+            (``history_table: item``). Their vectors come from :meth:`attach_history_source`'s
+            tower, pooled over the bag (``mean`` or ``sum``). Default: none.
 
     Raises:
         ValueError: no features, dims that do not match the names, or no layers.
@@ -151,6 +156,7 @@ class Tower(nn.Module):
         layer_sizes: Sequence[int],
         num_dense: int = 0,
         device: torch.device | str | None = None,
+        history: dict[str, tuple[str, str]] | None = None,
     ):
         super().__init__()
         if not feature_names:
@@ -170,16 +176,75 @@ class Tower(nn.Module):
                 layers.append(nn.ReLU())
         self.mlp = nn.Sequential(*layers)
         self.output_dim = int(layer_sizes[-1])
+        self.history = dict(history or {})
+        # A plain list: the item tower is not a submodule of this one. copy.deepcopy copies the list
+        # with its item tower (the same copy when the whole model is copied), so an unsharded copy
+        # of the user tower alone (serving) still reads the item table.
+        self._history_source: list[Tower] = []
 
-    def forward(self, kjt: KeyedJaggedTensor, dense: torch.Tensor | None = None) -> torch.Tensor:
+    def attach_history_source(self, item_tower: "Tower") -> None:
+        """The tower whose table the ``history`` features read (a reference, not a submodule: DMP
+        shards that table once, under the item tower, and this tower reads ``item_tower.sparse`` as
+        it stands at call time, sharded or not)."""
+        self._history_source[:] = [item_tower]
+
+    def history_kjt(self, kjt: KeyedJaggedTensor) -> KeyedJaggedTensor:
+        """The ``history`` bags of ``kjt`` as rows of the item tower's KJT: keys the item tower's
+        features, the item id feature holding the history, every other item feature empty.
+
+        Stride ``len(history) * B`` (history feature major)."""
+        source = self._history_source[0]
+        batch = kjt.stride()
+        per_key = kjt.to_dict()
+        values, lengths = [], []
+        for key in source.feature_names:
+            for name, (item_id, _) in self.history.items():
+                if key == item_id:
+                    values.append(per_key[name].values())
+                    lengths.append(per_key[name].lengths())
+                else:
+                    lengths.append(torch.zeros(batch, dtype=torch.int32, device=kjt.values().device))
+        return KeyedJaggedTensor(
+            keys=list(source.feature_names), values=torch.cat(values), lengths=torch.cat(lengths).to(torch.int32),
+            stride=batch * len(self.history),
+        )
+
+    def pool_history(self, pooled: dict[str, torch.Tensor], kjt: KeyedJaggedTensor) -> dict[str, torch.Tensor]:
+        """``{history feature: (B, D_f)}`` from the item collection's output on :meth:`history_kjt` rows
+        (``pooled[item id]`` is the SUM over each bag, as the item id's table pools; ``mean`` divides)."""
+        batch = kjt.stride()
+        out = {}
+        for i, (name, (item_id, pooling)) in enumerate(self.history.items()):
+            rows = pooled[item_id][i * batch : (i + 1) * batch]  # (B, D)
+            if pooling == "mean":
+                lengths = kjt[name].lengths().clamp(min=1).to(rows.dtype)  # (B,)
+                rows = rows / lengths[:, None]
+            out[name] = rows
+        return out
+
+    def forward(
+        self, kjt: KeyedJaggedTensor, dense: torch.Tensor | None = None, history: dict[str, torch.Tensor] | None = None
+    ) -> torch.Tensor:
         """Args:
             kjt (KeyedJaggedTensor): stride B, keys including every name in ``feature_names``.
             dense (torch.Tensor | None): ``(B, num_dense)`` when the tower has dense inputs.
+            history (dict[str, torch.Tensor] | None): the ``history`` features' pooled ``(B, D_f)``
+                when the caller already looked them up (the task does, in its one item-table call);
+                None: looked up here through the history source.
 
         Returns:
             torch.Tensor: ``(B, D)``, unit L2 norm per row.
         """
         per_key = self.sparse(kjt).to_dict()
+        if self.history:
+            if history is None:
+                hist_kjt = self.history_kjt(kjt)
+                history = self.pool_history(self._history_source[0].sparse(hist_kjt).to_dict(), kjt)
+            per_key = {**per_key, **history}
+        return self.from_pooled(per_key, dense)
+
+    def from_pooled(self, per_key: dict[str, torch.Tensor], dense: torch.Tensor | None = None) -> torch.Tensor:
+        """``(B, D)`` unit vectors from the pooled ``(B, D_f)`` of every name in ``feature_names``."""
         parts = [per_key[name] for name in self.feature_names]  # each (B, D_f)
         if self.num_dense:
             if dense is None:
@@ -420,6 +485,21 @@ class TwoTowerTask(nn.Module):
             q = q + num_negatives / self.catalogue.num_sampleable
         return q
 
+    def _embed(
+        self, item_parts: list[KeyedJaggedTensor], user_kjt: KeyedJaggedTensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(item vectors of every row of item_parts, user vectors)``. With ``history_table: item``
+        the user's history bags are rows of the SAME item-collection call (one lookup, one backward
+        per table per step)."""
+        user_tower, item_tower = self.model.user_tower, self.model.item_tower
+        if not user_tower.history:
+            return self.model.item_embeddings(_cat_rows(item_parts, self.item_features)), self.model.user_embeddings(user_kjt)
+        rows = sum(k.stride() for k in item_parts)
+        pooled = item_tower.sparse(_cat_rows([*item_parts, user_tower.history_kjt(user_kjt)], self.item_features)).to_dict()
+        vectors = item_tower.from_pooled({name: v[:rows] for name, v in pooled.items()})
+        history = user_tower.pool_history({name: v[rows:] for name, v in pooled.items()}, user_kjt)
+        return vectors, user_tower(user_kjt, history=history)
+
     def _ssl_views(self, item_kjt: KeyedJaggedTensor) -> tuple[KeyedJaggedTensor, KeyedJaggedTensor]:
         num = len(self.item_features) * item_kjt.stride()
         drop1 = (torch.rand(num, generator=self._generator) < self.ssl_mask_rate).to(item_kjt.lengths().device)  # (F * B,)
@@ -445,10 +525,9 @@ class TwoTowerTask(nn.Module):
         use_ssl = self.ssl_weight > 0 and self.training
         if use_ssl:
             parts.extend(self._ssl_views(item_kjt))
-        vectors = self.model.item_embeddings(_cat_rows(parts, self.item_features))  # (B [+ M] [+ 2B], D)
+        vectors, user = self._embed(parts, user_kjt)  # (B [+ M] [+ 2B], D), (B, D)
         item = vectors[:size]  # (B, D)
         negatives = vectors[size : size + num_negatives] if num_negatives else None  # (M, D)
-        user = self.model.user_embeddings(user_kjt)  # (B, D)
 
         log_q = negative_log_q = None
         if self.logq_correction:
@@ -481,10 +560,9 @@ class TwoTowerTask(nn.Module):
         use_ssl = self.ssl_weight > 0
         if use_ssl:
             parts.extend(self._ssl_views(item_kjt))
-        vectors = self.model.item_embeddings(_cat_rows(parts, self.item_features))  # (V [+ 2B], D)
+        vectors, user = self._embed(parts, user_kjt)  # (V [+ 2B], D), (B, D)
         num_items = len(self.catalogue)
         catalogue = vectors[:num_items]  # (V, D)
-        user = self.model.user_embeddings(user_kjt)  # (B, D)
         temperature = self.temperature
         main = full_softmax_loss(user, catalogue, item_ids, temperature, self.catalogue.first_item)
         if use_ssl:
@@ -579,6 +657,10 @@ class TwoTowerConfig(BaseModel):
             logQ, accidental hits and mixed negatives do not apply).
         num_mixed_negatives: M uniform catalogue items per step (0: in-batch only).
         ssl_weight / ssl_temperature / ssl_mask_rate: the SSL auxiliary loss (0 weight: off).
+        history_table: where a history feature (``history_of: <item id feature>`` in the spec)
+            looks its items up: ``item``: in the item tower's item-id table (one table, one copy,
+            one gradient; YouTube's / TorchRec's retrieval models; the history feature's own
+            ``embedding_dim`` / ``compression`` are then unused) or ``own``: a table of its own.
         user_id_feature: the user tower's single-valued id feature (whose training items
             evaluation can exclude).
         eval_ks: the cut-offs of the retrieval metrics.
@@ -612,6 +694,7 @@ class TwoTowerConfig(BaseModel):
     ssl_weight: Annotated[float, Field(ge=0.0)] = 0.0
     ssl_temperature: Annotated[float, Field(gt=0.0)] = 0.1
     ssl_mask_rate: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.5
+    history_table: Literal["own", "item"] = "own"
     user_id_feature: str = "user_id"
     eval_ks: tuple[Annotated[int, Field(ge=1)], ...] = Field((10, 20, 50, 100), min_length=1)
     eval_protocol: Literal["per_row", "per_user"] = "per_row"
@@ -698,18 +781,38 @@ def _tower_spec(spec: DatasetSpec, tower: str, shared_groups: set[str]) -> Datas
     return spec.model_copy(update={"features": features, "groups": groups})
 
 
+def shared_history_features(spec: DatasetSpec, item_id_feature: str = "item_id") -> dict[str, tuple[str, str]]:
+    """``{history feature: (item id feature, pooling)}``: the user features with ``history_of: item_id_feature``."""
+    return {
+        f.name: (item_id_feature, f.pooling)
+        for f in spec.sparse
+        if f.tower == "user" and getattr(f, "history_of", None) == item_id_feature
+    }
+
+
 def build_tower_collections(
     spec: DatasetSpec,
     *,
     device: torch.device | str | None = None,
     counts: dict[str, np.ndarray] | None = None,
+    history_table: str = "own",
+    item_id_feature: str = "item_id",
 ) -> tuple[CompressedEmbeddingBagCollection, CompressedEmbeddingBagCollection]:
     """``(user collection, item collection)`` over each tower's features (``"meta"`` for sharding).
 
     A unified group read by both towers is built once per tower, named ``user__<group>`` and
-    ``item__<group>`` (module docstring).
+    ``item__<group>`` (module docstring). With ``history_table="item"`` the user collection leaves
+    out the history features (they read ``item_id_feature``'s table in the item collection).
     """
     user, item = tower_features(spec)
+    if history_table == "item":
+        shared = shared_history_features(spec, item_id_feature)
+        user = [n for n in user if n not in shared]
+        if not user:
+            raise ValueError(
+                f"history_table: item leaves the user tower no table of its own (its features {list(shared)} all read "
+                f"{item_id_feature}'s); give users another feature (user_id) or use history_table: own"
+            )
     by_name = {f.name: f for f in spec.sparse}
 
     def groups_of(names: list[str]) -> set[str]:
@@ -752,13 +855,19 @@ def build_two_tower_model(
             f"model.item_id_feature: got {config.item_id_feature!r}; it must be a single-valued sparse feature with "
             f"tower: item, one of {[n for n in item if not by_name[n].multi_valued]}"
         )
+    history = shared_history_features(spec, config.item_id_feature) if config.history_table == "item" else {}
     if user_sparse is None or item_sparse is None:
-        built_user, built_item = build_tower_collections(spec, device=device, counts=counts)
+        built_user, built_item = build_tower_collections(
+            spec, device=device, counts=counts, history_table=config.history_table, item_id_feature=config.item_id_feature
+        )
         user_sparse = user_sparse if user_sparse is not None else built_user
         item_sparse = item_sparse if item_sparse is not None else built_item
     # Dense features carry no tower in the spec yet, so the towers take none.
-    user_tower = Tower(user_sparse, user, [by_name[n].embedding_dim for n in user], config.user_layers, device=device)
+    user_dims = [by_name[history[n][0] if n in history else n].embedding_dim for n in user]
+    user_tower = Tower(user_sparse, user, user_dims, config.user_layers, device=device, history=history)
     item_tower = Tower(item_sparse, item, [by_name[n].embedding_dim for n in item], config.item_layers, device=device)
+    if history:
+        user_tower.attach_history_source(item_tower)
     return TwoTower(user_tower, item_tower)
 
 

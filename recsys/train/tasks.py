@@ -341,7 +341,9 @@ class Retrieval(Task):
 
         m = config.model
         torch.manual_seed(config.train.seed)
-        user_sparse, item_sparse = build_tower_collections(spec, device="meta", counts=counts)
+        user_sparse, item_sparse = build_tower_collections(
+            spec, device="meta", counts=counts, history_table=m.history_table, item_id_feature=m.item_id_feature
+        )
         for c in (user_sparse, item_sparse):
             sharding.materialize_dense(c, device)
         model = build_two_tower_model(m, spec, user_sparse=user_sparse, item_sparse=item_sparse, device=device)

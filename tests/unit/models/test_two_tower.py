@@ -502,3 +502,72 @@ def test_plans_per_tower_count_every_table_byte():
     plans = model.plans()
     tables = {name: w for tower in (model.user_tower, model.item_tower) for name, w in tower.sparse.table_weights().items()}
     assert sum(p.weight_bytes for p in plans.values()) == sum(w.numel() * 4 for w in tables.values())
+
+
+def history_spec():
+    spec = tiny_spec()
+    features = [f.model_dump() for f in spec.features]
+    features.insert(2, {"name": "history_item_id", "kind": "sparse", "cardinality": NUM_ITEMS, "max_length": 4, "pooling": "mean",
+                        "tower": "user", "embedding_dim": 16, "history_of": "item_id"})  # its own dim: unused when shared
+    return spec_from_dict({"name": "tiny_history", "features": features, "groups": []})
+
+
+def history_batch(catalogue: ItemCatalogue, batch: int = 8, seed: int = 0) -> tuple[Batch, list[list[int]]]:
+    """random_batch plus a history bag per row (some empty)."""
+    g = torch.Generator().manual_seed(seed)
+    base = random_batch(catalogue, batch=batch, seed=seed).sparse.to_dict()
+    bags = [torch.randint(1, NUM_ITEMS, (int(torch.randint(0, 5, (1,), generator=g)),), generator=g).tolist() for _ in range(batch)]
+    history = KeyedJaggedTensor.from_lengths_sync(["history_item_id"], torch.tensor([v for b in bags for v in b], dtype=torch.int64),
+                                                  torch.tensor([len(b) for b in bags], dtype=torch.int32))
+    per_key = {**base, "history_item_id": history["history_item_id"]}
+    keys = ["user_id", "history_item_id", "user_segment", "item_id", "item_tags", "ctx"]
+    kjt = KeyedJaggedTensor(keys=keys, values=torch.cat([per_key[k].values() for k in keys]),
+                            lengths=torch.cat([per_key[k].lengths().to(torch.int32) for k in keys]), stride=batch)
+    return Batch(dense=torch.zeros(batch, 0), sparse=kjt, labels=torch.ones(batch)), bags
+
+
+@pytest.mark.parametrize("loss", ["sampled_softmax", "full_softmax"])
+def test_history_reads_the_item_id_table_in_one_call(loss):
+    """history_table: item: no history table in the user collection; the history vector is the mean of
+    item_id's rows; the item collection is called ONCE per step (batch items and histories together);
+    history gradients land in item_id's table; serving's copy of the user tower alone gives the same vectors."""
+    torch.manual_seed(0)
+    spec, catalogue = history_spec(), tiny_catalogue()
+    config = TwoTowerConfig(arch="two_tower", user_layers=(16, 8), item_layers=(8,), history_table="item", loss=loss)
+    model = build_two_tower_model(config, spec)
+    assert {t.name for t in model.user_tower.sparse.plan().tables} == {"user_id__full", "user_segment__full"}
+    task = build_two_tower_task(config, model, spec, counts={"item_id": counts_for_tests()}, catalogue=catalogue)
+    batch, bags = history_batch(catalogue)
+    calls = []
+    handle = model.item_tower.sparse.register_forward_hook(lambda *_: calls.append(1))
+    loss_value, out = task(batch)
+    handle.remove()
+    assert len(calls) == 1
+
+    table = dict(model.item_tower.sparse.named_parameters())
+    (weight,) = [p for name, p in table.items() if "item_id" in name]  # (V, 8)
+    user_kjt = batch.sparse
+    with torch.no_grad():
+        own = model.user_tower.sparse(user_kjt).to_dict()
+        hist = torch.stack([weight[b].mean(0) if b else torch.zeros(8) for b in bags])  # (B, 8): empty bag -> 0
+        x = torch.cat([own["user_id"], hist, own["user_segment"]], dim=1)
+        want = torch.nn.functional.normalize(model.user_tower.mlp(x), dim=1)
+    assert torch.allclose(out.user, want, atol=1e-5)
+
+    loss_value.backward()
+    only_in_history = sorted({v for b in bags for v in b} - set(batch.sparse["item_id"].values().tolist()))
+    if loss == "sampled_softmax":
+        assert only_in_history and (weight.grad[only_in_history].abs().sum(1) > 0).all()
+    with torch.no_grad():
+        retrieval = TwoTowerRetrieval.from_trained(model, catalogue=catalogue, k=5)
+        assert torch.allclose(retrieval.user_embeddings(user_kjt), want, atol=1e-5)
+        assert torch.allclose(model.user_embeddings(user_kjt), want, atol=1e-5)
+
+
+def test_history_table_own_keeps_its_table_and_errors():
+    spec = history_spec()
+    own = build_two_tower_model(TwoTowerConfig(arch="two_tower"), spec)
+    assert "history_item_id__full" in {t.name for t in own.user_tower.sparse.plan().tables}
+    only_history = spec_from_dict({"name": "h", "features": [f.model_dump() for f in spec.features if f.name not in ("user_id", "user_segment")]})
+    with pytest.raises(ValueError, match="history_table: item leaves the user tower no table of its own"):
+        build_two_tower_model(TwoTowerConfig(arch="two_tower", history_table="item"), only_history)
