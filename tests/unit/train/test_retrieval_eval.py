@@ -216,3 +216,19 @@ def test_results_json_keys_are_exact(tmp_path):
     assert set(results) == want
     assert results["eval_protocol"] == "per_user" and results["eval_exclude"] == ["train", "validation"]
     assert not {"auc", "logloss", "oracle_auc", "val_eval_protocol"} & set(results)
+
+
+def test_large_catalogue_skips_the_costly_baselines(tmp_path):
+    files = write_splits(tmp_path / "data")
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{free_port()}", rank=0, world_size=1)
+    try:
+        cfg = config("per_row", ["train"])
+        cfg.model.baselines, cfg.model.baseline_max_items = ("als", "itemknn", "popularity"), NUM_ITEMS - 1
+        lines: list[str] = []
+        evaluation = RetrievalEvaluation(files, "user_id", "item_id", NUM_USERS, NUM_ITEMS, "timestamp")
+        got = evaluation.evaluate(FakeModel(), FakeReader(files["test"][0], 0, 1), torch.device("cpu"), cfg, "test",
+                                  FakeCatalogue(), np.arange(NUM_ITEMS), log=lines.append)
+    finally:
+        dist.destroy_process_group()
+    assert lines[0] == f"baselines ['als', 'itemknn'] skipped: the catalogue has {NUM_ITEMS} items > model.baseline_max_items {NUM_ITEMS - 1}"
+    assert set(got["baselines"]) == {"popularity"} and "popularity_recall@20" in got and "als_recall@20" not in got
