@@ -35,10 +35,8 @@ batch-1 latencies 5-10x worse on 2 cores. :func:`set_threads` sets all of them d
 
 from __future__ import annotations
 
-import math
 import os
 import threading
-from dataclasses import dataclass
 from typing import Any, Sequence
 
 import numpy as np
@@ -46,14 +44,11 @@ import torch
 
 from recsys.retrieval_metrics import topk_lower_index
 
-INDEX_KINDS: tuple[str, ...] = ("exact", "ivf", "hnsw", "binary")
-BUILD_SETTINGS: dict[str, tuple[str, ...]] = {
-    "exact": (),
-    "ivf": ("nlist", "nprobe", "train_size"),
-    "hnsw": ("m", "ef_construction", "ef_search"),
-    "binary": ("rerank",),
-}
-SERVE_TIME_SETTINGS: dict[str, tuple[str, ...]] = {"exact": (), "ivf": ("nprobe",), "hnsw": ("ef_search",), "binary": ("rerank",)}
+from serving.index_kinds import INDEX_KINDS, INDEX_REGISTRY, IndexArtifacts, index_kind, resolve, sign_codes  # noqa: F401 (re-exported)
+
+# derived from the registry (serving.index_kinds): one entry per kind, nothing to keep in step here
+BUILD_SETTINGS: dict[str, tuple[str, ...]] = {name: k.setting_names for name, k in INDEX_REGISTRY.items()}
+SERVE_TIME_SETTINGS: dict[str, tuple[str, ...]] = {name: k.serve_time_names for name, k in INDEX_REGISTRY.items()}
 
 
 def set_threads(num_threads: int = 1) -> None:
@@ -92,18 +87,7 @@ def default_index_settings(kind: str, num_items: int) -> dict[str, Any]:
     Raises:
         ValueError: an unknown kind.
     """
-    if kind == "exact":
-        return {}
-    if kind == "ivf":
-        nlist = int(max(1, min(round(4 * math.sqrt(num_items)), num_items // 39)))
-        nprobe = max(1, min(nlist, int(math.ceil(24 * nlist**0.3))))
-        return {"nlist": nlist, "nprobe": nprobe, "train_size": min(num_items, 64 * nlist)}
-    if kind == "hnsw":
-        ef_search = 256 if num_items <= 100_000 else int(math.ceil(256 * (num_items / 100_000) ** 0.3))
-        return {"m": 32, "ef_construction": 100, "ef_search": ef_search}
-    if kind == "binary":
-        return {"rerank": 2000}
-    raise ValueError(f"index: got {kind!r}; choose one of {list(INDEX_KINDS)}")
+    return index_kind(kind).defaults(num_items)
 
 
 def parse_index_settings(pairs: Sequence[str]) -> dict[str, int]:
@@ -132,40 +116,13 @@ def resolve_index_settings(kind: str, settings: dict[str, Any] | None, num_items
     Raises:
         ValueError: an unknown kind, a setting the kind does not take, a value below 1.
     """
-    if kind not in INDEX_KINDS:
-        raise ValueError(f"index: got {kind!r}; choose one of {list(INDEX_KINDS)}")
-    given = dict(settings or {})
-    check_settings(kind, given)
-    out = {**default_index_settings(kind, num_items), **given}
-    notes: list[str] = []
-
-    def clamp(key: str, value: int, why: str) -> None:
-        if out[key] != value:
-            notes.append(f"index setting {key}={out[key]} {why}: built with {key}={value}")
-            out[key] = value
-
-    if kind == "ivf":
-        clamp("nlist", min(out["nlist"], max(1, num_items)), f"is above the {num_items:,} items (k-means needs a point per cell)")
-        clamp("train_size", min(max(out["train_size"], out["nlist"]), max(1, num_items)),
-              f"is outside [nlist, items] = [{out['nlist']:,}, {num_items:,}]")
-        clamp("nprobe", min(out["nprobe"], out["nlist"]), f"is above nlist={out['nlist']:,} (there are no more cells to scan)")
-    return out, notes
+    return resolve(index_kind(kind), settings, num_items)
 
 
-def check_settings(kind: str, settings: dict[str, Any], allowed: Sequence[str] | None = None) -> None:
-    """Raise ``ValueError`` naming any setting the kind does not take or a non-positive value."""
-    allowed = BUILD_SETTINGS[kind] if allowed is None else allowed
-    unknown = sorted(set(settings) - set(allowed))
-    if unknown:
-        raise ValueError(f"index settings {unknown} are not settings of the {kind} index; allowed: {list(allowed)}")
-    for key, value in settings.items():
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise ValueError(f"index setting {key}: got {value!r}; give a positive integer")
-
-
-def sign_codes(vectors: np.ndarray) -> np.ndarray:
-    """``(n, ceil(D / 8))`` uint8: bit j of row i is ``vectors[i, j] > 0`` (big-endian within a byte)."""
-    return np.packbits(np.asarray(vectors) > 0, axis=1)
+def check_settings(kind: str, settings: dict[str, Any], serve_time: bool = False) -> None:
+    """Raise ``ValueError`` naming any setting the kind does not take (at serve time: only those that may change
+    without a rebuild) or a value outside the setting's range."""
+    index_kind(kind).check(settings, serve_time)
 
 
 def _topk_tie_rule(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -192,57 +149,15 @@ def _topk_tie_rule(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Te
     return values, items
 
 
-@dataclass
-class IndexArtifacts:
-    """What an index adds to a bundle: a serialised faiss index or binary codes."""
-
-    kind: str
-    index_bytes: bytes | None = None
-    codes: np.ndarray | None = None
-
-    def bytes_per_item(self, stored: np.ndarray, scales: np.ndarray | None) -> dict[str, float]:
-        """Bytes per item of what the search reads: stored vectors (+ scale), the index or codes."""
-        num_items = max(1, stored.shape[0])
-        out = {"vectors": float(stored.shape[1] * stored.itemsize + (4 if scales is not None else 0))}
-        if self.index_bytes is not None:
-            out["index"] = len(self.index_bytes) / num_items
-        if self.codes is not None:
-            out["codes"] = float(self.codes.shape[1])
-        return out
-
-
 def build_index(kind: str, vectors: np.ndarray, settings: dict[str, Any]) -> IndexArtifacts:
     """Build the index of ``kind`` over float32 ``(V, D)`` vectors (every row, the OOV row included).
 
     Raises:
         ValueError: unknown kind or settings.
     """
-    if kind not in INDEX_KINDS:
-        raise ValueError(f"index: got {kind!r}; choose one of {list(INDEX_KINDS)}")
-    check_settings(kind, settings)
-    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
-    if kind == "exact":
-        return IndexArtifacts(kind)
-    if kind == "binary":
-        return IndexArtifacts(kind, codes=sign_codes(vectors))
-    import faiss
-
-    num_items, dim = vectors.shape
-    if kind == "ivf":
-        settings, _ = resolve_index_settings(kind, settings, num_items)  # callers that skipped it get the same clamps
-        nlist = settings["nlist"]
-        quantizer = faiss.IndexFlatIP(dim)
-        index = faiss.IndexIVFFlat(quantizer, dim, nlist, faiss.METRIC_INNER_PRODUCT)
-        rng = np.random.default_rng(0)
-        train_size = settings["train_size"]
-        sample = vectors if train_size >= num_items else vectors[np.sort(rng.choice(num_items, train_size, replace=False))]
-        index.train(sample)
-        index.add(vectors)
-    else:
-        index = faiss.IndexHNSWFlat(dim, settings["m"], faiss.METRIC_INNER_PRODUCT)
-        index.hnsw.efConstruction = settings["ef_construction"]
-        index.add(vectors)
-    return IndexArtifacts(kind, index_bytes=faiss.serialize_index(index).tobytes())
+    spec = index_kind(kind)
+    spec.check(settings)
+    return spec.build(np.ascontiguousarray(vectors, dtype=np.float32), settings)
 
 
 class Retriever:
@@ -256,10 +171,10 @@ class Retriever:
 
     Args:
         vectors (np.ndarray): ``(V, D)`` float32 | float16 | int8 item vectors, row i = item index i.
-        kind (str): ``exact`` | ``ivf`` | ``hnsw`` | ``binary``.
+        kind (str): a kind of :data:`serving.index_kinds.INDEX_REGISTRY` (``exact``, ``ivf``, ``ivf_sq8``, ...).
         settings (dict): the index settings (the bundle's, with any serve-time overrides).
         scales (np.ndarray | None): ``(V,)`` float32 per-item scales, int8 vectors only.
-        index_bytes (bytes | None): the serialised faiss index (ivf / hnsw).
+        index_bytes (bytes | None): the serialised faiss index (ivf*, hnsw*; built from ``vectors`` when None).
         codes (np.ndarray | None): the binary codes (binary; built from ``vectors`` when None).
         first_item (int): rows below it are never returned. Default 1.
         chunk_rows (int): items per block of exact search (one ``(B, chunk) `` score block at a
@@ -278,8 +193,7 @@ class Retriever:
         first_item: int = 1,
         chunk_rows: int = 1 << 16,
     ):
-        if kind not in INDEX_KINDS:
-            raise ValueError(f"index: got {kind!r}; choose one of {list(INDEX_KINDS)}")
+        self.spec = index_kind(kind)
         vectors = np.asarray(vectors)
         if vectors.dtype not in (np.float32, np.float16, np.int8):
             vectors = vectors.astype(np.float32)
@@ -296,29 +210,14 @@ class Retriever:
         self.first_item = first_item
         self.chunk_rows = chunk_rows
         self._index = None
-        if kind in ("ivf", "hnsw"):
-            import faiss
-
-            if index_bytes is None:
+        if self.spec.load is not None:
+            artifacts = IndexArtifacts(kind, index_bytes, codes)
+            if (index_bytes is None and "index.faiss" in self.spec.files) or (codes is None and "item_codes.npy" in self.spec.files):
                 self.settings, self.notes = resolve_index_settings(kind, self.settings, self.num_items)
-                index_bytes = build_index(kind, self.rows(slice(None)), self.settings).index_bytes
-            self._index = faiss.deserialize_index(np.frombuffer(index_bytes, dtype=np.uint8))
-            if kind == "ivf" and self.settings.get("nlist") != self._index.nlist:
-                # bundles written before the clamp was recorded say the nlist that was asked for
-                self.notes.append(f"index setting nlist={self.settings.get('nlist')} in the manifest; the index has "
-                                  f"nlist={self._index.nlist}: serving with the index's")
-                self.settings["nlist"] = int(self._index.nlist)
-            if kind == "ivf" and self.settings["nprobe"] > self.settings["nlist"]:
-                self.notes.append(f"index setting nprobe={self.settings['nprobe']} is above nlist={self.settings['nlist']}: "
-                                  f"serving with nprobe={self.settings['nlist']}")
-                self.settings["nprobe"] = self.settings["nlist"]
-        elif kind == "binary":
-            import faiss
-
-            # int8 / float16 signs are the dequantised vectors' signs (scales are positive)
-            codes = sign_codes(self.vectors) if codes is None else np.ascontiguousarray(codes, dtype=np.uint8)
-            self._index = faiss.IndexBinaryFlat(int(codes.shape[1]) * 8)
-            self._index.add(codes)
+                artifacts = build_index(kind, self.rows(slice(None)), self.settings)
+            self._index = self.spec.load(artifacts)
+            if self.spec.serve_clamp is not None:
+                self.spec.serve_clamp(self.settings, self._index, self.notes, "manifest")
 
     def rows(self, index: Any) -> np.ndarray:
         """float32 dequantised rows ``vectors[index]`` (the same values as :func:`serving.bundle.dequantize`)."""
@@ -353,16 +252,14 @@ class Retriever:
         Raises:
             ValueError: a setting that cannot change at serve time.
         """
-        check_settings(self.kind, overrides, SERVE_TIME_SETTINGS[self.kind])
+        check_settings(self.kind, overrides, serve_time=True)
         other = object.__new__(Retriever)
         other.__dict__.update(self.__dict__)
         other.settings = {**self.settings, **overrides}
         other.notes = list(self.notes)
         other.exact_fallbacks = 0
-        if self.kind == "ivf" and other.settings["nprobe"] > other.settings["nlist"]:
-            other.notes.append(f"--index-setting nprobe={other.settings['nprobe']} is above the index's nlist={other.settings['nlist']}: "
-                               f"serving with nprobe={other.settings['nlist']} (every cell)")
-            other.settings["nprobe"] = other.settings["nlist"]
+        if self.spec.serve_clamp is not None:
+            self.spec.serve_clamp(other.settings, self._index, other.notes, "override")
         return other
 
     def search(
@@ -379,20 +276,12 @@ class Retriever:
             ``(scores (B, k) float32, items (B, k) int64)``; ``-inf`` / ``-1`` where fewer remain.
         """
         users_np = np.ascontiguousarray(users.numpy() if isinstance(users, torch.Tensor) else users, dtype=np.float32)
-        if self.kind == "exact":
+        if self._index is None:
             return self._exact(users_np, k, exclude)
         extra = max((len(e) for e in exclude), default=0) if exclude else 0
         want = min(self.num_items, k + extra + self.first_item)
-        import faiss
-
-        if self.kind == "binary":
-            want = min(self.num_items, max(want, self.settings["rerank"]))
-            _, candidates = self._index.search(sign_codes(users_np), want)
-        else:
-            # per-call parameters (not the shared index's fields): retrievers made by with_settings share the index
-            params = (faiss.SearchParametersHNSW(efSearch=max(self.settings["ef_search"], want)) if self.kind == "hnsw"
-                      else faiss.SearchParametersIVF(nprobe=self.settings["nprobe"]))
-            _, candidates = self._index.search(users_np, want, params=params)
+        # the kind's search settings go with the call, never into the shared index (with_settings shares it)
+        candidates = self.spec.candidates(self._index, users_np, want, self.settings)
         scores, items = self._rerank(users_np, candidates.astype(np.int64), k, exclude)
         short = self._short_rows(items, k, exclude)
         if short.size:  # the index found fewer eligible items than the catalogue has: exact search for these rows
