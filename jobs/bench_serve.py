@@ -47,13 +47,13 @@ def concurrency_list(text: str) -> list[int]:
 
 
 def build_parser() -> OneLineParser:
-    from serving.retriever import BUILD_SETTINGS
+    from serving.retriever import BUILD_SETTINGS, INDEX_KINDS
 
     parser = OneLineParser(prog="recsys bench serve", description=__doc__.split("\n\n")[0])
     parser.add_argument("bundle", nargs="?", help="a bundle folder (or use --synthetic-items)")
     parser.add_argument("--synthetic-items", type=int_in(2, 100_000_000), default=None, metavar="N",
                         help="build a synthetic bundle of N items instead, N in [2, 10^8]")
-    parser.add_argument("--index", default="ivf", choices=["exact", "ivf", "hnsw", "binary"], help="synthetic bundle's index (default ivf)")
+    parser.add_argument("--index", default="ivf", choices=INDEX_KINDS, help="synthetic bundle's index (default ivf)")
     parser.add_argument("--index-setting", type=index_setting(tuple(sorted({k for v in BUILD_SETTINGS.values() for k in v}))),
                         action="append", default=[], metavar="KEY=N", help="synthetic bundle's index settings (N >= 1)")
     parser.add_argument("--catalogue", default="mixture", choices=["mixture", "clustered", "uniform"],
@@ -162,12 +162,17 @@ def main(argv: list[str] | None = None) -> int:
         print(" | ".join(HEADER), flush=True)
         result = run_benchmark(bundle, concurrency=args.concurrency, seconds=args.seconds, max_requests=args.max_requests,
                                k=args.k, threads=args.threads, serve_args=args.serve_arg, log=lambda line: print(line, flush=True))
-    rows = [dict(zip(HEADER, r.row())) for r in result.levels]
+    rows = [dict(zip(HEADER, r.row())) for r in [*result.levels, *result.tower]]
     print()
     print_table(rows, HEADER, title=f"top-{args.k}, {args.seconds:g} s per level, {args.threads} thread(s) per library")
     index = result.bundle["index"]
     print(f"index {index['kind']} {index['settings']} over {result.bundle['items']:,} {result.bundle['precision']} items: "
           f"recall@{args.k} against exact {result.recall:.4f} (200 users); service RSS {result.service_rss_mib:,.0f} MiB")
+    by_name = {r.name: r for r in [*result.levels, *result.tower]}
+    search, tower, checked = (by_name.get(n) for n in ("bare index search", "user tower alone", "user tower, export's input checks"))
+    if search and tower and checked and search.p50_ms > 0:
+        print(f"user tower / bare index search, p50: {tower.p50_ms / search.p50_ms:.2f} "
+              f"(with torch.export's per-call input checks, as before: {checked.p50_ms / search.p50_ms:.2f})")
     if args.out:
         Path(args.out).write_text(json.dumps(results_json(result), indent=2), encoding="utf-8")
     return 0

@@ -14,7 +14,7 @@ Layout (every file but ``manifest.json`` is listed in the manifest with its size
       item_vectors.npy         (V, D) float32 | float16 | int8, row i = item index i (row 0: OOV)
       item_scales.npy          (V,) float32, int8 only: v_i ~= item_vectors[i] * item_scales[i]
       item_codes.npy           (V, ceil(D / 8)) uint8, binary index only: sign bits of the vectors
-      index.faiss              ivf / hnsw only: the faiss index over the float32 vectors
+      index.faiss              ivf* / hnsw* only: the faiss index (serving.index_kinds: each kind names its files)
       vocab/<feature>.parquet  the data set's vocabulary (index, raw_id, count, token) of every
                                user-tower feature with a vocabulary, and of the item id feature
 
@@ -40,6 +40,8 @@ from typing import Any, Callable
 
 import numpy as np
 
+from serving.index_kinds import INDEX_KINDS, index_kind  # noqa: F401 (the one registry of kinds; re-exported)
+
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 USER_TOWER = "user_tower.pt2"
@@ -50,7 +52,6 @@ INDEX = "index.faiss"
 VOCAB_DIR = "vocab"
 
 PRECISIONS: tuple[str, ...] = ("fp32", "fp16", "int8")
-INDEX_KINDS: tuple[str, ...] = ("exact", "ivf", "hnsw", "binary")
 
 
 class BundleError(ValueError):
@@ -218,7 +219,8 @@ class Bundle:
     Attributes:
         path: the folder.
         manifest: its manifest.
-        user_tower: the loaded ``torch.export`` program's module.
+        user_tower: the loaded ``torch.export`` program's module, without per-call input checks (the
+            service's encoder is its only caller).
         stored_vectors: ``(V, D)`` item vectors in their stored dtype (float32 | float16 | int8):
             the service keeps them so, at the bundle's precision, and dequantises only the rows a
             search reads (:class:`serving.retriever.Retriever`).
@@ -308,6 +310,13 @@ def load_bundle(path: str | Path, *, verify: bool = True) -> Bundle:
     items = manifest["items"]
     if stored.ndim != 2 or stored.shape != (items["count"], items["dim"]):
         raise BundleError(f"{path / ITEM_VECTORS}: shape {stored.shape}, the manifest says ({items['count']}, {items['dim']})")
+    try:
+        kind = index_kind(manifest["index"]["kind"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise BundleError(f"{path / MANIFEST}: index.kind: {exc}") from None
+    for name in kind.files:  # the files the registry says the kind needs, named before anything is searched
+        if not (path / name).exists():
+            raise BundleError(f"{path / name}: missing; the bundle's {kind.name} index needs it")
     index_bytes = (path / INDEX).read_bytes() if (path / INDEX).exists() else None
     vocabs = {}
     for name, rel in manifest["vocab"].items():
@@ -319,5 +328,10 @@ def load_bundle(path: str | Path, *, verify: bool = True) -> Bundle:
         raise BundleError(f"{path / ITEM_VECTORS}: dtype {stored.dtype}; a bundle stores float32, float16 or int8 vectors")
     if stored.dtype == np.int8 and (scales is None or scales.shape != (items["count"],)):
         raise BundleError(f"{path / ITEM_SCALES}: int8 item vectors need one float32 scale per item (shape ({items['count']},))")
-    return Bundle(path, manifest, program.module(), stored, None if scales is None else scales.astype(np.float32, copy=False),
+    # The service's encoder builds the tower's inputs itself (int64 values, (F, B) int32 lengths, B >= 2), so the
+    # program's per-call input checks (pytree spec match + shape guards) only cost time: they were ~60% of a
+    # batch-1 call of the synthetic tower (measured, docs/serving.md "Index kinds and their costs").
+    tower = program.module(check_guards=False)
+    tower.validate_inputs = False
+    return Bundle(path, manifest, tower, stored, None if scales is None else scales.astype(np.float32, copy=False),
                   codes, index_bytes, vocabs)

@@ -178,29 +178,40 @@ def index_recall(service, users: list[dict[str, Any]], k: int, num: int = 200) -
     return recall_at_k(r.search(vectors, k)[1], exact.search(vectors, k)[1])
 
 
-def bare_search(service, users: list[dict[str, Any]], k: int, seconds: float, max_requests: int) -> tuple[LevelResult, LevelResult]:
-    """The same queries without HTTP: ``(index search alone, user tower + search)``, one query at a time."""
+def bare_search(service, users: list[dict[str, Any]], k: int, seconds: float, max_requests: int) -> dict[str, LevelResult]:
+    """The same queries without HTTP, one query at a time: the index search alone, the user tower alone (as
+    served: no per-call input checks), the tower WITH torch.export's per-call input checks (the baseline the
+    checks were dropped from), and tower + search (:meth:`LoadedService.run`)."""
+    import torch
+
+    from serving.bundle import USER_TOWER
     from serving.service import Query
 
     parsed = [service.encoder.parse(u) for u in users]
     vectors = service.user_vectors(parsed).numpy()
+    inputs = [service.encoder.encode([p]) for p in parsed]
+    checked = torch.export.load(str(service.bundle.path / USER_TOWER)).module()  # the program's default module
     service.retriever.search(vectors[:1], k)  # warm
-    out = []
-    for name, step in (("bare index search", "search"), ("tower + search, no HTTP", "both")):
-        lat = []
-        deadline = time.perf_counter() + seconds
-        start = time.perf_counter()
-        i = 0
-        while i < max_requests and time.perf_counter() < deadline:
-            t = time.perf_counter()
-            if step == "search":
-                service.retriever.search(vectors[i % len(vectors) : i % len(vectors) + 1], k)
-            else:
-                service.run([Query(parsed[i % len(parsed)], k, np.empty(0, np.int64))])
-            lat.append(time.perf_counter() - t)
-            i += 1
-        out.append(summarise(name, 1, lat, 0, time.perf_counter() - start))
-    return out[0], out[1]
+    steps = {
+        "bare index search": lambda i: service.retriever.search(vectors[i : i + 1], k),
+        "user tower alone": lambda i: service.user_vectors([parsed[i]]),
+        "user tower, export's input checks": lambda i: checked(*inputs[i]),
+        "tower + search, no HTTP": lambda i: service.run([Query(parsed[i], k, np.empty(0, np.int64))]),
+    }
+    out = {}
+    with torch.inference_mode():
+        for name, step in steps.items():
+            lat = []
+            deadline = time.perf_counter() + seconds
+            start = time.perf_counter()
+            i = 0
+            while i < max_requests and time.perf_counter() < deadline:
+                t = time.perf_counter()
+                step(i % len(parsed))
+                lat.append(time.perf_counter() - t)
+                i += 1
+            out[name] = summarise(name, 1, lat, 0, time.perf_counter() - start)
+    return out
 
 
 def serve_time_settings(serve_args: Sequence[str]) -> dict[str, int]:
@@ -223,6 +234,7 @@ class BenchResult:
     levels: list[LevelResult]
     recall: float  # recall@k of the index against exact search over the same vectors (200 users)
     service_rss_mib: float  # the service process's resident memory after the levels
+    tower: list[LevelResult]  # the user tower alone, as served and with torch.export's per-call input checks
     bundle: dict[str, Any]  # index kind + settings, item count, precision
 
 
@@ -257,15 +269,17 @@ def run_benchmark(bundle_path: Path, *, concurrency: Sequence[int], seconds: flo
         except subprocess.TimeoutExpired:
             proc.kill()
     service = LoadedService(bundle, serve_time_settings(serve_args) or None)  # as the service searched
-    for r in bare_search(service, users, k, seconds, max_requests):
-        results.append(r)
+    bare = bare_search(service, users, k, seconds, max_requests)
+    tower = [bare.pop("user tower alone"), bare.pop("user tower, export's input checks")]
+    for r in [*bare.values(), *tower]:
         log(" | ".join(r.row()))
+    results.extend(bare.values())
     m = bundle.manifest
-    return BenchResult(results, index_recall(service, users, k), rss,
+    return BenchResult(results, index_recall(service, users, k), rss, tower,
                        {"index": {"kind": m["index"]["kind"], "settings": service.retriever.settings}, "items": bundle.num_items, "precision": m["precision"]["item_vectors"],
                         "source": m.get("source")})
 
 
 def results_json(result: BenchResult) -> dict[str, Any]:
-    return {"levels": [asdict(r) for r in result.levels], "recall": result.recall, "service_rss_mib": result.service_rss_mib,
+    return {"levels": [asdict(r) for r in result.levels], "tower": [asdict(r) for r in result.tower], "recall": result.recall, "service_rss_mib": result.service_rss_mib,
             "bundle": result.bundle}
