@@ -16,7 +16,7 @@ run: setup
 	$(PY) -m jobs.cli train $(CONFIG) data.path=$(DATA)
 
 data: setup
-	$(PY) -m jobs.cli synth ctr --out $(DATA)
+	$(PY) -m jobs.cli synth ctr --out $(DATA) --overwrite
 
 # Default test run (unit + integration, < 10 minutes on 2 cores); slow and gpu tests are opt-in.
 test: setup
