@@ -40,7 +40,7 @@ def test_unknown_kinds_settings_and_out_of_range_values_are_named():
         index_kind("ivf_pq")
     with pytest.raises(ValueError, match=r"index setting m: got 1000; the hnsw_sq8 index takes m in \[1, 256\]"):
         check_settings("hnsw_sq8", {"m": 1000})
-    with pytest.raises(ValueError, match=r"\['nlist'\] are not settings of the ivf_sq8 index; allowed: \['nprobe'\]"):
+    with pytest.raises(ValueError, match=r"\['nlist'\] are not settings of the ivf_sq8 index; allowed: \['nprobe', 'rerank'\]"):
         check_settings("ivf_sq8", {"nlist": 8}, serve_time=True)
     settings, notes = resolve_index_settings("ivf_sq8", {"nlist": 900, "nprobe": 1000}, 500)
     assert settings["nlist"] == 500 and settings["nprobe"] == 500 and len(notes) == 2
@@ -117,3 +117,13 @@ def test_a_bundle_without_the_file_its_kind_needs_is_refused_naming_it(tmp_path)
     (path / "index.faiss").unlink()
     with pytest.raises(BundleError, match=r"index.faiss: missing; the bundle's ivf_sq8 index needs it"):
         load_bundle(path, verify=False)
+
+
+def test_8_bit_ivf_with_a_rerank_margin_finds_what_the_float32_copy_finds(catalogue):
+    vectors, queries = catalogue
+    _, ref = Retriever(vectors, "exact").search(queries, 100)
+    cells = {"nlist": 64, "nprobe": 64, "train_size": 4000}  # every cell: the float32 copy finds the exact lists
+    flat = recall_at_k(Retriever(vectors, "ivf", cells).search(queries, 100)[1], ref)
+    sq8 = Retriever(vectors, "ivf_sq8", {**cells, "rerank": 1})
+    tight, margin = (recall_at_k(sq8.with_settings({"rerank": n}).search(queries, 100)[1], ref) for n in (1, 150))
+    assert flat == 1.0 and tight < 1.0 and margin == 1.0, (tight, margin)  # 8-bit order near the cut, repaired by rerank
