@@ -316,12 +316,12 @@ def early_stopping_problems(config: TrainConfig) -> list[str]:
     names = task.metric_names(config.model)
     allowed = [f"val_{n}" for n in names]
     if es.metric not in allowed:
-        stem, at, _ = es.metric.partition("@")
-        hint = ""
+        stem, at, k = es.metric.partition("@")
+        where = f"task {task.name!r} ({config.model.arch}) yields {allowed}"
         if at and any(a.partition("@")[0] == stem for a in allowed):
-            hint = f"; its cut-off must be in model.eval_ks (got {list(config.model.eval_ks)})"
-        return [f"train.early_stopping.metric: got {es.metric!r}; task {task.name!r} ({config.model.arch}) "
-                f"yields {allowed}{hint}"]
+            return [f"train.early_stopping.metric: got {es.metric!r}; its cut-off {k.partition('/')[0]} is not in model.eval_ks "
+                    f"{list(config.model.eval_ks)}: add it there, or watch another metric; {where}"]
+        return [f"train.early_stopping.metric: got {es.metric!r}; {where}"]
     higher = task.higher_is_better(es.metric)
     if es.mode is not None and (es.mode == "max") != higher:
         return [f"train.early_stopping.mode: got {es.mode!r} for {es.metric}, where {'higher' if higher else 'lower'} "

@@ -418,9 +418,10 @@ def train_worker(payload: dict[str, Any]) -> None:
             step_start = time.perf_counter()
 
     if es is not None and es.stopped_at is not None:
-        val, fresh = _history_val(state, es.stopped_at), False  # that evaluation stopped the run
+        val = _history_val(state, es.stopped_at)  # that evaluation stopped the run
     else:
-        val, fresh = evaluate(w, model, w.validation), True
+        val = evaluate(w, model, w.validation)
+        state.history.append({"step": state.step, **{f"val_{k}": v for k, v in val.items() if k != "rows"}})
         if es is not None:
             observe(w, state, state.step, {f"val_{k}": v for k, v in val.items()})
     if es is not None and es.best_step is not None and es.best_step != state.step:
@@ -433,8 +434,6 @@ def train_worker(payload: dict[str, Any]) -> None:
     curves.close()
     progress.done()
     val_row = {f"val_{k}": v for k, v in val.items() if k != "rows"}
-    if fresh:
-        state.history.append({"step": state.step, **val_row})
     final = {
         "final": True,
         "step": state.step,

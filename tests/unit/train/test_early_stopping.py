@@ -94,8 +94,8 @@ def test_config_names_the_metric_the_task_yields():
 def test_retrieval_metric_needs_its_cut_off_in_eval_ks():
     raw = {"data": {"path": "d"}, "model": {"arch": "two_tower", "eval_ks": [10, 50]},
            "train": {"early_stopping": {"metric": "val_recall@20", "mode": "max", "patience": 3}}}
-    with pytest.raises(ConfigError, match=r"train.early_stopping.metric: got 'val_recall@20'; task 'retrieval' \(two_tower\) yields "
-                                          r"\[.*'val_recall@10'.*\]; its cut-off must be in model.eval_ks \(got \[10, 50\]\)"):
+    with pytest.raises(ConfigError, match=r"train.early_stopping.metric: got 'val_recall@20'; its cut-off 20 is not in model.eval_ks "
+                                          r"\[10, 50\]: add it there, or watch another metric; task 'retrieval' \(two_tower\) yields \[.*'val_recall@10'"):
         config_from_dict(raw)
     ok = config_from_dict(raw, ["model.eval_ks=[10, 20, 50]"])
     assert ok.train.early_stopping.metric == "val_recall@20"
@@ -258,3 +258,23 @@ def test_loop_resumed_mid_patience_stops_at_the_same_step_on_the_same_parameters
     assert rest.calls == 2
     # The best checkpoint (step 3) was written before the crash; the resumed run restored it.
     assert torch.equal(rest.tested, whole.tested)
+
+
+def test_loop_that_never_runs_out_of_patience_still_tests_the_best_step(ctr_data, tmp_path, monkeypatch, process_group):
+    from recsys.train import loop
+
+    ray = FakeRay(tmp_path / "ray")
+    ray.install(monkeypatch)
+    # Evaluations at steps 2, 4, ..., 14 and the final one after step 16: the best is step 4's.
+    planted = PlantedEvaluation([0.6, 0.9, 0.8, 0.81, 0.82, 0.83, 0.84, 0.85])
+    monkeypatch.setattr(loop, "evaluate", planted)
+    loop.train_worker(payload_for(ctr_data, tmp_path / "run", "train.early_stopping.patience=7"))
+    final = ray.reports[-1]
+    assert (final["step"], final["best_step"], final["stopped_early"], final["val_auc"]) == (16, 4, False, 0.9)
+    assert planted.calls == 8 and torch.equal(planted.tested, planted.seen[1])
+    from recsys.train.checkpoint import read_train_state
+
+    state = read_train_state(ray.checkpoints[-1][1])
+    # The history holds what each evaluation measured (the last one too), not the restored best.
+    assert [(r["step"], r["val_auc"]) for r in state["history"]][-2:] == [(14, 0.84), (16, 0.85)]
+    assert state["early_stopping"]["curve"][-1] == [16, 0.85] and state["early_stopping"]["stopped_at"] is None
