@@ -211,6 +211,10 @@ def setup(verbose: bool | None = None) -> None:
     for name, (level, _reason) in LOGGER_LEVELS.items():
         logging.getLogger(name or None).setLevel(level)
     _install_log_filters(LOG_FILTERS)
+    # Ray Tune's new console output prints "View detailed results here: <path>" and a tensorboard
+    # path under /tmp/ray at every verbosity, verbose=0 included; the classic reporter honours
+    # verbose=0. A sweep prints its own progress and says where its results are.
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     if "<root level>" not in _installed:
         _installed["<root level>"] = _RootBelowWarning("recsys.console")
         logging.getLogger().addFilter(_installed["<root level>"])

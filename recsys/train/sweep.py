@@ -458,6 +458,7 @@ class _Progress:
         self.best: dict[str, tuple[float, str]] = {}
         self.by_id = {p.trial_id: p for p in plans}
         self.order = {p.budget: -p.target_ratio for p in plans}
+        self.start, self.ended_here = time.monotonic(), 0  # the ETA: trials left at this session's pace
         for p in plans:
             if p.status == "done":
                 self._record(p, _read_json(Path(p.config["run_dir"]) / RESULTS))
@@ -474,7 +475,12 @@ class _Progress:
     def line(self, head: str) -> None:
         m = self.task.primary
         best = ", ".join(f"{b}: {v[1]} {v[0]:.4f}" for b, v in sorted(self.best.items(), key=lambda kv: self.order[kv[0]]))
-        self.log(f"[{self.done}/{self.total} done, {self.running} running, {self.failed} failed] {head}"
+        from recsys.console import eta_seconds, format_duration
+
+        left = self.total - self.done - self.failed
+        eta = eta_seconds(self.ended_here, self.ended_here + left, time.monotonic() - self.start)
+        self.log(f"[{self.done}/{self.total} done, {self.running} running, {self.failed} failed] {head} | {left} left, "
+                 f"ETA {format_duration(eta)}"
                  + (f" | best {m.label} so far: {best}" if best else ""), flush=True)
 
     def started(self, tid: str) -> None:
@@ -483,6 +489,7 @@ class _Progress:
 
     def finished(self, tid: str, ok: bool) -> None:
         self.running = max(0, self.running - 1)
+        self.ended_here += 1
         plan = self.by_id[tid]
         run_dir = Path(plan.config["run_dir"])
         if ok:
