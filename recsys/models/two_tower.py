@@ -195,7 +195,7 @@ class Tower(nn.Module):
         Stride ``len(history) * B`` (history feature major)."""
         source = self._history_source[0]
         batch = kjt.stride()
-        per_key = kjt.to_dict()
+        per_key = {name: kjt[name] for name in self.history}
         values, lengths = [], []
         for key in source.feature_names:
             for name, (item_id, _) in self.history.items():
