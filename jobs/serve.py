@@ -20,6 +20,7 @@ it after the requests in flight (uvicorn re-raises the signal: 143 / 130 in a sh
 from __future__ import annotations
 
 import argparse
+import logging
 import math
 import os
 import sys
@@ -110,6 +111,7 @@ def build_parser() -> OneLineParser:
     parser.add_argument("--http", default="httptools", choices=["httptools", "h11"], help="HTTP parser (default httptools)")
     parser.add_argument("--loop", default="uvloop", choices=["uvloop", "asyncio"], help="event loop (default uvloop)")
     parser.add_argument("--log-level", default="warning", choices=LOG_LEVELS, help="uvicorn's log level (default warning)")
+    parser.add_argument("--access-log", action="store_true", help="one line per request (uvicorn's access log; default off)")
     from jobs.cli import with_examples  # its example at the end of --help
 
     return with_examples(parser)
@@ -201,7 +203,9 @@ def _serve(args: argparse.Namespace, sock: Any) -> int:
         print(f"recsys serve: {line}", flush=True)
     # uvicorn[standard]'s production setup by default, named rather than "auto" so a missing package fails here:
     # httptools parses HTTP in C, uvloop runs the event loop on libuv (both cut per-request CPU).
-    server = uvicorn.Server(uvicorn.Config(app, log_level=args.log_level, access_log=False, http=args.http, loop=args.loop))
+    server = uvicorn.Server(uvicorn.Config(app, log_level=args.log_level, access_log=args.access_log, http=args.http, loop=args.loop))
+    if args.access_log:  # uvicorn holds its access logger at --log-level (warning); its lines are INFO
+        logging.getLogger("uvicorn.access").setLevel(logging.INFO)
 
     async def serve() -> bool:
         loop = asyncio.get_running_loop()
