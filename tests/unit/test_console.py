@@ -285,3 +285,23 @@ def test_import_recsys_is_cheap():
     code = "import sys, recsys; print(sorted(m for m in ('torch', 'torchrec', 'ray', 'pyarrow') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert out.stdout.strip() == "[]", out.stderr
+
+
+def test_python_api_checks_its_input_before_any_work(tmp_path):
+    import recsys
+
+    with pytest.raises(TypeError, match="overrides: got the string 'train.epochs=1'"):
+        recsys.train(ROOT / "configs" / "ctr_synthetic_full.yaml", "train.epochs=1")
+    with pytest.raises(FileNotFoundError, match="no such folder"):
+        recsys.export(tmp_path / "no_run", tmp_path / "bundle")
+    with pytest.raises(ValueError, match="seedz: unknown key"):
+        recsys.bench_compression(ROOT / "configs" / "bench_tiny.yaml", {"seedz": [0]}, out=tmp_path / "sweep")
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "results.json").write_text("{}")
+    with pytest.raises(ValueError, match="holds a training run"):
+        recsys.bench_compression(ROOT / "configs" / "bench_tiny.yaml", out=tmp_path / "run")
+    assert not (tmp_path / "sweep").exists()
+    from recsys.api import _override_list
+
+    assert _override_list({"train.epochs": 2, "model.dense_layers": [64, 16], "run_dir": "runs/a"}) == [
+        "train.epochs=2", "model.dense_layers=[64, 16]", 'run_dir="runs/a"']
