@@ -432,7 +432,7 @@ def train_worker(payload: dict[str, Any]) -> None:
     curves.scalars(state.step, {f"validation/{k}": v for k, v in val.items() if k != "rows"})
     curves.scalars(state.step, {f"test/{k}": v for k, v in test.items() if k != "rows"})
     curves.close()
-    progress.done()
+    progress.done(state.step)
     val_row = {f"val_{k}": v for k, v in val.items() if k != "rows"}
     final = {
         "final": True,
@@ -508,9 +508,10 @@ class _Progress:
         last = f"; last validation {self.validation}" if self.validation else ""
         w.log(f"step {step}/{self.total} epoch {epoch} loss {loss:.4f} samples/s {rate:,.0f} ETA {format_duration(self.eta(step))}{last}")
 
-    def done(self) -> None:
+    def done(self, step: int) -> None:
+        """The last step (below the total when the run stopped early)."""
         if self.enabled and self.bar:
-            self._write(self.total, None, None)
+            self._write(step, None, None)
 
     def _write(self, step: int, loss: float | None, rate: float | None) -> None:
         import json
