@@ -79,7 +79,7 @@ def build_parser() -> OneLineParser:
 def check_flags(parser: OneLineParser, args: argparse.Namespace) -> None:
     """Everything that needs no work: one source of items, folders, the settings, the serve args."""
     from jobs.serve import build_parser as serve_parser
-    from serving.retriever import BUILD_SETTINGS, SERVE_TIME_SETTINGS
+    from serving.retriever import BUILD_SETTINGS, SERVE_TIME_SETTINGS, check_settings
 
     if (args.bundle is None) == (args.synthetic_items is None):
         parser.error("give a BUNDLE folder or --synthetic-items N (one of them)")
@@ -97,6 +97,10 @@ def check_flags(parser: OneLineParser, args: argparse.Namespace) -> None:
         if key not in allowed:
             parser.error(f"argument --index-setting: got {key}={value}; the {args.index} index takes "
                          + (f"{list(allowed)}" if allowed else "no settings"))
+    try:  # the ranges of the kind's registry entry, before the catalogue is built
+        check_settings(args.index, dict(args.index_setting))
+    except ValueError as exc:
+        parser.error(f"argument --index-setting: {exc}")
     if args.out is not None:
         out = Path(args.out)
         if out.is_dir() or not (out.parent if str(out.parent) else Path(".")).is_dir():
