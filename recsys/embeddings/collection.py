@@ -29,7 +29,7 @@ from torch import nn
 from torchrec import DataType, EmbeddingBagCollection, EmbeddingBagConfig, EmbeddingCollection, EmbeddingConfig, PoolingType
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor, KeyedTensor
 
-from recsys.embeddings.combine import CombinePlan, FeatureEntry, Layout, Product, Sum, combiner_keys
+from recsys.embeddings.combine import CombinePlan, FeatureEntry, Layout, Network, Product, Sum, combiner_keys
 from recsys.embeddings.methods.base import FeatureMethod
 from recsys.embeddings.plan import EmbeddingPlan, FeaturePlan, TableSpec
 
@@ -102,6 +102,7 @@ class CompressedEmbeddingBagCollection(nn.Module):
         # The combine plan, compiled against the layout the inner bag collection returns: here the
         # unsharded one (tables in build order); a sharded one is compiled on its first batch.
         self._entries = [FeatureEntry(m.feature, m.output_dim, m.combiner(), mean) for m, mean in zip(methods, self._mean)]
+        self._reads_ids = [e.name for e in self._entries if isinstance(e.combiner, Network)]
         self._build_layout = Layout(
             tuple(k for c in bag_configs for k in c.feature_names),
             tuple(c.embedding_dim for c in bag_configs for _ in c.feature_names),
@@ -160,7 +161,8 @@ class CompressedEmbeddingBagCollection(nn.Module):
         """
         kjts, lengths_of = self.physical_features(features)  # 1. index transforms
         pooled_kt: KeyedTensor | None = None
-        per_value = {}
+        # Methods without tables (DHE's network) read their feature's logical ids.
+        per_value = {name: features[name] for name in self._reads_ids} if self._reads_ids else {}
         for dest, kjt in kjts.items():  # 2. every lookup of the batch: one call per inner collection
             if dest == _BAGS:
                 pooled_kt = self.embedding_bags(kjt)
@@ -183,7 +185,7 @@ class CompressedEmbeddingBagCollection(nn.Module):
             else:
                 for jt in self.embeddings[dest](kjt).values():
                     total = total + jt.values().sum()
-        return total
+        return total if kjts else total.requires_grad_()  # no table at all (every feature dhe): nothing to time
 
     def combine_path(self) -> str:
         """Which combine ran last, in words: the plan's step counts and the layout it was compiled for."""

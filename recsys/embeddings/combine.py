@@ -21,6 +21,8 @@ declaration                          output of one feature                      
                                      then summed (``reduce="sum"``) or side by side             importance weights
 ``Contract(keys, shapes)``           the tensor-train chain product of the keys' core slices    tt, single-valued
                                      (exact only for bags of one value, as a product)
+``Network(feature)``                 the method's dense network on each value's id (no          dhe
+                                     table), then summed per bag
 ``PerValue(inner)``                  ``inner`` applied to each VALUE's vectors (the             qr mult, weighted
                                      ``EmbeddingCollection`` outputs), then summed per bag      multi_hash, tt, on bags
 ===================================  ========================================================  =====================
@@ -123,6 +125,15 @@ class Contract:
 
 
 @dataclass(frozen=True)
+class Network:
+    """No table: the method's own dense network maps each VALUE's id to a ``D`` vector
+    (``method.encode_values(ids) -> (N, D)``, DHE), then the vectors are summed per bag. The plan
+    hands the step the feature's logical ids (``per_value[feature]``, a ``JaggedTensor``)."""
+
+    feature: str
+
+
+@dataclass(frozen=True)
 class PerValue:
     """``inner`` evaluated on every value's vectors (``EmbeddingCollection`` outputs, ``(N, d)``),
     then summed per bag with the logical lengths."""
@@ -130,7 +141,7 @@ class PerValue:
     inner: Union[Concat, Sum, Product, Weighted, Contract]
 
 
-Combiner = Union[Concat, Sum, Product, Projected, Weighted, Contract, PerValue]
+Combiner = Union[Concat, Sum, Product, Projected, Weighted, Contract, PerValue, Network]
 
 
 def combiner_keys(c: Combiner) -> tuple[str, ...]:
@@ -139,6 +150,8 @@ def combiner_keys(c: Combiner) -> tuple[str, ...]:
         return combiner_keys(c.inner)
     if isinstance(c, Weighted):
         return (*c.keys, c.weight_key)
+    if isinstance(c, Network):
+        return ()
     return tuple(c.keys)
 
 
@@ -337,7 +350,19 @@ class ContractStep:
         return contract(list(torch.split(x, widths, dim=1)), self.combiner.shapes)
 
 
-Step = Union[ConcatRun, ReduceRun, ProjectStep, WeightedStep, ContractStep, PerValueStep]
+@dataclass(frozen=True)
+class NetworkStep:
+    """One DHE feature: its network on every value's id, then summed per bag."""
+
+    features: tuple[int, ...]
+    feature: str
+
+    def __call__(self, pieces, per_value: dict[str, JaggedTensor], lengths, methods) -> torch.Tensor:
+        ids = per_value[self.feature].values()  # the feature's logical ids, (N,)
+        return pool_sum(methods[self.feature].encode_values(ids), lengths[self.features[0]])
+
+
+Step = Union[ConcatRun, ReduceRun, ProjectStep, WeightedStep, ContractStep, NetworkStep, PerValueStep]
 
 
 class CombinePlan(nn.Module):
@@ -440,6 +465,8 @@ class CombinePlan(nn.Module):
                 requests.append(list(c0.keys))
             elif isinstance(c0, PerValue):
                 plans.append(("per_value", members, []))
+            elif isinstance(c0, Network):
+                plans.append(("network", members, []))
             else:
                 raise TypeError(f"feature {features[members[0]].name}: unknown combiner {type(c0).__name__}")
         cuts = {0, total}
@@ -483,6 +510,8 @@ class CombinePlan(nn.Module):
                 steps.append(WeightedStep(idx, reads[req[0]], reads[req[1]], len(c0.keys), width, c0.reduce))
             elif kind == "contract":
                 steps.append(ContractStep(idx, reads[req[0]], c0))
+            elif kind == "network":
+                steps.append(NetworkStep(idx, features[members[0]].name))
             else:
                 steps.append(PerValueStep(idx, features[members[0]].name, c0))
         out_order = [i for s in steps for i in s.features]

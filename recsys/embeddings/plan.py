@@ -61,6 +61,7 @@ class ProjectionSpec:
     name: str
     in_dim: int
     out_dim: int
+    init: str = "N(0, 1/in)"
 
     @property
     def num_bytes(self) -> int:
@@ -145,7 +146,7 @@ class EmbeddingPlan:
             )
             for t in self.tables
         ]
-        trows += [(p.name, f"{p.in_dim}x{p.out_dim}", "-", f"{p.num_bytes:,}", "projection", "N(0, 1/in)", "fp32") for p in self.projections]
+        trows += [(p.name, f"{p.in_dim}x{p.out_dim}", "-", f"{p.num_bytes:,}", "projection", p.init, "fp32") for p in self.projections]
         lines += _columns(trows)
         lines.append("")
         ratio = self.ratio

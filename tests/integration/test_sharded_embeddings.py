@@ -2,7 +2,7 @@
 
 Every method is in one collection (all combine steps: concat runs, sum / product runs, projections,
 importance weights on single values and per value, unified tables shared by two features, tensor-train
-contractions on single values and per value; sum and
+contractions on single values and per value, DHE networks (dense, data-parallel); sum and
 mean pooling), sharded table-wise, column-wise (tables cut in two column shards), data-parallel,
 table-column-wise, or as the planner chooses. For each, on both ranks:
 
@@ -61,6 +61,8 @@ def _spec():
                 f("u2", {"kind": "unified", "group": "shared"}, max_length=2),
                 f("tt", {"kind": "tt", "rank": 8}, max_length=3, pooling="mean"),
                 f("tt1", {"kind": "tt", "rank": 4, "num_cores": 2}),
+                f("dhe", {"kind": "dhe", "hidden_dim": 16, "num_hashes": 16}, max_length=3, pooling="mean"),
+                f("dhe1", {"kind": "dhe", "hidden_dim": 8, "num_hashes": 8, "num_layers": 1}),
             ],
         }
     )
@@ -197,7 +199,7 @@ def _check(rank: int, sharding_type: str) -> None:
     sharded_params = dict(model.named_parameters())
     checked = 0
     for name, tensor in model.state_dict().items():
-        if not name.endswith("weight") or "projections" in name:
+        if not name.endswith("weight") or "methods." in name:  # methods' dense parameters: checked below
             continue
         table = name.rsplit(".", 2)[-2]
         grad = grads[table.replace(".", "_")]

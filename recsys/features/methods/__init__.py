@@ -13,7 +13,7 @@ from importlib import import_module
 
 from recsys.features.methods.base import MethodSchema
 
-KINDS: tuple[str, ...] = ("full", "hashed", "multi_hash", "qr", "mixed_dim", "unified", "tt")
+KINDS: tuple[str, ...] = ("full", "hashed", "multi_hash", "qr", "mixed_dim", "unified", "tt", "dhe")
 
 SCHEMAS: dict[str, MethodSchema] = {kind: import_module(f"recsys.features.methods.{kind}").SCHEMA for kind in KINDS}
 

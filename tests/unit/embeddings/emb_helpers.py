@@ -65,6 +65,7 @@ VARIANTS: dict[str, dict] = {
     "unified": {"kind": "unified", "group": "shared"},
     "tt": {"kind": "tt", "rank": 8},
     "tt_k2": {"kind": "tt", "rank": 4, "num_cores": 2},
+    "dhe": {"kind": "dhe", "hidden_dim": 24, "num_hashes": 32},
 }
 
 

@@ -10,7 +10,7 @@ from torch import nn
 from torchrec.sparse.jagged_tensor import KeyedTensor
 
 from recsys.embeddings import build_embedding_collection
-from recsys.embeddings.combine import CombinePlan, ConcatRun, ContractStep, PerValueStep, ProjectStep, ReduceRun, WeightedStep
+from recsys.embeddings.combine import CombinePlan, ConcatRun, ContractStep, NetworkStep, PerValueStep, ProjectStep, ReduceRun, WeightedStep
 from recsys.embeddings.methods.family import naive_param_key
 from recsys.embeddings.naive import NaiveEmbeddingBagCollection
 
@@ -33,6 +33,7 @@ EXPECTED_STEP = {
     "unified": (ConcatRun, ConcatRun),
     "tt": (ContractStep, PerValueStep),
     "tt_k2": (ContractStep, PerValueStep),
+    "dhe": (NetworkStep, NetworkStep),
 }
 
 

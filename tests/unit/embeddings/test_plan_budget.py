@@ -53,6 +53,7 @@ def test_meta_device_then_materialize(variant: str):
 def test_qr_mult_init_has_standard_scale():
     """A product of factors initialised as documented has the variance of U(-a, a), a = sqrt(1/N)."""
     spec = variant_spec("qr_k3_mult", cardinality=1000)
+    torch.manual_seed(0)  # the init draws from the global generator: the estimate must not depend on test order
     collection = build_embedding_collection(spec)
     kjt = random_kjt(spec, batch=4000, seed=2)
     values = collection(kjt)["A"][kjt["A"].lengths() > 0]

@@ -29,14 +29,14 @@ def test_fp16_bytes_are_exact_and_half(variant: str):
     half = build_embedding_collection(_fp16(spec))
     plan32, plan16 = compile_plan(spec), half.plan()
     weights = half.table_weights()
-    assert {w.dtype for w in weights.values()} == {torch.float16}
+    assert {w.dtype for w in weights.values()} <= {torch.float16}  # dhe has no table
     assert plan16.weight_bytes == sum(w.numel() * w.element_size() for w in weights.values())
     assert 2 * plan16.weight_bytes == plan32.weight_bytes
     # Dense parameters (projections) stay fp32 and are counted as such.
     dense = sum(p.numel() * p.element_size() for n, p in half.named_parameters() if "methods." in n)
     assert plan16.projection_bytes == plan32.projection_bytes == dense
     assert plan16.full_bytes == plan32.full_bytes  # the ratio stays one of fp32 full tables
-    assert "fp16" in plan16.format()
+    assert "fp16" in plan16.format() or not weights
 
 
 @pytest.mark.parametrize("max_length", [1, 4])

@@ -218,7 +218,7 @@ def test_errors_across_sections_have_full_dotted_paths():
         "embeddings.compression.C1.operation: got 'pow'; allowed: 'mult', 'add' or 'concat'",
         "embeddings.compression.C2.num_hashes: got 1; allowed: >= 2 and <= 8",
         "embeddings.compression.C3.num_buckets: got 0; allowed: >= 1",
-        "embeddings.compression.C4.kind: got 'bloom'; allowed: 'full', 'hashed', 'multi_hash', 'qr', 'mixed_dim', 'unified', 'tt'",
+        "embeddings.compression.C4.kind: got 'bloom'; allowed: 'full', 'hashed', 'multi_hash', 'qr', 'mixed_dim', 'unified', 'tt', 'dhe'",
         "embeddings.groups[g].num_tables: got 2; allowed: <= num_chunks (1), since a table needs at least one chunk",
         "optimizer.embedding.kind: got 'lion'; allowed: 'rowwise_adagrad', 'adagrad', 'adam' or 'sgd'",
         "train.epochs: got 0; allowed: >= 1",
@@ -232,7 +232,7 @@ def test_errors_across_sections_have_full_dotted_paths():
     "override, line",
     [
         ("model.arch=transformer", "model.arch: got 'transformer'; allowed: 'dlrm', 'dcn', 'two_tower'"),
-        ("embeddings.compression.C1={num_buckets: 10}", "embeddings.compression.C1.kind: required key is missing; allowed: 'full', 'hashed', 'multi_hash', 'qr', 'mixed_dim', 'unified', 'tt'"),
+        ("embeddings.compression.C1={num_buckets: 10}", "embeddings.compression.C1.kind: required key is missing; allowed: 'full', 'hashed', 'multi_hash', 'qr', 'mixed_dim', 'unified', 'tt', 'dhe'"),
         ("embeddings.compression.C1={kind: qr}", "embeddings.compression.C1: got neither num_collisions nor radices; give exactly one of num_collisions (2 partitions) or radices (k partitions)"),
         ("embeddings.compression.C1={kind: multi_hash, num_buckets: 10, num_weight_buckets: 5}", "embeddings.compression.C1.num_weight_buckets: got 5 but importance_weights is false; set importance_weights: true or remove num_weight_buckets"),
         ("embeddings.budget={method: qr, ratio: 0}", "embeddings.budget.ratio: got 0; allowed: > 0.0 and <= 1.0"),
@@ -268,4 +268,4 @@ def test_budget_option_and_other_budget_errors_come_together():
     ]
     with pytest.raises(ConfigError) as info:
         config_from_dict(_budget("bloom", {"num_buckets": 4}))
-    assert info.value.errors == ["embeddings.budget.method: got 'bloom'; allowed: 'full', 'hashed', 'multi_hash', 'qr', 'mixed_dim', 'unified' or 'tt'"]
+    assert info.value.errors == ["embeddings.budget.method: got 'bloom'; allowed: 'full', 'hashed', 'multi_hash', 'qr', 'mixed_dim', 'unified', 'tt' or 'dhe'"]

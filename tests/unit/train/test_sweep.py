@@ -54,7 +54,7 @@ def test_bad_sweep_configs_report_every_error_at_once_with_dotted_paths():
         sweep_config_from_dict(raw, ["data.pth=x"], source="bench_bad.yaml")
     text = str(err.value)
     for expected in (
-        "methods[1]: got 'lsh'; allowed: 'full', 'hashed', 'multi_hash', 'qr', 'mixed_dim', 'unified' or 'tt'",
+        "methods[1]: got 'lsh'; allowed: 'full', 'hashed', 'multi_hash', 'qr', 'mixed_dim', 'unified', 'tt' or 'dhe'",
         "budgets[1]: got '1/0'; allowed: a ratio in (0, 1]",
         "budgets[2]: got 2; allowed: > 0.0 and <= 1.0",
         "budgets[3]: got 'half'",
