@@ -232,3 +232,20 @@ def test_large_catalogue_skips_the_costly_baselines(tmp_path):
         dist.destroy_process_group()
     assert lines[0] == f"baselines ['als', 'itemknn'] skipped: the catalogue has {NUM_ITEMS} items > model.baseline_max_items {NUM_ITEMS - 1}"
     assert set(got["baselines"]) == {"popularity"} and "popularity_recall@20" in got and "als_recall@20" not in got
+
+
+def test_eval_config_fields_and_their_errors():
+    from pydantic import ValidationError
+
+    from recsys.models.two_tower import TwoTowerConfig
+
+    c = TwoTowerConfig(arch="two_tower")
+    assert (c.eval_protocol, c.eval_exclude, c.baselines, c.eval_ks) == ("per_row", ("train",), ("popularity", "itemknn", "als"), (10, 20, 50, 100))
+    with pytest.raises(ValidationError, match=r"eval_exclude_seen: got False; this key is now eval_exclude.*`eval_exclude: \[\]`"):
+        TwoTowerConfig(arch="two_tower", eval_exclude_seen=False)
+    with pytest.raises(ValidationError, match=r"eval_exclude: got \['validation'\]; allowed: \[train\], \[train, validation\]"):
+        TwoTowerConfig(arch="two_tower", eval_exclude=["validation"])
+    with pytest.raises(ValidationError, match=r"baselines: got \['als', 'svd'\]; give distinct names from \['als', 'itemknn', 'popularity'\]"):
+        TwoTowerConfig(arch="two_tower", baselines=["als", "svd"])
+    with pytest.raises(ValidationError, match="eval_protocol"):
+        TwoTowerConfig(arch="two_tower", eval_protocol="per_item")
