@@ -406,7 +406,7 @@ def test_command_extraction():
 
 # -- shell blocks: run the runnable ones (slow) ------------------------------------------------
 
-COPY = ["configs", "features", "docs", "README.md", "Makefile", "mkdocs.yml", "pyproject.toml", "requirements", "scripts"]
+COPY = ["configs", "features", "docs", "tests", "README.md", "Makefile", "mkdocs.yml", "pyproject.toml", "requirements", "scripts"]
 
 
 def free_port() -> int:
