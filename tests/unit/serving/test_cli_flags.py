@@ -41,6 +41,7 @@ SERVE_CASES = [  # (flag, argv after BUNDLE, message)
     ("--http", ["--http", "spdy"], r"argument --http: invalid choice: 'spdy' \(choose from 'httptools', 'h11'\)"),
     ("--loop", ["--loop", "trio"], r"argument --loop: invalid choice: 'trio'"),
     ("--log-level", ["--log-level", "loud"], r"argument --log-level: invalid choice: 'loud'"),
+    ("--access-log", ["--access-log=yes"], r"argument --access-log: ignored explicit argument"),
 ]
 
 EXPORT_CASES = [  # (flag, argv, message); {run}, {bundle}, {file} are filled in
