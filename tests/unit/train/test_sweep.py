@@ -81,10 +81,17 @@ def test_option_and_duplicate_errors():
     with pytest.raises(SweepConfigError) as err:
         sweep_config_from_dict(raw)
     text = str(err.value)
-    assert "options.qr: method 'qr' is not in methods" in text
+    assert "options.qr" not in text  # options of a method not swept are checked, then unused
     assert "options.unified.num_chunks: got 0; allowed: >= 1" in text
     assert "options.unified.num_buckets: got 5; set by the budget solver" in text
     assert "options.hashed.x: unknown key" in text
+
+
+def test_narrowing_methods_keeps_the_other_methods_options_unused():
+    config, _ = sweep_config_from_dict(good(methods=["hashed"], options={"unified": {"num_chunks": 2}}))
+    assert config.methods == ("hashed",) or list(config.methods) == ["hashed"]
+    with pytest.raises(SweepConfigError, match=r"options.unified.num_chunks: got 0"):
+        sweep_config_from_dict(good(methods=["hashed"], options={"unified": {"num_chunks": 0}}))
 
 
 def test_base_config_must_leave_embeddings_to_the_sweep(tmp_path):
