@@ -197,6 +197,7 @@ def load_plan_spec(config: TrainConfig) -> tuple[DatasetSpec, dict[str, np.ndarr
     from recsys.data import layout
     from recsys.features.spec import load_spec
     from recsys.train.config import resolve_spec
+    from recsys.embeddings.methods.registry import needs_counts
 
     root = Path(config.data.path)
     have_data = (root / layout.MANIFEST).is_file()
@@ -217,7 +218,7 @@ def load_plan_spec(config: TrainConfig) -> tuple[DatasetSpec, dict[str, np.ndarr
     kinds = {f.compression.kind for f in data_spec.sparse} | {c.kind for c in config.embeddings.compression.values()}
     budget = config.embeddings.budget
     counts: dict[str, np.ndarray] = {}
-    if "mixed_dim" in kinds or (budget is not None and budget.method == "mixed_dim"):
+    if needs_counts(kinds, budget.method if budget is not None else None):
         if have_data:
             counts = layout.vocab_counts(root, data_spec.sparse)
         else:

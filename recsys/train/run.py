@@ -22,6 +22,7 @@ from recsys.data import layout
 from recsys.data.batch import check_ranges
 from recsys.data.loader import validated_files
 from recsys.embeddings import EmbeddingPlan
+from recsys.embeddings.methods.registry import needs_counts
 from recsys.features.spec import DatasetSpec, load_spec
 from recsys.train import checkpoint, checks
 from recsys.train.checkpoint import RAY_RUN_NAME, read_train_state
@@ -80,10 +81,10 @@ def prepare(config: TrainConfig, *, config_name: str = "run") -> Prepared:
     root = Path(config.data.path)
     manifest = layout.read_manifest(root)
     data_spec = load_spec(config.data.spec) if config.data.spec else layout.dataset_spec(root)
-    # mixed_dim sizes blocks by id popularity: read the vocab counts only when it is used.
+    # Methods that size by id popularity (the registry says which) read the vocab counts; others do not.
     kinds = {f.compression.kind for f in data_spec.sparse} | {c.kind for c in config.embeddings.compression.values()}
     budget = config.embeddings.budget
-    wants_counts = "mixed_dim" in kinds or (budget is not None and budget.method == "mixed_dim")
+    wants_counts = needs_counts(kinds, budget.method if budget is not None else None)
     counts = layout.vocab_counts(root, data_spec.sparse) if wants_counts else {}
     spec, notes = resolve_spec(config, data_spec, counts)
     spec, counts = _pin_mixed_dim(spec, counts, notes)
