@@ -106,8 +106,13 @@ def check_dense_finite(files: dict[str, list[Path]], spec: DatasetSpec) -> None:
 
 
 def check_run_dir(run_dir: Path) -> None:
+    """A run folder is a folder, and never a data set, a sweep or a bundle (:mod:`recsys.folders`),
+    for every caller of ``prepare`` (the CLI, the Python API, sweep trials)."""
     if run_dir.exists() and not run_dir.is_dir():
         raise ValueError(f"run_dir: {run_dir} is a file, not a folder; give a new or existing folder")
+    from recsys.folders import check_run_dir as check_folder
+
+    check_folder(run_dir)
 
 
 # -- resume -----------------------------------------------------------------------------------

@@ -131,6 +131,16 @@ def test_train_run_dir_refuses_a_data_set_or_a_sweep_but_keeps_resume(ctr_set, o
             train_job.main([config, no_data, f"run_dir={others[kind]}", "resume=true"])
 
 
+def test_prepare_refuses_a_sweep_as_run_dir_for_every_caller(ctr_set, others):
+    """The Python API and sweep trials call prepare() without jobs/train.py: the rule holds there too."""
+    from recsys.train.config import load_config
+    from recsys.train.run import prepare
+
+    config = load_config(str(CONFIGS / "ctr_synthetic_full.yaml"), [f"data.path={ctr_set}", f"run_dir={others['sweep']}"])
+    with pytest.raises(FolderError, match=r"run_dir .*sweep: holds a"):
+        prepare(config)
+
+
 @pytest.mark.parametrize(("kind", "said"), [
     ("run", "a training run"), ("other", "a non-empty folder"), ("bundle", "a serving bundle"), ("file", "a file, not a folder"),
 ])
