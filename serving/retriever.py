@@ -73,7 +73,7 @@ def default_index_settings(kind: str, num_items: int) -> dict[str, Any]:
     """Defaults that reach recall@100 >= 0.95 against exact on the harder synthetic catalogue.
 
     Measured on :func:`serving.testing.mixture_vectors` (overlapping power-law clusters, queries
-    between clusters) from 20k to 1M items (README, "Index choices"):
+    between clusters) from 20k to 1M items (docs/serving.md, "Index choices"):
 
     * ivf: ``nlist = 4 sqrt(V)`` cells (at most V / 39, faiss's floor of training points per cell),
       ``nprobe = 24 nlist^0.3``: the share of cells to scan for 0.95 falls as the catalogue grows
@@ -82,7 +82,7 @@ def default_index_settings(kind: str, num_items: int) -> dict[str, Any]:
     * hnsw: ``m 32``, ``ef_construction 100``, ``ef_search 256`` up to 100k items, then
       ``256 (V / 100k)^0.3`` (1M items: 511; at 256 recall@100 fell to 0.919 there, 512 gave 0.966).
     * binary: ``rerank 2000`` candidates. 32-bit sign codes at D = 32 are weak candidates on the
-      harder catalogue (README): a recall of 0.95 needs a rerank of about a fifth of it.
+      harder catalogue (docs/serving.md): a recall of 0.95 needs a rerank of about a fifth of it.
 
     Raises:
         ValueError: an unknown kind.

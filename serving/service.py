@@ -143,7 +143,7 @@ class MicroBatcher:
         thread (bool): compute batches on a worker thread (the event loop keeps parsing
             requests meanwhile) instead of inline on the event loop. Default False: on a few
             cores the hand-off costs more than it overlaps (GIL switches, thread wake-ups;
-            measured in the README), and inline batches still form from the queued requests.
+            measured in docs/serving.md), and inline batches still form from the queued requests.
     """
 
     def __init__(self, max_batch: int = 32, max_wait_s: float = 0.0, on_batch=None, thread: bool = False):
