@@ -207,6 +207,11 @@ def setup(verbose: bool | None = None) -> None:
     if verbose is None:
         verbose = is_verbose()
     if verbose:
+        # Verbose after a quiet set-up in the same process (a notebook, a test session): take the
+        # log filters back off, so every line shows. Logger levels and warning filters stay as set.
+        for name, installed in list(_installed.items()):
+            logging.getLogger(None if name in ("", "<root level>") else name).removeFilter(installed)
+            del _installed[name]
         return
     for name, (level, _reason) in LOGGER_LEVELS.items():
         logging.getLogger(name or None).setLevel(level)
@@ -227,10 +232,45 @@ def setup(verbose: bool | None = None) -> None:
             logging.getLogger(name).setLevel(level)
 
 
+def _raised_in(tb: Any, filename: str) -> bool:
+    while tb is not None:
+        if tb.tb_frame.f_code.co_filename.endswith(filename):
+            return True
+        tb = tb.tb_next
+    return False
+
+
+def _cleaner_lost_ray(args: Any) -> bool:
+    """Ray Train's placement-group cleaner actor polls the state API from a thread; when the local
+    Ray shuts down at the end of a run while it polls, the lookup raises ``ConnectionError`` ("Could
+    not find any running Ray instance") and the thread's traceback reaches the driver's output. The
+    run is over by then and the cleaner goes with Ray, so the traceback says nothing to the user."""
+    return (args.exc_type is not None and issubclass(args.exc_type, ConnectionError)
+            and _raised_in(args.exc_traceback, "placement_group_cleaner.py"))
+
+
+def install_thread_excepthook() -> None:
+    """Drop only :func:`_cleaner_lost_ray`'s traceback; every other thread's error is printed as before."""
+    import threading
+
+    if getattr(threading.excepthook, "_recsys", False):
+        return
+    previous = threading.excepthook
+
+    def hook(args: Any) -> None:
+        if not _cleaner_lost_ray(args):
+            previous(args)
+
+    hook._recsys = True  # type: ignore[attr-defined]
+    threading.excepthook = hook
+
+
 def setup_worker() -> None:
     """Ray's ``worker_process_setup_hook``: :func:`setup` in every worker process of the job before
     it imports TorchRec / FBGEMM (their import-time lines come before ``train_worker`` runs)."""
     setup()
+    if not is_verbose():
+        install_thread_excepthook()
 
 
 def ray_runtime_env() -> dict[str, Any]:

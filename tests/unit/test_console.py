@@ -305,3 +305,46 @@ def test_python_api_checks_its_input_before_any_work(tmp_path):
 
     assert _override_list({"train.epochs": 2, "model.dense_layers": [64, 16], "run_dir": "runs/a"}) == [
         "train.epochs=2", "model.dense_layers=[64, 16]", 'run_dir="runs/a"']
+
+
+def _thread_error(exc: BaseException, filename: str):
+    """A threading.excepthook argument for ``exc`` raised in a function compiled from ``filename``."""
+    import threading
+    import types
+
+    code = compile("def fail(exc):\n    raise exc\n", filename, "exec")
+    namespace: dict = {}
+    exec(code, namespace)
+    try:
+        namespace["fail"](exc)
+    except BaseException as e:  # noqa: BLE001 - the traceback is the point
+        return types.SimpleNamespace(exc_type=type(e), exc_value=e, exc_traceback=e.__traceback__, thread=threading.current_thread())
+
+
+def test_thread_hook_drops_only_the_cleaners_lost_ray_traceback(monkeypatch):
+    import threading
+
+    seen = []
+    monkeypatch.setattr(threading, "excepthook", lambda args: seen.append(args.exc_type))
+    console.install_thread_excepthook()
+    cleaner = ".../ray/train/v2/_internal/execution/controller/placement_group_cleaner.py"
+    threading.excepthook(_thread_error(ConnectionError("Could not find any running Ray instance"), cleaner))
+    assert seen == []  # the run is over; Ray is gone
+    threading.excepthook(_thread_error(ValueError("a real bug"), cleaner))
+    threading.excepthook(_thread_error(ConnectionError("elsewhere"), "/app/other.py"))
+    assert seen == [ValueError, ConnectionError]
+
+
+def test_verbose_after_a_quiet_setup_takes_the_filters_back_off(monkeypatch, recorded):
+    monkeypatch.setenv(console.ENV, "")
+    console.setup()  # quiet first, as any earlier command of the same process does
+    monkeypatch.setenv(console.ENV, "debug")
+    root = logging.getLogger()
+    level = root.level
+    try:
+        root.setLevel(logging.INFO)
+        console.setup()
+        root.info("Successfully loaded: 'fbgemm_gpu_py.so'")
+    finally:
+        root.setLevel(level)
+    assert recorded == ["Successfully loaded: 'fbgemm_gpu_py.so'"]
