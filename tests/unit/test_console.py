@@ -25,6 +25,7 @@ def quiet(monkeypatch):
     monkeypatch.delenv(console.ENV, raising=False)
     names = [n or None for n in console.LOGGER_LEVELS] + [f.logger or None for f in console.LOG_FILTERS]
     saved = {n: (logging.getLogger(n).level, list(logging.getLogger(n).filters)) for n in names}
+    installed = dict(console._installed)  # what an earlier set-up in this process put on the loggers
     with warnings.catch_warnings():
         console.setup()
         yield
@@ -33,6 +34,7 @@ def quiet(monkeypatch):
         logger.setLevel(level)
         logger.filters[:] = filters
     console._installed.clear()
+    console._installed.update(installed)
 
 
 class Recorder(logging.Handler):
