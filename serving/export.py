@@ -24,6 +24,7 @@ from __future__ import annotations
 import copy
 import json
 import shutil
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -217,7 +218,7 @@ def export_bundle(
     Args:
         require_all_features: every single-valued user feature is required in requests (422 when missing);
             by default a missing feature gets its OOV row (or an empty bag), reported in the answer.
-        log: where lines about clamped index settings go.
+        log: where lines about clamped index settings and the index build's time go.
 
     Raises:
         ValueError: bad precision / index, a run that cannot be served, an item id without vocabulary.
@@ -243,13 +244,19 @@ def export_bundle(
             "ids through its vocabulary, so export needs an item id with a vocabulary"
         )
     catalogue = ItemCatalogue.from_parquet(layout.catalogue_path(data, "items"), spec)
-    vectors = embed_items(model, catalogue).numpy()  # (V, D) float32
+    from recsys import console
+
+    with console.progress(len(catalogue), "items", "export: embedding the catalogue") as shown:
+        vectors = embed_items(model, catalogue, on_chunk=shown.update).numpy()  # (V, D) float32
     stored, scales = quantize_vectors(vectors, precision)
     search_vectors = fmt.dequantize(stored, scales)
     settings, notes = resolve_index_settings(index, index_settings, search_vectors.shape[0])
     for line in notes:
         log(line)
+    started = time.perf_counter()
     artifacts = build_index(index, search_vectors, settings)
+    if index != "exact":
+        log(f"export: {index} index over {len(search_vectors):,} items built in {time.perf_counter() - started:.1f} s")
 
     keys = list(model.user_tower.feature_names)
     by_name = {f.name: f for f in spec.sparse}

@@ -114,6 +114,7 @@ class DatasetWriter:
         self._catalogues: dict[str, _Catalogue] = {}
         self._schema = layout.arrow_schema(spec)
         self._columns = list(self._schema.names)
+        self._progress = None  # rows staged so far, with their rate: a bar on a terminal, else a line every 10 s
 
     @property
     def rows(self) -> dict[str, int]:
@@ -143,6 +144,8 @@ class DatasetWriter:
 
     def abort(self) -> None:
         """Drop everything built so far; --out keeps what it held before."""
+        if self._progress is not None:
+            self._progress.close(final_line=False)
         shutil.rmtree(self._build, ignore_errors=True)
 
     def _swap_in(self) -> None:
@@ -184,6 +187,11 @@ class DatasetWriter:
             fh.write_table(out)
         self._staged[split].append(path)
         self._rows[split] += out.num_rows
+        if self._progress is None:
+            from recsys import console
+
+            self._progress = console.progress(None, "rows", f"ingest {self.spec.name}")
+        self._progress.update(out.num_rows)
 
     def _normalize(self, f, arr: pa.Array, split: str) -> pa.Array:
         if isinstance(f, LabelFeature):
@@ -336,6 +344,9 @@ class DatasetWriter:
         Returns:
             The manifest (also written to ``DIR/manifest.json``).
         """
+        if self._progress is not None:
+            self._progress.close()  # the last rate line (in line mode, when one was due)
+            self._progress = None
         keep_unseen = {c.key for c in self._catalogues.values() if c.keep_unseen}
         for c in self._catalogues.values():
             if c.keep_unseen:

@@ -90,7 +90,7 @@ from __future__ import annotations
 import copy
 import math
 from dataclasses import dataclass
-from typing import Annotated, Literal, Sequence
+from typing import Annotated, Callable, Literal, Sequence
 
 import numpy as np
 import torch
@@ -298,16 +298,23 @@ class TwoTower(nn.Module):
 
 @torch.no_grad()
 def embed_items(
-    model: TwoTower, catalogue: ItemCatalogue, batch_size: int = 8192, device: torch.device | str | None = None
+    model: TwoTower, catalogue: ItemCatalogue, batch_size: int = 8192, device: torch.device | str | None = None,
+    on_chunk: Callable[[int], None] | None = None,
 ) -> torch.Tensor:
-    """``(V, D)`` item vectors of EVERY catalogue row (row i = item index i), in eval mode, chunked."""
+    """``(V, D)`` item vectors of EVERY catalogue row (row i = item index i), in eval mode, chunked.
+
+    Args:
+        on_chunk: called with each chunk's number of items once it is embedded (progress).
+    """
     was_training = model.training
     model.eval()
     try:
-        out = [
-            model.item_embeddings(catalogue.kjt(torch.arange(start, min(start + batch_size, len(catalogue))), device=device))
-            for start in range(0, len(catalogue), batch_size)
-        ]
+        out = []
+        for start in range(0, len(catalogue), batch_size):
+            rows = torch.arange(start, min(start + batch_size, len(catalogue)))
+            out.append(model.item_embeddings(catalogue.kjt(rows, device=device)))
+            if on_chunk is not None:
+                on_chunk(int(rows.numel()))
     finally:
         model.train(was_training)
     return torch.cat(out)  # (V, D)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pandas as pd
@@ -122,3 +123,25 @@ def test_columns_must_match_spec(tmp_path):
     w = DatasetWriter(tmp_path / "out", _spec())
     with pytest.raises(ValueError, match=r"missing \['m'\], unexpected \['z'\]"):
         w.add("train", _frame([1]).drop(columns=["m"]).assign(z=1))
+
+
+def test_ingest_shows_rows_with_their_rate_every_few_seconds(tmp_path, monkeypatch, capsys):
+    """Every ingest stages its rows through the writer: a plain line with the rows and their rate
+    when the output is not a terminal (a bar on one)."""
+    from recsys import console
+
+    clock = iter([0.0, 0.0, 4.0, 11.0, 12.0, 12.0, 12.0])
+    made = []
+
+    def progress(total, unit, desc, **kwargs):
+        made.append(console.Progress(total, unit, desc, clock=lambda: next(clock), bar=False, **kwargs))
+        return made[-1]
+
+    monkeypatch.setattr(console, "progress", progress)
+    w = DatasetWriter(tmp_path / "out", _spec())
+    w.add("train", _frame([5, 9, 9, 3]))  # at 4 s: no line yet
+    w.add("validation", _frame([7, 7]))   # at 11 s: one line
+    _finish(w)
+    out = capsys.readouterr().out.splitlines()
+    assert made[0].desc == "ingest " + _spec().name and made[0].done == 6
+    assert out and all(re.fullmatch("ingest " + _spec().name + r": 6 rows, \d+ rows/s", line) for line in out), out
