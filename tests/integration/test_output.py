@@ -93,6 +93,8 @@ def test_tiny_ctr_run_prints_its_own_lines_only_and_writes_tensorboard_curves(ct
     assert scalars["test/auc"][-1][1] == pytest.approx(results["auc"], abs=1e-6)
 
 
+# slow: the CTR run above keeps the line count and the noise patterns in the default run (~25 s here).
+@pytest.mark.slow
 def test_tiny_two_tower_run_prints_its_own_lines_only(tmp_path):
     data, run_dir = tmp_path / "ia", tmp_path / "run"
     argv = ["interactions", "--out", str(data), "--rows", "5000", "--users", "200", "--items", "100", "--seed", "1",

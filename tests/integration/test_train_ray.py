@@ -322,6 +322,9 @@ def test_data_parallel_only_for_per_value_tables_is_refused(data):
         prepare(config)
 
 
+# slow: tests/unit/train/test_early_stopping.py runs the real worker loop in process (planted curves, resume);
+# this adds two Ray workers agreeing on the stop (~15 s here).
+@pytest.mark.slow
 def test_early_stopping_on_two_workers_restores_the_best_step(data, tmp_path):
     # min_delta 1: no AUC improves by 1, so the first evaluation (step 4) is the best and the
     # second (step 8) stops the run, on both ranks (a disagreement would hang their collectives).
