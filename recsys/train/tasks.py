@@ -23,6 +23,8 @@ the loop, the driver, the config checks and the sweeps read the registry.
 
 from __future__ import annotations
 
+import abc
+
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Mapping
@@ -82,8 +84,9 @@ class EvalContext:
     split: str
 
 
-class Task:
-    """The contract of a task; subclasses set the class attributes and implement the methods.
+class Task(abc.ABC):
+    """The contract of a task; subclasses set the class attributes and implement every abstract
+    method (a subclass missing one cannot be instantiated: ``TypeError`` names it).
 
     Class attributes (read by the registry, the config checks and the sweeps without an instance):
 
@@ -114,46 +117,46 @@ class Task:
         self.root = Path(root) if root is not None else None  # the data set's folder
 
     @classmethod
+    @abc.abstractmethod
     def metric_names(cls, model: Any) -> tuple[str, ...]:
         """The keys one evaluation of the model yields (validation prefixes them ``val_``),
         without ``rows`` and baselines: what early stopping may watch. ``model``: the config's
         ``model`` section."""
-        raise NotImplementedError
 
     @classmethod
+    @abc.abstractmethod
     def higher_is_better(cls, name: str) -> bool:
         """The direction of a metric of :meth:`metric_names` (a ``val_`` prefix is ignored)."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def check_data(self, files: dict[str, list[Path]], spec: DatasetSpec, root: Path) -> None:
         """Driver side, before Ray starts: raise ``ValueError`` naming file / row / field."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def plan(self, spec: DatasetSpec, counts: dict[str, np.ndarray] | None) -> "EmbeddingPlan":
         """The embedding plan of the model this task builds (every physical table, exact bytes)."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def build(self, config: "TrainConfig", spec: DatasetSpec, counts: dict[str, np.ndarray] | None, device: torch.device) -> torch.nn.Module:
         """The unsharded module, tables on ``meta``: ``module(batch) -> (loss, outputs)``."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def evaluate(self, model: torch.nn.Module, reader: "ShardReader", device: torch.device, context: EvalContext) -> dict[str, float]:
         """Exact metrics of one split over all ranks (collective; the same dict on every rank);
         includes ``rows``."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def results(self, final: Mapping[str, Any], oracle: Mapping[str, Any]) -> dict[str, Any]:
         """The task's own keys of ``results.json``, from the loop's final report (test metrics
         unprefixed, validation ``val_``) and the data set's oracle (synthetic data; else ``{}``)."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def describe(self, m: dict[str, Any], prefix: str = "") -> str:
         """``m`` as a short phrase for the log (``prefix`` e.g. ``val_``)."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def summary(self, results: dict[str, Any]) -> str:
         """The driver's last line before ``run_dir:`` (test metrics against the baselines)."""
-        raise NotImplementedError
 
 
 # Keys of the loop's final report that are bookkeeping, not a task's metrics.

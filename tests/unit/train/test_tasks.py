@@ -47,6 +47,9 @@ def test_a_new_task_is_one_class():
 
     assert Clicks.primary.name == "loss" and not Clicks.primary.higher_is_better
     assert Clicks.columns == (("loss", "loss"), ("acc", "acc"), ("val_loss", "val_loss"))
+    # The contract is enforced at instantiation: a task missing a method names it.
+    with pytest.raises(TypeError, match=r"abstract method.*evaluate"):
+        Clicks()
 
 
 def test_metric_names_are_what_evaluation_yields_with_their_direction():
