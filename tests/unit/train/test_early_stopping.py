@@ -12,13 +12,11 @@ from __future__ import annotations
 
 import math
 import shutil
-import socket
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 import torch
-import torch.distributed as dist
 
 from recsys.train.config import ConfigError, config_from_dict
 from recsys.train.early_stopping import EarlyStopping
@@ -111,16 +109,6 @@ def ctr_data(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("es") / "ctr"
     assert synth.main(["ctr", "--out", str(out), "--rows", "2000", "--seed", "5"]) == 0
     return out
-
-
-@pytest.fixture
-def process_group():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
-    yield
-    dist.destroy_process_group()
 
 
 class FakeRay:

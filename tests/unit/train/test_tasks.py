@@ -6,13 +6,11 @@ and the typed keys of ``results.json``.
 
 from __future__ import annotations
 
-import socket
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-import torch.distributed as dist
 
 from recsys.embeddings import compile_plan
 from recsys.features.spec import DatasetSpec
@@ -61,16 +59,6 @@ def test_metric_names_are_what_evaluation_yields_with_their_direction():
     assert all(Retrieval.higher_is_better(f"val_{n}") for n in names)
     assert CTR.metric_names(None) == ("auc", "logloss")
     assert CTR.higher_is_better("val_auc") and not CTR.higher_is_better("val_logloss") and not CTR.higher_is_better("logloss")
-
-
-@pytest.fixture
-def process_group():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
-    yield
-    dist.destroy_process_group()
 
 
 def test_ctr_evaluate_is_exact_auc_and_logloss(process_group):
