@@ -30,7 +30,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from jobs.serve import OneLineParser, float_in, index_setting, int_in
+from jobs.serve import OneLineParser, check_build_settings, float_in, index_setting, int_in
 
 # recsys bench serve sets these of the service itself (loopback, a free port, --threads)
 _OWN_SERVE_FLAGS = ("--host", "--port", "--threads")
@@ -79,7 +79,7 @@ def build_parser() -> OneLineParser:
 def check_flags(parser: OneLineParser, args: argparse.Namespace) -> None:
     """Everything that needs no work: one source of items, folders, the settings, the serve args."""
     from jobs.serve import build_parser as serve_parser
-    from serving.retriever import BUILD_SETTINGS, SERVE_TIME_SETTINGS, check_settings
+    from serving.retriever import SERVE_TIME_SETTINGS
 
     if (args.bundle is None) == (args.synthetic_items is None):
         parser.error("give a BUNDLE folder or --synthetic-items N (one of them)")
@@ -92,15 +92,7 @@ def check_flags(parser: OneLineParser, args: argparse.Namespace) -> None:
                              "--serve-arg=--index-setting=KEY=N)")
     if args.bundle_out is not None and Path(args.bundle_out).exists():
         parser.error(f"argument --bundle-out: {args.bundle_out} exists; give a new folder (a bundle is never overwritten in place)")
-    allowed = BUILD_SETTINGS[args.index]
-    for key, value in args.index_setting:
-        if key not in allowed:
-            parser.error(f"argument --index-setting: got {key}={value}; the {args.index} index takes "
-                         + (f"{list(allowed)}" if allowed else "no settings"))
-    try:  # the ranges of the kind's registry entry, before the catalogue is built
-        check_settings(args.index, dict(args.index_setting))
-    except ValueError as exc:
-        parser.error(f"argument --index-setting: {exc}")
+    check_build_settings(parser, args.index, args.index_setting)  # before the catalogue is built
     if args.out is not None:
         out = Path(args.out)
         if out.is_dir() or not (out.parent if str(out.parent) else Path(".")).is_dir():

@@ -22,7 +22,7 @@ import argparse
 import time
 from pathlib import Path
 
-from jobs.serve import OneLineParser, index_setting
+from jobs.serve import OneLineParser, check_build_settings, index_setting
 from serving.bundle import INDEX_KINDS, PRECISIONS
 from serving.retriever import BUILD_SETTINGS
 
@@ -58,11 +58,7 @@ def check_flags(parser: OneLineParser, args: argparse.Namespace) -> None:
     parent = next((p for p in out.parents if p.exists()), Path("."))
     if not parent.is_dir():
         parser.error(f"argument --out: {parent} is a file; the bundle folder cannot be created under it")
-    allowed = BUILD_SETTINGS[args.index]
-    for key, value in args.index_setting:
-        if key not in allowed:
-            parser.error(f"argument --index-setting: got {key}={value}; the {args.index} index takes "
-                         + (f"{list(allowed)}" if allowed else "no settings"))
+    check_build_settings(parser, args.index, args.index_setting)  # ranges too, before RUN_DIR is read
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -88,6 +88,22 @@ def index_setting(keys: tuple[str, ...]) -> Callable[[str], tuple[str, int]]:
     return parse
 
 
+def check_build_settings(parser: argparse.ArgumentParser, index: str, settings: list[tuple[str, int]]) -> None:
+    """``--index-setting`` of a bundle to build (export, bench serve): every KEY one the ``index`` kind takes,
+    every N in its registry range; one line and exit 2 before any work."""
+    from serving.retriever import BUILD_SETTINGS, check_settings
+
+    allowed = BUILD_SETTINGS[index]
+    for key, value in settings:
+        if key not in allowed:
+            parser.error(f"argument --index-setting: got {key}={value}; the {index} index takes "
+                         + (f"{list(allowed)}" if allowed else "no settings"))
+    try:
+        check_settings(index, dict(settings))
+    except ValueError as exc:
+        parser.error(f"argument --index-setting: {exc}")
+
+
 def build_parser() -> OneLineParser:
     parser = OneLineParser(prog="recsys serve", description=__doc__.split("\n\n")[0])
     parser.add_argument("bundle", help="a bundle folder written by `recsys export`")

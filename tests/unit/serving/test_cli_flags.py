@@ -55,6 +55,8 @@ EXPORT_CASES = [  # (flag, argv, message); {run}, {bundle}, {file} are filled in
     ("--index-setting", ["{run}", "--out", "{new}", "--index", "hnsw", "--index-setting", "nlist=4"],
      r"argument --index-setting: got nlist=4; the hnsw index takes \['m', 'ef_construction', 'ef_search'\]"),
     ("--index-setting", ["{run}", "--out", "{new}", "--index-setting", "nlist=-3"], r"argument --index-setting: got 'nlist=-3'; nlist takes an integer"),
+    ("--index-setting", ["{run}", "--out", "{new}", "--index", "ivf", "--index-setting", "nlist=2000000"],
+     r"argument --index-setting: index setting nlist: got 2000000; the ivf index takes nlist in \[1, 1,048,576\]"),
     ("--checkpoint", ["{run}", "--out", "{new}", "--checkpoint", "/no/such/ckpt"], r"argument --checkpoint: /no/such/ckpt: no such folder"),
     ("--require-all-features", ["{run}", "--out", "{new}", "--require-all-features=1"], r"argument --require-all-features: ignored explicit"),
 ]
