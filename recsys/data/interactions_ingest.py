@@ -240,8 +240,9 @@ def read_rows(s: IngestSettings, users: TokenTable, items: TokenTable, bad: File
                 parsed["rating"], mask = parse_floats(f["rating"])
                 checks.append((mask, "rating", "a number"))
             if "split" in f:
-                values = f["split"]
-                parsed["given"] = np.array([SPLIT_VALUES.get(v, -1) for v in values.tolist()], np.int8)
+                # One dictionary lookup per distinct value (a handful), not per row.
+                distinct, inverse = np.unique(f["split"], return_inverse=True)
+                parsed["given"] = np.array([SPLIT_VALUES.get(v, -1) for v in distinct.tolist()], np.int8)[inverse.reshape(-1)]
                 checks.append((parsed["given"] < 0, "split", "one of train, validation, test"))
             row_bad = np.logical_or.reduce([m for m, _, _ in checks]) if n else np.zeros(0, bool)
             if row_bad.any():
