@@ -491,6 +491,7 @@ def metric_names(ks: Sequence[int], thirds: bool = True) -> tuple[str, ...]:
     empty = RetrievalEvaluator(torch.zeros((2, 1)), ks, item_counts=np.ones(2, np.int64) if thirds else None)
     return tuple(k for k in empty.compute() if k != "rows" and not k.startswith("rows/"))
 
+
 def evaluate_retrieval(
     user_vectors: torch.Tensor,
     item_vectors: torch.Tensor,
