@@ -91,7 +91,7 @@ def prepare(config: TrainConfig, *, config_name: str = "run") -> Prepared:
 
     errors = []
     try:
-        plan = task_for(config.model.arch, root).plan(spec, counts)
+        plan = task_for(config.model.arch, root).plan(spec, counts, config.model)
     except ValueError as exc:  # e.g. a two-tower spec with a tower without features
         raise ConfigError("model", [f"model: {exc}"]) from None
     tables = {t.name for t in plan.tables}

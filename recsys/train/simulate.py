@@ -296,7 +296,7 @@ def simulate_plan(
     emb = config.optimizer.embedding
     sharding.apply_fused_optimizer(task, emb.kind, emb.lr, emb.eps, emb.weight_decay)
     # The task's plan, as `recsys train` reports it: a two-tower model holds one collection per tower.
-    embedding_plan = task_for(config.model.arch, config.data.path).plan(spec, counts)
+    embedding_plan = task_for(config.model.arch, config.data.path).plan(spec, counts, config.model)
     names = [t.name for t in embedding_plan.tables]
     _check_sharding(config, names, cluster)
     per_value = {t.name for t in embedding_plan.tables if t.per_value}

@@ -133,8 +133,9 @@ class Task(abc.ABC):
         """Driver side, before Ray starts: raise ``ValueError`` naming file / row / field."""
 
     @abc.abstractmethod
-    def plan(self, spec: DatasetSpec, counts: dict[str, np.ndarray] | None) -> "EmbeddingPlan":
-        """The embedding plan of the model this task builds (every physical table, exact bytes)."""
+    def plan(self, spec: DatasetSpec, counts: dict[str, np.ndarray] | None, model: Any = None) -> "EmbeddingPlan":
+        """The embedding plan of the model this task builds (every physical table, exact bytes);
+        ``model``: the config's ``model`` section, where it decides which tables exist (``None``: defaults)."""
 
     @abc.abstractmethod
     def build(self, config: "TrainConfig", spec: DatasetSpec, counts: dict[str, np.ndarray] | None, device: torch.device) -> torch.nn.Module:
@@ -182,7 +183,7 @@ class CTR(Task):
     def higher_is_better(cls, name: str) -> bool:
         return name.removeprefix("val_") != "logloss"
 
-    def plan(self, spec: DatasetSpec, counts: dict[str, np.ndarray] | None) -> "EmbeddingPlan":
+    def plan(self, spec: DatasetSpec, counts: dict[str, np.ndarray] | None, model: Any = None) -> "EmbeddingPlan":
         from recsys.embeddings import compile_plan
 
         return compile_plan(spec, counts)
@@ -303,13 +304,15 @@ class Retrieval(Task):
             self._catalogue = ItemCatalogue.from_parquet(layout.catalogue_path(self.root, "items"), spec)
         return self._catalogue
 
-    def plan(self, spec: DatasetSpec, counts: dict[str, np.ndarray] | None) -> "EmbeddingPlan":
+    def plan(self, spec: DatasetSpec, counts: dict[str, np.ndarray] | None, model: Any = None) -> "EmbeddingPlan":
         """Both towers' collections as one plan: a unified group read by both towers is counted
-        twice, since each tower holds its own copy."""
+        twice, since each tower holds its own copy; with ``model.history_table: item`` the history
+        feature has no table of its own (it reads the item tower's)."""
         from recsys.embeddings import EmbeddingPlan
         from recsys.models.two_tower import build_tower_collections
 
-        user, item = (c.plan() for c in build_tower_collections(spec, device="meta", counts=counts))
+        tables = {} if model is None else {"history_table": model.history_table, "item_id_feature": model.item_id_feature}
+        user, item = (c.plan() for c in build_tower_collections(spec, device="meta", counts=counts, **tables))
         return EmbeddingPlan(
             features=user.features + item.features, tables=user.tables + item.tables,
             projections=user.projections + item.projections,

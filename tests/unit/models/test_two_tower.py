@@ -571,3 +571,18 @@ def test_history_table_own_keeps_its_table_and_errors():
     only_history = spec_from_dict({"name": "h", "features": [f.model_dump() for f in spec.features if f.name not in ("user_id", "user_segment")]})
     with pytest.raises(ValueError, match="history_table: item leaves the user tower no table of its own"):
         build_two_tower_model(TwoTowerConfig(arch="two_tower", history_table="item"), only_history)
+
+
+@pytest.mark.parametrize("history_table", ["own", "item"])
+def test_the_tasks_plan_holds_exactly_the_tables_the_model_holds(history_table):
+    """results.json, the summary line and `recsys plan` take their bytes from Retrieval.plan: with
+    history_table: item there is no history table to count."""
+    from recsys.train.tasks import Retrieval
+
+    spec = history_spec()
+    config = TwoTowerConfig(arch="two_tower", user_layers=(16, 8), item_layers=(8,), history_table=history_table)
+    model = build_two_tower_model(config, spec)
+    held = {t.name for c in (model.user_tower.sparse, model.item_tower.sparse) for t in c.plan().tables}
+    plan = Retrieval().plan(spec, None, config)
+    assert {t.name for t in plan.tables} == held
+    assert any("history" in name for name in held) == (history_table == "own")
